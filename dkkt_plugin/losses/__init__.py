@@ -1,0 +1,6 @@
+"""Losses: DKKT (model knowledge), DM (data knowledge) and gradient matching (DC / DSA)."""
+from .dkkt import DKKTConfig, DKKTLoss, DKKTTerms
+from .dm import DMLoss
+from .gradient_matching import GradientMatchingLoss, gradient_distance
+
+__all__ = ["DKKTConfig", "DKKTLoss", "DKKTTerms", "DMLoss", "GradientMatchingLoss", "gradient_distance"]

@@ -1,0 +1,257 @@
+"""The Deep-KKT (DKKT) loss: primal feasibility + stationarity, with learned multipliers.
+
+For a frozen classifier ``f(x; θ*)`` and synthetic images ``x_i`` with labels ``y_i``:
+
+    L_primal = mean_i ℓ(f(x_i), y_i)          (or only over misclassified samples: "boundary")
+    L_stat   = mean_k D(θ*_k, -Σ_i λ_i ∇_θk ℓ_i)   over the selected parameter tensors k
+    L_DKKT   = L_primal + α·L_stat + w_tv·TV(x) + w_norm·mean(x²)
+
+``Σ_i λ_i ∇θ ℓ_i`` is computed as ONE backward of ``Σ_i λ_i ℓ_i`` with ``create_graph=True``;
+the images' gradient then goes through the double backward. The multipliers ``λ_i ≥ 0`` (one per
+synthetic image) are parameters of this module, learnt with the images.
+
+The stationarity *floor* is the value of L_stat when the gradient sum is zero (``D(θ*, 0)``): a
+term that stays at its floor carries no model knowledge (see DESIGN.md §7).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..errors import ConfigError
+from .kkt import fit_multipliers_nnls, per_sample_grads, select_parameters
+
+DISTANCES = ("l1", "l2")
+PRIMALS = ("ce", "boundary")
+MULTIPLIERS = ("log", "projected")
+SCALES = ("none", "floor")
+
+
+@dataclass(frozen=True)
+class DKKTConfig:
+    """Settings of :class:`DKKTLoss`. Defaults are the measured best (see README, issue 5)."""
+
+    alpha: float = 0.1  # stationarity rate α (paper: 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all)
+    distance: str = "l1"  # "l1" or "l2" (squared), averaged within each parameter tensor
+    primal: str = "boundary"  # "ce": mean CE; "boundary": CE only where argmax f(x) != y (DSV Eq. 7)
+    multiplier: str = "log"  # "log": λ = exp(ρ); "projected": λ = ρ, clamped at 0 by project_()
+    lambda_init: float = 1.0  # initial λ (refit with fit_multipliers() to start at the right scale)
+    params: str = "weights"  # which θ* tensors enter L_stat: "all", "weights" (ndim >= 2), "classifier"
+    scale: str = "none"  # "floor": divide each tensor's distance by its floor, so the floor is 1
+    tv_weight: float = 0.0  # total-variation image prior
+    norm_weight: float = 0.0  # mean squared pixel prior
+
+    def __post_init__(self) -> None:
+        for field, allowed in (("distance", DISTANCES), ("primal", PRIMALS),
+                               ("multiplier", MULTIPLIERS), ("scale", SCALES)):
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"DKKTConfig.{field}={getattr(self, field)!r}; choose one of {allowed}")
+        if self.alpha < 0 or self.tv_weight < 0 or self.norm_weight < 0:
+            raise ConfigError("DKKTConfig weights (alpha, tv_weight, norm_weight) must be >= 0")
+        if not self.lambda_init > 0:
+            raise ConfigError(f"DKKTConfig.lambda_init must be > 0, got {self.lambda_init}")
+
+
+@dataclass
+class DKKTTerms:
+    """The parts of one DKKT evaluation (tensors attached to the graph; ``total`` is the loss)."""
+
+    total: torch.Tensor
+    primal: torch.Tensor
+    stationarity: torch.Tensor
+    tv: torch.Tensor
+    norm: torch.Tensor
+    floor: float  # L_stat with a zero gradient sum
+    accuracy: float  # fraction of images the frozen model assigns to their label
+
+    def detached(self) -> dict[str, float]:
+        """Plain floats of every part, for logging."""
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in vars(self).items()}
+
+
+class DKKTLoss(nn.Module):
+    """Deep-KKT loss of a frozen classifier, with one learnable multiplier per synthetic image.
+
+    The classifier is switched to eval mode and frozen (its own parameters get no gradient);
+    ``parameters()`` of this module yields only the multipliers, so it can be handed to the
+    images' optimizer: ``torch.optim.Adam([images, *dkkt.parameters()])``.
+
+    Args:
+        model: pretrained classifier mapping ``(B, C, H, W)`` images to ``(B, K)`` logits.
+        num_images: number of synthetic images (one multiplier each).
+        config: :class:`DKKTConfig`; keyword overrides may be given instead (``alpha=0.01``).
+        augment: optional callable applied to the images before scoring (the soft "manifold"
+            condition: the KKT conditions must hold for augmented copies too).
+        param_filter: custom ``(name, tensor) -> bool`` selection of θ*, overriding ``config.params``.
+
+    Shape:
+        - images: ``(N, C, H, W)``, labels: ``(N,)`` long; with ``indices`` (``(B,)``) a minibatch
+          ``(B, C, H, W)`` of the N images.
+        - Output: scalar.
+
+    Example:
+        >>> from dkkt_plugin.nets import ConvNet
+        >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)
+        >>> dkkt = DKKTLoss(net, num_images=10, alpha=0.1)
+        >>> images = torch.randn(10, 1, 28, 28, requires_grad=True)
+        >>> labels = torch.arange(10)
+        >>> loss = dkkt(images, labels)   # scalar: add it to any other loss
+        >>> loss.backward()
+        >>> images.grad.shape, dkkt.multipliers.shape
+        (torch.Size([10, 1, 28, 28]), torch.Size([10]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_images: int,
+        config: Optional[DKKTConfig] = None,
+        *,
+        augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        param_filter: Optional[Callable[[str, torch.Tensor], bool]] = None,
+        **overrides,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = DKKTConfig(**overrides)
+        elif overrides:
+            config = DKKTConfig(**{**vars(config), **overrides})
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ConfigError(f"num_images must be a positive int, got {num_images!r}")
+        self.config = config
+        self.num_images = num_images
+        self.augment = augment
+        self.model = model.eval().requires_grad_(False)
+        self.param_names = select_parameters(model, config.params, param_filter)
+        init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
+        self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
+        # Per-tensor floors D(θ*_k, 0), fixed for a frozen model.
+        theta = dict(model.named_parameters())
+        self._floors = [self._dist(theta[n].detach()).item() for n in self.param_names]
+
+    # -- multipliers ---------------------------------------------------------------------------
+    @property
+    def multipliers(self) -> torch.Tensor:
+        """λ ≥ 0, shape (num_images,)."""
+        if self.config.multiplier == "log":
+            return self.rho.exp()
+        return self.rho.clamp(min=0.0)
+
+    @torch.no_grad()
+    def set_multipliers(self, lam: torch.Tensor, min_value: float = 1e-8) -> None:
+        """Set λ (shape (num_images,)); with the log parameterisation, zeros become ``min_value``."""
+        lam = torch.as_tensor(lam, dtype=self.rho.dtype, device=self.rho.device).reshape(-1)
+        if lam.numel() != self.num_images or bool((lam < 0).any()):
+            raise ConfigError(f"need {self.num_images} non-negative multipliers, got shape {tuple(lam.shape)}")
+        self.rho.copy_(lam.clamp(min=min_value).log() if self.config.multiplier == "log" else lam)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep λ ≥ 0 after an optimizer step (needed only for ``multiplier='projected'``)."""
+        if self.config.multiplier == "projected":
+            self.rho.clamp_(min=0.0)
+
+    def fit_multipliers(self, images: torch.Tensor, labels: torch.Tensor, chunk_size: int = 64) -> float:
+        """Set λ to the non-negative least-squares fit of ``θ* ≈ -Σ λ_i g_i`` (squared-L2 D).
+
+        Returns the relative residual ``‖θ* + Σ λ_i g_i‖ / ‖θ*‖`` in the weighted norm that
+        matches this loss's per-tensor averaging.
+        """
+        x = self.augment(images) if self.augment is not None else images
+        grads = per_sample_grads(self.model, self.param_names, x.detach(), labels, chunk_size)
+        lam, rel = fit_multipliers_nnls(self._theta(), grads, self._row_weights())
+        self.set_multipliers(lam)
+        return rel
+
+    # -- loss ----------------------------------------------------------------------------------
+    @property
+    def floor(self) -> float:
+        """L_stat when the gradient sum is zero."""
+        if self.config.scale == "floor":
+            return 1.0
+        return sum(self._floors) / len(self._floors)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor,
+                indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The scalar DKKT loss; see :meth:`terms` for its parts."""
+        return self.terms(images, labels, indices).total
+
+    def terms(self, images: torch.Tensor, labels: torch.Tensor,
+              indices: Optional[torch.Tensor] = None) -> DKKTTerms:
+        """Evaluate every part of the loss for ``images`` (all N, or the rows ``indices``)."""
+        lam = self._check(images, labels, indices)
+        x = self.augment(images) if self.augment is not None else images
+        theta = {n: p.detach().requires_grad_(n in self.param_names)
+                 for n, p in self.model.named_parameters()}
+        params = {**theta, **dict(self.model.named_buffers())}
+        logits = functional_call(self.model, params, (x,))  # (B, K)
+        losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        correct = logits.argmax(1) == labels  # (B,)
+        if self.config.primal == "boundary":
+            primal = (losses * (~correct)).mean()
+        else:
+            primal = losses.mean()
+        if self.config.alpha > 0:
+            # Σ λ_i ∇θ ℓ_i as one backward, kept in the graph for the images' double backward.
+            grads = torch.autograd.grad((lam * losses).sum(), [theta[n] for n in self.param_names],
+                                        create_graph=True)
+            stat = torch.stack([self._dist(theta[n].detach() + g) / f
+                                for n, g, f in zip(self.param_names, grads, self._scales())]).mean()
+        else:
+            stat = logits.new_zeros(())
+        tv = (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + \
+             (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+        norm = images.pow(2).mean()
+        cfg = self.config
+        total = primal + cfg.alpha * stat + cfg.tv_weight * tv + cfg.norm_weight * norm
+        return DKKTTerms(total, primal, stat, tv, norm, self.floor, float(correct.float().mean()))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "DKKTLoss":
+        super().train(mode)
+        self.model.eval()  # the frozen classifier is always scored in eval mode
+        return self
+
+    def _check(self, images, labels, indices) -> torch.Tensor:
+        if images.ndim != 4:
+            raise ConfigError(f"DKKTLoss expects images of shape (N, C, H, W), got {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ConfigError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        lam = self.multipliers
+        if indices is not None:
+            return lam[indices]
+        if images.shape[0] != self.num_images:
+            raise ConfigError(
+                f"DKKTLoss was built for {self.num_images} images but got {images.shape[0]}; "
+                "pass indices=... for a minibatch, or build the loss with num_images=len(images)"
+            )
+        return lam
+
+    def _dist(self, r: torch.Tensor) -> torch.Tensor:
+        return r.abs().mean() if self.config.distance == "l1" else r.pow(2).mean()
+
+    def _scales(self) -> list[float]:
+        return self._floors if self.config.scale == "floor" else [1.0] * len(self._floors)
+
+    def _theta(self) -> list[torch.Tensor]:
+        theta = dict(self.model.named_parameters())
+        return [theta[n].detach() for n in self.param_names]
+
+    def _row_weights(self) -> list[float]:
+        # Squared-L2 version of this loss: mean_k ‖r_k‖² / (n_k · s_k) -> row weight 1/sqrt(n_k s_k).
+        theta = self._theta()
+        scales = self._floors if self.config.scale == "floor" else [1.0] * len(theta)
+        if self.config.distance == "l1" and self.config.scale == "floor":
+            scales = [f * f for f in scales]  # L1 floor is mean|θ|; its squared-L2 analogue is its square
+        return [1.0 / math.sqrt(t.numel() * s) for t, s in zip(theta, scales)]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

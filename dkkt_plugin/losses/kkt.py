@@ -1,0 +1,124 @@
+"""KKT helpers shared by the DKKT loss and the support-vector analysis.
+
+- which parameters enter the stationarity condition,
+- per-sample gradients (``torch.func``, chunked) for fitting multipliers,
+- the non-negative least-squares fit of ``θ* ≈ -Σ λ_i g_i``,
+- the classification margin of a sample (support vectors have a small one).
+
+Example:
+    >>> from dkkt_plugin.nets import ConvNet
+    >>> net = ConvNet(channels=1, num_classes=3, image_size=8, width=4, depth=1)
+    >>> select_parameters(net, "weights")
+    ['features.0.weight', 'classifier.weight']
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import nnls
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..errors import ConfigError
+
+SELECTIONS = ("all", "weights", "classifier")
+
+
+def select_parameters(model: nn.Module, params: str = "weights",
+                      param_filter: Optional[Callable[[str, torch.Tensor], bool]] = None) -> list[str]:
+    """Names of the parameter tensors of ``model`` that enter the stationarity condition.
+
+    ``all``: every parameter. ``weights``: tensors with ndim >= 2 (conv and linear weights). This
+    leaves out norm scales and shifts, whose θ* (≈ 1) dominates a distance but which the method
+    cannot match, and conv biases in front of a per-channel norm, whose gradient is identically 0.
+    ``classifier``: the parameters of the last ``nn.Linear``.
+    """
+    named = list(model.named_parameters())
+    if param_filter is not None:
+        chosen = [n for n, p in named if param_filter(n, p)]
+    elif params == "all":
+        chosen = [n for n, _ in named]
+    elif params == "weights":
+        chosen = [n for n, p in named if p.ndim >= 2]
+    elif params == "classifier":
+        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ConfigError("params='classifier' needs a model with an nn.Linear layer")
+        prefix = linears[-1] + "." if linears[-1] else ""
+        chosen = [n for n, _ in named if n.startswith(prefix) and "." not in n[len(prefix):]]
+    else:
+        raise ConfigError(f"unknown parameter selection {params!r}; choose one of {SELECTIONS}")
+    if not chosen:
+        raise ConfigError(f"parameter selection {params!r} matched no parameter of {type(model).__name__}")
+    return chosen
+
+
+def per_sample_grads(model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor,
+                     chunk_size: int = 64) -> list[torch.Tensor]:
+    """Per-sample gradients of the cross-entropy w.r.t. the named parameters.
+
+    Returns one tensor per name, shape ``(N, *param.shape)``. Needs a model whose outputs are
+    per-sample (eval-mode BN or instance norm), which holds for the frozen edge model.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    wanted = {n: params[n] for n in names}
+    rest = {n: p for n, p in params.items() if n not in wanted}
+
+    def loss_one(w: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**rest, **w, **buffers}, (xi.unsqueeze(0),))  # (1, K)
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(wanted, x, y)
+    return [g[n] for n in names]
+
+
+def fit_multipliers_nnls(theta: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                         row_weights: Optional[Sequence[float]] = None,
+                         ridge: float = 1e-10) -> tuple[torch.Tensor, float]:
+    """Solve ``min_{λ ≥ 0} Σ_k w_k² ‖θ*_k + Σ_i λ_i g_ik‖²`` by NNLS.
+
+    Works on the N x N Gram matrix (Cholesky factor) rather than the (P x N) system, so the cost
+    does not grow with the number of parameters P beyond one matrix product.
+
+    Args:
+        theta: the parameter tensors θ*_k.
+        grads: per-sample gradients, each ``(N, *θ_k.shape)``.
+        row_weights: ``w_k`` per tensor (1 if omitted).
+        ridge: relative diagonal loading that keeps the Gram matrix positive definite.
+
+    Returns:
+        ``(λ, relative residual)``: λ of shape (N,) on θ's device, and
+        ``‖θ* + Σ λ_i g_i‖_w / ‖θ*‖_w``.
+    """
+    w = list(row_weights) if row_weights is not None else [1.0] * len(theta)
+    n = grads[0].shape[0]
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    rhs = torch.zeros(n, dtype=torch.float64)
+    tt = 0.0
+    for t, g, wk in zip(theta, grads, w):
+        a = g.reshape(n, -1).double().cpu() * wk  # (N, P_k)
+        b = -t.reshape(-1).double().cpu() * wk  # (P_k,)
+        gram += a @ a.T
+        rhs += a @ b
+        tt += float(b @ b)
+    gram += ridge * gram.diagonal().mean().clamp(min=1e-30) * torch.eye(n, dtype=torch.float64)
+    chol = torch.linalg.cholesky(gram)  # gram = L Lᵀ; ‖Aλ - b‖² = ‖Lᵀλ - L⁻¹Aᵀb‖² + const
+    target = torch.linalg.solve_triangular(chol, rhs[:, None], upper=False)[:, 0]
+    lam, _ = nnls(chol.T.numpy(), target.numpy(), maxiter=50 * n)
+    lam_t = torch.from_numpy(np.asarray(lam))
+    resid2 = max(tt - 2 * float(lam_t @ rhs) + float(lam_t @ gram @ lam_t), 0.0)
+    rel = (resid2 / tt) ** 0.5 if tt > 0 else 0.0
+    return lam_t.to(device=theta[0].device, dtype=theta[0].dtype), rel
+
+
+@torch.no_grad()
+def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit margin ``f_y(x) - max_{k≠y} f_k(x)`` per sample, shape (N,); small = near the boundary."""
+    logits = model(x)  # (N, K)
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return true - other

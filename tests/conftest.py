@@ -1,0 +1,41 @@
+"""Shared fixtures: a fake third-party distribution for plugin tests."""
+import sys
+import textwrap
+
+import pytest
+
+
+@pytest.fixture
+def fake_distribution(tmp_path, monkeypatch):
+    """A real installed-looking distribution (dist-info on sys.path) with a broken and a good plugin."""
+    dist = tmp_path / "broken_dkkt_thing-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dkkt-thing\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent("""
+        [dkkt_plugin.losses]
+        exploding = broken_dkkt_thing_mod:Loss
+        [dkkt_plugin.initializers]
+        fine = fine_dkkt_thing_mod:init
+        dkkt_shadow = fine_dkkt_thing_mod:init
+        [dkkt_plugin.augmentations]
+        dsa = fine_dkkt_thing_mod:init
+    """))
+    (tmp_path / "broken_dkkt_thing_mod.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "fine_dkkt_thing_mod.py").write_text("def init(*a, **k):\n    return 'fine'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for mod in ("broken_dkkt_thing_mod", "fine_dkkt_thing_mod"):
+        sys.modules.pop(mod, None)
+
+
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny networks run fastest on one thread, and CI's 2 cores may be shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,156 @@
+"""The DKKT loss: parts, one-backward stationarity, floor, multipliers, gradients, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from dkkt_plugin.errors import ConfigError
+from dkkt_plugin.losses import DKKTConfig, DKKTLoss
+from dkkt_plugin.losses.kkt import per_sample_grads
+from dkkt_plugin.nets import ConvNet
+
+
+def tiny_net(dtype=torch.float32, classes=3):
+    return ConvNet(1, classes, 8, width=3, depth=1, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+def data(n=6, classes=3, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g, dtype=dtype), torch.arange(n) % classes
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+@pytest.mark.parametrize("params", ["all", "weights", "classifier"])
+@pytest.mark.parametrize("scale", ["none", "floor"])
+def test_stationarity_equals_per_sample_formulation(distance, params, scale):
+    net = tiny_net()
+    x, y = data()
+    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, params=params, scale=scale))
+    loss.set_multipliers(torch.linspace(0.5, 3.0, 6))
+    got = loss.terms(x, y).stationarity
+    grads = per_sample_grads(net, loss.param_names, x, y)
+    theta = dict(net.named_parameters())
+    lam = loss.multipliers.detach()
+    parts = []
+    for n, g in zip(loss.param_names, grads):
+        r = theta[n].detach() + torch.einsum("i,i...->...", lam, g)
+        d = r.abs().mean() if distance == "l1" else r.pow(2).mean()
+        f = theta[n].abs().mean() if distance == "l1" else theta[n].pow(2).mean()
+        parts.append(d / f if scale == "floor" else d)
+    assert torch.allclose(got, torch.stack(parts).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_floor_is_value_at_zero_multipliers():
+    loss = DKKTLoss(tiny_net(), 6, distance="l1", params="all")
+    loss.set_multipliers(torch.zeros(6), min_value=1e-30)
+    x, y = data()
+    terms = loss.terms(x, y)
+    assert terms.floor == pytest.approx(float(terms.stationarity.detach()), rel=1e-5)
+    theta = [p for _, p in tiny_net().named_parameters()]
+    assert terms.floor == pytest.approx(float(torch.stack([t.abs().mean() for t in theta]).mean()), rel=1e-5)
+
+
+def test_primal_variants():
+    net = tiny_net()
+    x, y = data()
+    logits = net(x)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    wrong = logits.argmax(1) != y
+    t_ce = DKKTLoss(net, 6, primal="ce", alpha=0).terms(x, y)
+    t_b = DKKTLoss(net, 6, primal="boundary", alpha=0).terms(x, y)
+    assert torch.allclose(t_ce.primal, ce.mean(), atol=1e-6)
+    assert torch.allclose(t_b.primal, (ce * wrong).mean(), atol=1e-6)
+    assert t_b.accuracy == pytest.approx(float((~wrong).float().mean()))
+    # a correctly classified image contributes nothing to the boundary primal
+    y_pred = logits.argmax(1)
+    assert float(DKKTLoss(net, 6, primal="boundary", alpha=0).terms(x, y_pred).primal) == 0.0
+
+
+def test_total_combines_weighted_parts():
+    x, y = data()
+    cfg = DKKTConfig(alpha=0.3, tv_weight=0.2, norm_weight=0.1)
+    t = DKKTLoss(tiny_net(), 6, cfg).terms(x, y)
+    expect = t.primal + 0.3 * t.stationarity + 0.2 * t.tv + 0.1 * t.norm
+    assert torch.allclose(t.total, expect)
+    assert torch.allclose(t.norm, x.pow(2).mean())
+
+
+@pytest.mark.parametrize("distance,primal", [("l2", "ce"), ("l1", "boundary")])
+@pytest.mark.parametrize("multiplier", ["log", "projected"])
+def test_gradcheck_images_and_multipliers(distance, primal, multiplier):
+    net = tiny_net(torch.float64)
+    x, y = data(dtype=torch.float64)
+    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, primal=primal, multiplier=multiplier,
+                                       params="all", tv_weight=0.1, norm_weight=0.1))
+    rho = loss.rho.detach().double().clone() + torch.linspace(0.1, 0.6, 6, dtype=torch.float64)
+
+    def f(images, r):
+        return functional_call(loss, {"rho": r}, (images, y))
+
+    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(), rho.requires_grad_()),
+                                    eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_usable_as_a_term_in_another_loss():
+    net = tiny_net()
+    gen = torch.nn.Linear(4, 64)  # images produced by some other network
+    images = gen(torch.randn(6, 4)).view(6, 1, 8, 8)
+    dkkt = DKKTLoss(net, 6)
+    other = images.pow(2).sum()
+    total = other + 0.5 * dkkt(images, torch.arange(6) % 3)
+    total.backward()
+    assert gen.weight.grad is not None and dkkt.rho.grad is not None
+    assert all(p.grad is None for p in net.parameters())  # the edge model stays untouched
+
+
+def test_only_multipliers_are_trainable_and_model_is_eval():
+    net = tiny_net()
+    dkkt = DKKTLoss(net, 6)
+    assert [n for n, p in dkkt.named_parameters() if p.requires_grad] == ["rho"]
+    dkkt.train()
+    assert not dkkt.model.training
+
+
+def test_minibatch_indices_pick_multipliers():
+    x, y = data()
+    dkkt = DKKTLoss(tiny_net(), 6, primal="ce")
+    dkkt.set_multipliers(torch.arange(1.0, 7.0))
+    full = dkkt.terms(x[[1, 4]], y[[1, 4]], indices=torch.tensor([1, 4]))
+    other = DKKTLoss(tiny_net(), 2, primal="ce")
+    other.set_multipliers(torch.tensor([2.0, 5.0]))
+    assert torch.allclose(full.total, other.terms(x[[1, 4]], y[[1, 4]]).total)
+
+
+def test_projected_multipliers_stay_non_negative():
+    dkkt = DKKTLoss(tiny_net(), 6, multiplier="projected")
+    with torch.no_grad():
+        dkkt.rho.copy_(torch.tensor([-1.0, 2, -3, 4, 0, 1]))
+    assert torch.all(dkkt.multipliers >= 0)
+    dkkt.project_()
+    assert torch.all(dkkt.rho >= 0) and float(dkkt.rho[1]) == 2.0
+
+
+def test_fit_multipliers_lowers_l2_stationarity():
+    x, y = data(n=12)
+    dkkt = DKKTLoss(tiny_net(), 12, distance="l2", params="weights")
+    before = float(dkkt.terms(x, y).stationarity)
+    rel = dkkt.fit_multipliers(x, y)
+    after = float(dkkt.terms(x, y).stationarity)
+    assert 0 <= rel <= 1
+    assert after <= before + 1e-7
+    assert after == pytest.approx(rel ** 2 * dkkt.floor, rel=1e-3)
+
+
+def test_bad_inputs_give_clear_errors():
+    dkkt = DKKTLoss(tiny_net(), 6)
+    x, y = data()
+    with pytest.raises(ConfigError, match="built for 6 images"):
+        dkkt(x[:4], y[:4])
+    with pytest.raises(ConfigError, match=r"\(N, C, H, W\)"):
+        dkkt(x[0], y)
+    with pytest.raises(ConfigError, match="labels"):
+        dkkt(x, y[:3])
+    with pytest.raises(ConfigError, match="distance"):
+        DKKTConfig(distance="l3")
+    with pytest.raises(ConfigError, match="num_images"):
+        DKKTLoss(tiny_net(), 0)
