@@ -17,6 +17,14 @@ PUBLIC = {
     "dkkt_plugin.data": ["ImageDataset", "load_fashion_mnist", "load_cifar10", "PracticalSubset",
                          "write_cifar10"],
     "dkkt_plugin.cli": ["main"],
+    "dkkt_plugin.methods": ["DistillConfig", "DistillData", "Method", "DM", "DMStar", "DC", "DSAMethod",
+                            "DSV", "DMDKKT", "GMConfig", "DKKTMethodConfig", "DSVMethodConfig"],
+    "dkkt_plugin.distill": ["run_distillation", "build_config", "load_distill_data", "load_synthetic",
+                            "save_synthetic", "method_class"],
+    "dkkt_plugin.evaluate": ["evaluate_synthetic", "get_protocol", "PROTOCOLS", "EvalProtocol", "EvalResult"],
+    "dkkt_plugin.training": ["TrainConfig", "train_classifier", "accuracy"],
+    "dkkt_plugin.pretrain": ["PretrainConfig", "pretrain", "save_edge_model", "load_edge_model"],
+    "dkkt_plugin.viz": ["image_grid", "save_png", "save_image_grid"],
 }
 
 

@@ -13,6 +13,7 @@ BUILTIN = {
     "initializers": {"noise", "real", "dsv"},
     "datasets": {"practical_subset", "cifar10", "fashion_mnist"},
     "augmentations": {"dsa"},
+    "methods": {"dm", "dm_star", "dc", "dsa", "dsv", "dm_dkkt"},
 }
 EXAMPLE_PLUGIN = os.environ.get("DKKT_EXPECT_EXAMPLE_PLUGIN") == "1"
 

@@ -8,10 +8,10 @@ from dkkt_plugin.losses import DMLoss
 from dkkt_plugin.nets import ConvNet
 
 
-def batch(n_real=12, n_syn=6, classes=3, dtype=torch.float32):
+def batch(n_real=12, n_syn=6, classes=3, dtype=torch.float32, size=28):
     g = torch.Generator().manual_seed(1)
-    real = torch.randn(n_real, 1, 28, 28, generator=g, dtype=dtype)
-    syn = torch.randn(n_syn, 1, 28, 28, generator=g, dtype=dtype)
+    real = torch.randn(n_real, 1, size, size, generator=g, dtype=dtype)
+    syn = torch.randn(n_syn, 1, size, size, generator=g, dtype=dtype)
     return real, torch.arange(n_real) % classes, syn, torch.arange(n_syn) % classes
 
 
@@ -64,8 +64,8 @@ def test_pretrained_embedding_kept_with_reinit_false():
 
 
 def test_gradcheck():
-    real, yr, syn, ys = batch(n_real=6, n_syn=3, dtype=torch.float64)
-    net = ConvNet(1, 3, 28, width=2, depth=1).double()
+    real, yr, syn, ys = batch(n_real=6, n_syn=3, dtype=torch.float64, size=8)
+    net = ConvNet(1, 3, 8, width=2, depth=1).double()
     dm = DMLoss(net, augment=DSA("color_flip_scale", mode="all", seed=0), reinit=False)
     draw_gen_state = dm.augment.generator.get_state()
 

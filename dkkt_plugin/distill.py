@@ -1,0 +1,219 @@
+"""Running a distillation: data, method, loop, checkpoints, and what a run leaves behind.
+
+A run directory holds:
+    checkpoint.pt   the full state every ``checkpoint_every`` iterations (atomic writes)
+    synthetic.pt    images, labels, multipliers (if any), config, normalisation
+    synthetic.png   a grid of the synthetic images, one row per class
+    record.json     config, losses over time, timings, and accuracies once evaluated
+
+Example:
+    >>> cfg = build_config("dm", ipc=1, pipc=10, iterations=20)   # doctest: +SKIP
+    >>> result = run_distillation("dm", cfg, out_dir="runs/dm")      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import __version__, registry
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .methods.base import DistillConfig, DistillData, Method
+from .progress import progress_bar
+
+CHECKPOINT_FORMAT = "dkkt-run/1"
+SYNTHETIC_FORMAT = "dkkt-synthetic/1"
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method class ``name`` (group ``dkkt_plugin.methods``)."""
+    return registry.load("methods", name)
+
+
+def build_config(method: str, **overrides: Any) -> DistillConfig:
+    """The method's config with ``overrides``; an option the method does not have is an error."""
+    cls = method_class(method).config_class
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"method {method!r} has no option(s) {', '.join(unknown)}; its options: "
+                          f"{', '.join(sorted(known))}")
+    return cls(**overrides)
+
+
+def load_distill_data(cfg: DistillConfig, device: Any = "cpu") -> DistillData:
+    """The practical subset of ``cfg.dataset`` (chosen with ``cfg.seed``) and the edge model."""
+    from .data.practical import PracticalSubset
+    from .pretrain import load_edge_model
+
+    train = registry.load("datasets", cfg.dataset)(cfg.data_root, train=True)
+    subset = PracticalSubset(train, cfg.pipc, seed=cfg.seed)
+    x, y = subset.tensors()
+    edge = None
+    if cfg.edge_model:
+        edge, meta = load_edge_model(cfg.edge_model, device=device)
+        if meta.get("dataset") != cfg.dataset:
+            raise ConfigError(f"edge model {cfg.edge_model} was trained on {meta.get('dataset')!r}, "
+                              f"not {cfg.dataset!r}; pretrain one with `dkkt pretrain --dataset {cfg.dataset}`")
+    return DistillData(x, y, train.num_classes, tuple(train.mean), tuple(train.std), edge)
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run_distillation` returns (the same is written to ``out_dir``)."""
+
+    out_dir: Path
+    images: torch.Tensor
+    labels: torch.Tensor
+    record: dict
+
+
+def _fingerprint(cfg: DistillConfig) -> dict:
+    d = asdict(cfg)
+    d.pop("iterations")  # a resumed run may be extended
+    return d
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, method: str, cfg: DistillConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({exc}); it was left as "
+                              "it is: move it away to start again, or restore a good copy") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a dkkt run checkpoint; it was left untouched")
+    if state["method"] != method:
+        raise CheckpointError(f"{path} belongs to a {state['method']!r} run, not {method!r}; "
+                              "use another --out or the same --method")
+    old, new = state["fingerprint"], _fingerprint(cfg)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise CheckpointError(
+            f"{path} was written with different settings ("
+            + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            + "); resume with the original flags or use another --out")
+    return state
+
+
+def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike, *,
+                     device: Any = "cpu", resume: bool = False, checkpoint_every: int = 50,
+                     data: Optional[DistillData] = None, command: str = "") -> RunResult:
+    """Distil with ``method`` under ``cfg``, checkpointing into ``out_dir``.
+
+    Args:
+        method: registered method name (``dm``, ``dm_star``, ``dc``, ``dsa``, ``dsv``, ``dm_dkkt``).
+        cfg: the method's config (see :func:`build_config`).
+        out_dir: run directory; an existing checkpoint there is continued only with ``resume``.
+        device: torch device.
+        resume: continue from ``out_dir/checkpoint.pt`` (error if there is none).
+        checkpoint_every: iterations between checkpoints.
+        data: the practical data (loaded from ``cfg`` when omitted).
+        command: the command line, kept in the record.
+
+    Raises:
+        CheckpointError: a checkpoint exists without ``resume``, or is corrupt or mismatched.
+        NonFiniteLossError: the loss became NaN/inf; the state before that step is checkpointed.
+    """
+    out = Path(out_dir)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise CheckpointError(f"{ckpt} exists: pass --resume to continue that run, or choose "
+                              "another --out (it is never overwritten silently)")
+    if resume and not ckpt.exists():
+        raise CheckpointError(f"nothing to resume: {ckpt} does not exist")
+    state = _load_checkpoint(ckpt, method, cfg) if resume else None
+    cls = method_class(method)
+    data = data if data is not None else load_distill_data(cfg, device)
+    m = cls(cfg, data, device=device)
+    history: list[dict] = []
+    start, seconds = 0, 0.0
+    if state is not None:
+        m.load_state_dict(state["method_state"])
+        start, history, seconds = state["iteration"], state["history"], state["seconds"]
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"method": method, "config": asdict(cfg), "command": command, "device": str(device),
+              "machine": f"{platform.machine()} threads={torch.get_num_threads()}",
+              "torch": str(torch.__version__), "dkkt_plugin": __version__,
+              "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
+
+    def checkpoint(iteration: int, method_state: dict) -> None:
+        _save_atomic({"format": CHECKPOINT_FORMAT, "method": method, "fingerprint": _fingerprint(cfg),
+                      "config": asdict(cfg), "iteration": iteration, "history": history,
+                      "seconds": seconds, "method_state": method_state}, ckpt)
+
+    log_every = max(1, cfg.iterations // 500)
+    bar = progress_bar(range(start, cfg.iterations), desc=f"distill {method}", unit="it",
+                       initial=start, total=cfg.iterations)
+    for it in bar:
+        good = m.state_dict()  # the state before this step, kept if the step turns non-finite
+        t0 = time.perf_counter()
+        try:
+            log = m.step(it)
+        except NonFiniteLossError:
+            checkpoint(it, good)
+            raise
+        seconds += time.perf_counter() - t0
+        if it % log_every == 0 or it == cfg.iterations - 1:
+            history.append({"iteration": it, **log})
+            bar.set_postfix(loss=f"{log['loss']:.4g}")
+        if (it + 1) % checkpoint_every == 0 and it + 1 < cfg.iterations:
+            checkpoint(it + 1, m.state_dict())
+    checkpoint(cfg.iterations, m.state_dict())
+    done = cfg.iterations - start
+    record.update(history=history, seconds=round(seconds, 3), iterations_run=done,
+                  seconds_per_iteration=seconds / cfg.iterations if cfg.iterations else 0.0,
+                  date=datetime.datetime.now().isoformat(timespec="seconds"))
+    images, labels = m.images.detach().cpu(), m.labels.cpu()
+    save_synthetic(out / "synthetic.pt", images, labels, method=method, config=asdict(cfg),
+                   mean=data.mean, std=data.std, extra=m.extra_outputs())
+    from .viz import save_image_grid
+
+    nrow = cfg.ipc if cfg.ipc > 1 else data.num_classes  # one class per row; ipc 1: one row
+    save_image_grid(out / "synthetic.png", images, nrow=nrow, mean=data.mean, std=data.std)
+    write_record(out, record)
+    return RunResult(out, images, labels, record)
+
+
+def save_synthetic(path: Path, images: torch.Tensor, labels: torch.Tensor, **meta: Any) -> None:
+    """Write a synthetic set (``images``, ``labels`` and metadata) atomically."""
+    extra = meta.pop("extra", {})
+    _save_atomic({"format": SYNTHETIC_FORMAT, "images": images, "labels": labels, **extra, **meta}, path)
+
+
+def load_synthetic(path: str | os.PathLike) -> dict:
+    """Read a synthetic set written by :func:`save_synthetic` (images, labels, config, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "synthetic.pt"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"synthetic set {path} does not exist; create it with `dkkt distill`") from None
+    except Exception as exc:
+        raise CheckpointError(f"synthetic set {path} is corrupt or unreadable ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != SYNTHETIC_FORMAT:
+        raise CheckpointError(f"{path} is not a dkkt synthetic set")
+    return payload
+
+
+def write_record(out_dir: Path, record: dict) -> Path:
+    """Write ``record.json`` atomically."""
+    path = Path(out_dir) / "record.json"
+    tmp = path.with_name("record.json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, path)
+    return path

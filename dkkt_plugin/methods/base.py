@@ -1,0 +1,187 @@
+"""What every distillation method shares: its configuration, its data, and its state.
+
+A method owns the synthetic images, their optimiser(s) and one CPU ``torch.Generator`` that
+drives every random draw (real minibatches, augmentation, fresh networks). ``step()`` runs one
+iteration and returns the numbers to log; ``state_dict()`` / ``load_state_dict()`` capture all of
+it, so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from .. import registry
+from ..errors import ConfigError, NonFiniteLossError
+from ..nets import ConvNet
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings shared by every method (DatasetCondensation's names and defaults)."""
+
+    dataset: str = "fashion_mnist"
+    data_root: Optional[str] = None  # None: the loader's default location
+    ipc: int = 1  # synthetic images per class
+    pipc: Any = 10  # real images per class the server may see: an int or "all"
+    iterations: int = 1000
+    lr_img: float = 1.0  # SGD on the images
+    momentum: float = 0.5
+    batch_real: int = 256  # real images per class per iteration (all of them when pipc is smaller)
+    init: str = "auto"  # "noise", "real", "dsv" or any registered initializer; "auto": the method's
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # Siamese augmentation ("" = none)
+    edge_model: Optional[str] = None  # checkpoint written by `dkkt pretrain` (methods that need one)
+    net_width: int = 128  # ConvNet width of the embedding / matching networks
+    net_depth: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
+            raise ConfigError(f"need ipc >= 1, iterations >= 0, batch_real >= 1; got ipc={self.ipc}, "
+                              f"iterations={self.iterations}, batch_real={self.batch_real}")
+
+
+@dataclass
+class DistillData:
+    """The practical subset a method may see, plus what it needs to know about the dataset."""
+
+    real: torch.Tensor  # (M, C, H, W) normalised practical images
+    real_labels: torch.Tensor  # (M,) long
+    num_classes: int
+    mean: tuple
+    std: tuple
+    edge_model: Optional[nn.Module] = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.real.shape[1:])
+
+
+def check_finite(value: torch.Tensor, what: str) -> None:
+    """Raise NonFiniteLossError (before any update is applied) when ``value`` is NaN or inf."""
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteLossError(
+            f"{what} became {float(value.detach())}; the run stopped before applying this update, so the "
+            "last checkpoint holds the last good state. Lower --lr-img (or the loss weights) and "
+            "resume with --resume, or start again."
+        )
+
+
+class Method(ABC):
+    """Base class of distillation methods, registered in the ``dkkt_plugin.methods`` group.
+
+    Subclasses set ``name``, ``config_class`` and ``default_init``, build their losses in
+    ``setup()`` and implement ``step()``. Third-party methods subclass this the same way.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = DistillConfig
+    default_init: ClassVar[str] = "real"
+    needs_edge_model: ClassVar[bool] = False
+
+    def __init__(self, config: DistillConfig, data: DistillData, *, device: Any = "cpu") -> None:
+        if not isinstance(config, self.config_class):
+            raise ConfigError(f"method {self.name!r} needs a {self.config_class.__name__}, "
+                              f"got {type(config).__name__}")
+        if self.needs_edge_model and data.edge_model is None:
+            raise ConfigError(f"method {self.name!r} needs the pretrained edge model: pass "
+                              "--edge-model PATH (create one with `dkkt pretrain`)")
+        self.config, self.data, self.device = config, data, torch.device(device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.real = data.real.to(self.device)
+        self.real_labels = data.real_labels.to(self.device)
+        self._by_class = [(self.real_labels == c).nonzero().flatten() for c in range(data.num_classes)]
+        empty = [c for c, idx in enumerate(self._by_class) if idx.numel() == 0]
+        if empty:
+            raise ConfigError(f"the practical subset has no image of classes {empty}")
+        images, labels = self.initial_images()
+        self.images = images.detach().to(self.device).requires_grad_(True)  # (K * ipc, C, H, W)
+        self.labels = labels.to(self.device)  # (K * ipc,)
+        self.setup()
+
+    # -- to implement --------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build losses and optimisers (called once, after the images exist)."""
+        self.optimizer = torch.optim.SGD([self.images], lr=self.config.lr_img, momentum=self.config.momentum)
+
+    @abstractmethod
+    def step(self, iteration: int) -> dict[str, float]:
+        """Run one iteration; return the numbers to log (at least ``loss``)."""
+
+    # -- shared helpers ------------------------------------------------------------------------
+    def initial_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial synthetic set from the configured (or the method's default) initializer."""
+        cfg = self.config
+        name = self.default_init if cfg.init == "auto" else cfg.init
+        init = registry.load("initializers", name)
+        return init(cfg.ipc, num_classes=self.data.num_classes, image_shape=self.data.image_shape,
+                    dataset=(self.real, self.real_labels), model=self.data.edge_model,
+                    generator=self.generator, device=self.device)
+
+    def sample_real(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_real`` random practical images per class (all of a class when it has fewer)."""
+        picks = []
+        for idx in self._by_class:
+            if idx.numel() > self.config.batch_real:
+                idx = idx[torch.randperm(idx.numel(), generator=self.generator)[: self.config.batch_real]]
+            picks.append(idx)
+        picks = torch.cat(picks)
+        return self.real[picks], self.real_labels[picks]  # (R, C, H, W), (R,)
+
+    def fresh_net(self) -> nn.Module:
+        """A newly initialised ConvNet (drawn from this method's generator)."""
+        c, h, _ = self.data.image_shape
+        return ConvNet(c, self.data.num_classes, h, width=self.config.net_width,
+                       depth=self.config.net_depth, generator=self.generator, device=self.device)
+
+    def augmenter(self):
+        """The Siamese augmentation drawing from this method's generator (None when disabled)."""
+        if not self.config.dsa_strategy:
+            return None
+        from ..augment import DSA
+
+        return DSA(self.config.dsa_strategy, generator=self.generator)
+
+    def extra_outputs(self) -> dict[str, torch.Tensor]:
+        """Tensors saved beside the images in the synthetic set (e.g. multipliers)."""
+        return {}
+
+    # -- state ---------------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: images, optimisers, generator, extras."""
+        return {
+            "images": self.images.detach().cpu().clone(),
+            "labels": self.labels.cpu().clone(),
+            "generator": self.generator.get_state(),
+            # deep copies: an optimizer's state_dict() holds its live momentum buffers
+            "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers().items()},
+            "extra": {k: v.detach().cpu().clone() for k, v in self.extra_state().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.images.copy_(state["images"].to(self.device))
+        self.labels = state["labels"].to(self.device)
+        self.generator.set_state(state["generator"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.load_extra_state({k: v.to(self.device) for k, v in state["extra"].items()})
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors beyond images/optimisers/generator that a checkpoint must keep."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+def config_fields(cls: type) -> dict[str, Any]:
+    """``{name: default}`` of a config dataclass (used to build CLI flags)."""
+    return {f.name: f.default for f in fields(cls)}

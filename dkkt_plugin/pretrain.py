@@ -1,0 +1,120 @@
+"""The edge model: a ConvNet trained on the full training set, saved with its provenance.
+
+A checkpoint records the architecture, the dataset and its normalisation, the training settings,
+the test accuracy, the seed and the command that produced it, so ``dm_star``, ``dsv`` and
+``dm_dkkt`` can rebuild the model and check it matches the data they distil.
+
+Example:
+    >>> import tempfile, os
+    >>> from dkkt_plugin.nets import ConvNet
+    >>> path = os.path.join(tempfile.mkdtemp(), "edge.pt")
+    >>> save_edge_model(path, ConvNet(1, 10, 28, width=4), {"dataset": "fashion_mnist"})
+    >>> model, meta = load_edge_model(path)
+    >>> meta["arch"]["width"], meta["dataset"]
+    (4, 'fashion_mnist')
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import __version__, registry
+from .errors import CheckpointError
+from .nets import ConvNet
+from .training import TrainConfig, accuracy, train_classifier
+
+FORMAT = "dkkt-edge-model/1"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """What ``dkkt pretrain`` trains. Weight decay makes θ* a stationary point of the
+    regularised loss, so the DKKT stationarity condition has an exact solution (DESIGN.md §7)."""
+
+    dataset: str = "fashion_mnist"
+    root: Optional[str] = None  # dataset folder (None: the loader's default)
+    width: int = 128
+    depth: int = 3
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+def save_edge_model(path: str | os.PathLike, model: ConvNet, meta: dict[str, Any]) -> None:
+    """Write ``model`` and ``meta`` atomically (temporary file, then rename)."""
+    payload = {"format": FORMAT, "arch": dict(model.config),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_edge_model(path: str | os.PathLike, device: Any = None) -> tuple[ConvNet, dict[str, Any]]:
+    """Rebuild the edge model from a checkpoint written by :func:`save_edge_model`.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or not an edge-model checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"edge model {path} does not exist; create one with "
+                              "`dkkt pretrain --dataset DATASET --out PATH`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"edge model {path} is corrupt or not a torch file ({exc}); "
+                              "re-create it with `dkkt pretrain`") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dkkt edge-model checkpoint (format "
+                              f"{payload.get('format') if isinstance(payload, dict) else None!r})")
+    try:
+        model = ConvNet(**payload["arch"], device=device)
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:
+        raise CheckpointError(f"edge model {path} does not match its recorded architecture ({exc})") from exc
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}
+    return model.eval(), meta
+
+
+def pretrain(cfg: PretrainConfig, out: str | os.PathLike, *, device: Any = "cpu",
+             command: str = "") -> dict[str, Any]:
+    """Train a ConvNet on the full training set of ``cfg.dataset`` and save it to ``out``.
+
+    Returns the metadata written beside the weights (including ``test_accuracy``).
+    """
+    load = registry.load("datasets", cfg.dataset)
+    train = load(cfg.root, train=True)
+    test = load(cfg.root, train=False)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    c, h, _ = train.image_shape
+    model = ConvNet(c, train.num_classes, h, width=cfg.width, depth=cfg.depth, generator=gen, device=device)
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                       weight_decay=cfg.weight_decay, lr_schedule="cosine")
+    start = time.time()
+    x, y = train.images.to(device), train.targets.to(device)
+    train_classifier(model, x, y, tcfg, generator=gen, desc=f"pretrain {cfg.dataset}")
+    seconds = time.time() - start
+    meta = {
+        "dataset": cfg.dataset, "mean": list(train.mean), "std": list(train.std),
+        "num_train": len(train), "config": asdict(cfg), "train_config": asdict(tcfg),
+        "test_accuracy": accuracy(model, test.images.to(device), test.targets.to(device)),
+        "train_accuracy": accuracy(model, x, y), "train_seconds": round(seconds, 1),
+        "seed": cfg.seed, "command": command, "device": str(device),
+        "machine": f"{platform.machine()} {platform.processor()} threads={torch.get_num_threads()}",
+        "torch": str(torch.__version__), "dkkt_plugin": __version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    save_edge_model(out, model, meta)
+    return meta

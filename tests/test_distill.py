@@ -1,0 +1,155 @@
+"""The distillation engine: outputs, checkpoints, exact resume (after a real kill), errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dkkt_plugin.data import write_cifar10
+from dkkt_plugin.distill import build_config, load_synthetic, run_distillation
+from dkkt_plugin.errors import CheckpointError, NonFiniteLossError
+from dkkt_plugin.nets import ConvNet
+from dkkt_plugin.pretrain import load_edge_model, save_edge_model
+
+TINY = ["--net-width", "4", "--net-depth", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    """A CIFAR-10 folder in the exact format, 60 training images (6 per class)."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root, num_train=60, num_test=30, seed=0)
+    edge = root / "edge.pt"
+    save_edge_model(edge, ConvNet(3, 10, 32, width=4, depth=1), {"dataset": "cifar10"})
+    return root, edge
+
+
+def cfg(method, cifar, **kw):
+    root, edge = cifar
+    base = dict(dataset="cifar10", data_root=str(root), ipc=1, pipc=3, iterations=6,
+                net_width=4, net_depth=1, edge_model=str(edge))
+    if method in ("dc", "dsa"):
+        base.update(outer_loop=1, inner_loop=1)
+    return build_config(method, **{**base, **kw})
+
+
+def test_run_writes_outputs(cifar, tmp_path):
+    res = run_distillation("dm_dkkt", cfg("dm_dkkt", cifar), tmp_path / "run", checkpoint_every=2,
+                           command="test")
+    out = tmp_path / "run"
+    for name in ("checkpoint.pt", "synthetic.pt", "synthetic.png", "record.json"):
+        assert (out / name).is_file()
+    syn = load_synthetic(out)
+    assert torch.equal(syn["images"], res.images) and syn["labels"].tolist() == list(range(10))
+    assert syn["multipliers"].shape == (10,) and syn["config"]["pipc"] == 3
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["command"] == "test" and rec["iterations_run"] == 6 and rec["seconds"] > 0
+    assert [h["iteration"] for h in rec["history"]] == list(range(6))
+    assert {"stationarity", "floor", "lambda_median"} <= set(rec["history"][-1])
+    assert (out / "synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_checkpoint_needs_resume_and_is_not_overwritten(cifar, tmp_path):
+    c = cfg("dm", cifar)
+    run_distillation("dm", c, tmp_path, checkpoint_every=2)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="--resume"):
+        run_distillation("dm", c, tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(CheckpointError, match="ipc: 1 -> 2"):
+        run_distillation("dm", cfg("dm", cifar, ipc=2), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="'dm' run, not 'dsv'"):
+        run_distillation("dsv", cfg("dsv", cifar), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run_distillation("dm", c, tmp_path / "elsewhere", resume=True)
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(cifar, tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_distillation("dm", cfg("dm", cifar), tmp_path, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_resume_extends_a_finished_run_exactly(cifar, tmp_path):
+    full = run_distillation("dm", cfg("dm", cifar, iterations=6), tmp_path / "a")
+    run_distillation("dm", cfg("dm", cifar, iterations=3), tmp_path / "b")
+    resumed = run_distillation("dm", cfg("dm", cifar, iterations=6), tmp_path / "b", resume=True)
+    assert torch.equal(full.images, resumed.images)
+    assert resumed.record["iterations_run"] == 3
+
+
+def test_non_finite_loss_keeps_last_good_state(cifar, tmp_path):
+    with pytest.raises(NonFiniteLossError):
+        run_distillation("dm", cfg("dm", cifar, lr_img=1e30, iterations=50), tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert torch.isfinite(state["method_state"]["images"]).all()
+    assert 0 < state["iteration"] < 50
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DKKT_PROGRESS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "dkkt_plugin.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_run_resumes_to_the_same_synthetic_set(cifar, tmp_path):
+    root, edge = cifar
+    args = ["distill", "--method", "dm_dkkt", "--dataset", "cifar10", "--data-root", str(root),
+            "--edge-model", str(edge), "--ipc", "1", "--pipc", "3", "--iterations", "400",
+            "--checkpoint-every", "5", *TINY]
+    ref = _cli([*args, "--out", str(tmp_path / "ref")])
+    killed = _cli([*args, "--out", str(tmp_path / "killed")])
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["iteration"] >= 10:
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    at_kill = torch.load(ckpt, weights_only=True)["iteration"]
+    assert 10 <= at_kill < 400, "the run must be killed mid-way"
+    assert not (tmp_path / "killed" / "synthetic.pt").exists()
+    resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    a, b = load_synthetic(tmp_path / "ref"), load_synthetic(tmp_path / "killed")
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["multipliers"], b["multipliers"])
+
+
+def test_cli_distill_and_evaluate(cifar, tmp_path, capsys):
+    from dkkt_plugin.cli import main
+
+    root, edge = cifar
+    out = tmp_path / "run"
+    rc = main(["distill", "--method", "dsv", "--dataset", "cifar10", "--data-root", str(root),
+               "--edge-model", str(edge), "--ipc", "1", "--pipc", "3", "--iterations", "3",
+               "--num-eval", "2", "--eval-epochs", "2", "--alpha", "0.5", "--out", str(out), *TINY])
+    text = capsys.readouterr().out
+    assert rc == 0 and "DKKT: primal" in text and "x its floor" in text and "SCALED to 2 of 1000" in text
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["config"]["alpha"] == 0.5 and len(rec["evaluation"]["accuracies"]) == 2
+    assert rec["command"].startswith("dkkt distill --method dsv")
+    assert main(["evaluate", "--synthetic", str(out), "--num-eval", "1", "--eval-epochs", "1",
+                 "--json", str(tmp_path / "ev.json"), *TINY[-2:]]) == 0
+    assert json.loads((tmp_path / "ev.json").read_text())["num_eval"] == 1
+    # errors come back as one line and exit status 2
+    assert main(["distill", "--method", "dm", "--alpha", "1", "--dataset", "cifar10",
+                 "--data-root", str(root), "--out", str(tmp_path / "x")]) == 2
+    assert "has no option(s) alpha" in capsys.readouterr().err
+    assert main(["distill", "--method", "dm", "--pipc", "7", "--dataset", "cifar10",
+                 "--data-root", str(root), "--out", str(tmp_path / "y"), *TINY]) == 2
+    assert "pipc" in capsys.readouterr().err
+
+
+def test_edge_model_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="dkkt pretrain"):
+        load_edge_model(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_edge_model(tmp_path / "bad.pt")

@@ -1,0 +1,146 @@
+"""Evaluation protocols and evaluate_synthetic on a tiny problem whose answer is known."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dkkt_plugin.errors import ConfigError
+from dkkt_plugin.evaluate import PROTOCOLS, EvalProtocol, EvalResult, evaluate_synthetic, get_protocol
+from dkkt_plugin.training import TrainConfig
+
+DSA = "color_crop_cutout_flip_scale_rotate"
+NET = dict(width=4, depth=1)
+TINY = EvalProtocol("tiny", TrainConfig(epochs=30, lr=0.05, augment=""))  # SGD, no augmentation
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets run ~20x faster on one thread when the cores are shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """3 classes of 8x8 one-channel images: a random prototype per class plus noise."""
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(3, 1, 8, 8, generator=g)  # (3, 1, 8, 8)
+    test_labels = torch.arange(3).repeat_interleave(60)  # (180,)
+    test_images = protos[test_labels] + 0.5 * torch.randn(180, 1, 8, 8, generator=g)
+    noise = torch.randn(30, 1, 8, 8, generator=g)
+    noise_labels = torch.randint(0, 3, (30,), generator=g)
+    return protos, test_images, test_labels, noise, noise_labels
+
+
+def test_dm_protocol_settings():
+    t = get_protocol("dm").train
+    settings = (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.epochs)
+    assert settings == ("sgd", 0.01, 0.9, 5e-4, 256, 1000)
+    assert (t.augment, t.lr_schedule) == (DSA, "step")
+    assert get_protocol("dm").describe() == ("dm protocol: SGD lr 0.01 momentum 0.9 wd 5e-4 batch 256, "
+                                             "1000 epochs with DSA, lr x0.1 at epoch 500")
+
+
+def test_paper_protocol_settings():
+    p = get_protocol("paper")
+    t = p.train
+    assert (t.optimizer, t.lr, t.sam_rho, t.epochs) == ("sam", 0.1, 0.001, 5000)
+    assert (t.momentum, t.weight_decay, t.batch_size, t.augment, t.lr_schedule) == (0.9, 5e-4, 256, DSA, "step")
+    text = p.describe()
+    assert text.startswith("paper protocol: SAM rho 0.001 around SGD lr 0.1 momentum 0.9 wd 5e-4 batch 256, "
+                           "5000 epochs with DSA, lr x0.1 at epoch 2500")
+    assert "rho 0.001 is our reading" in text and "our choice" in text
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_scaled_keeps_all_but_epochs(name):
+    full = get_protocol(name)
+    small = get_protocol(name, epochs=50)
+    assert small == full.scaled(50)
+    assert small.train == TrainConfig(**{**full.train.__dict__, "epochs": 50})
+    assert small.full_epochs == full.train.epochs and full.full_epochs is None
+    text = small.describe()
+    assert text.startswith(f"{name} protocol SCALED to 50 of {full.train.epochs} epochs: ")
+    assert "50 epochs" in text and "lr x0.1 at epoch 25" in text
+    assert small.scaled(10).full_epochs == full.train.epochs  # scaling twice keeps the true total
+    assert "SCALED" not in small.scaled(full.train.epochs).describe()
+
+
+def test_unknown_protocol():
+    with pytest.raises(ConfigError, match="dm, paper"):
+        get_protocol("nope")
+    with pytest.raises(ConfigError):
+        evaluate_synthetic(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), torch.zeros(2, 1, 8, 8),
+                           torch.tensor([0, 1]), protocol="nope", **NET)
+
+
+def test_class_means_reach_high_accuracy(problem):
+    protos, x_test, y_test, _, _ = problem
+    r = evaluate_synthetic(protos, torch.arange(3), x_test, y_test, protocol=TINY, num_eval=2, **NET)
+    assert r.mean > 0.9 and len(r.accuracies) == 2 and r.protocol == TINY.describe()
+
+
+def test_wrong_labels_do_not(problem):
+    protos, x_test, y_test, noise, noise_labels = problem
+    shifted = evaluate_synthetic(protos, torch.tensor([1, 2, 0]), x_test, y_test, protocol=TINY, num_eval=2, **NET)
+    assert shifted.mean < 0.1  # learnt the wrong mapping: the test labels really are compared
+    random = evaluate_synthetic(noise, noise_labels, x_test, y_test, protocol=TINY, num_eval=3, **NET)
+    # chance is 1/3; no lower bound: the arbitrary prototype -> class mapping learnt from noise may
+    # as well be anti-correlated with the truth (it is for these seeds: about 0.09)
+    assert random.mean < 0.6
+
+
+def test_reproducible_seeds_and_std(problem):
+    _, x_test, y_test, noise, noise_labels = problem
+    proto = EvalProtocol("tiny", TrainConfig(epochs=3, lr=0.05, augment=""))
+    a = evaluate_synthetic(noise, noise_labels, x_test, y_test, protocol=proto, num_eval=3, seed=5, **NET)
+    b = evaluate_synthetic(noise, noise_labels, x_test, y_test, protocol=proto, num_eval=3, seed=5, **NET)
+    assert a.accuracies == b.accuracies and a.seeds == b.seeds == [5, 6, 7]
+    c = evaluate_synthetic(noise, noise_labels, x_test, y_test, protocol=proto, num_eval=1, seed=7, **NET)
+    assert c.seeds == [7] and c.accuracies[0] == a.accuracies[2]  # run r is seeded with seed + r
+    assert a.mean == pytest.approx(np.mean(a.accuracies)) and a.std == pytest.approx(np.std(a.accuracies))
+    d = json.loads(json.dumps(a.as_dict()))
+    assert d["accuracies"] == a.accuracies and d["num_eval"] == 3 and d["std"] == pytest.approx(a.std)
+    assert str(a).startswith(f"{100 * a.mean:.2f} ± {100 * a.std:.2f} % (3 runs, tiny protocol")
+
+
+def test_result_str_and_population_std():
+    r = EvalResult(protocol="p", accuracies=[0.5, 0.7], seeds=[0, 1], seconds=1.0)
+    assert r.std == pytest.approx(0.1) and str(r) == "60.00 ± 10.00 % (2 runs, p)"
+
+
+@pytest.mark.parametrize("name,epochs", [("paper", 2), ("dm", 20)])
+def test_standard_protocols_run_and_leave_state_alone(problem, name, epochs):
+    protos, x_test, y_test, _, _ = problem
+    images = protos.clone().requires_grad_(True)
+    labels = torch.arange(3)
+    before_images, before_test = images.detach().clone(), x_test.clone()
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    r = evaluate_synthetic(images, labels, x_test, y_test, protocol=name, epochs=epochs, num_eval=2, **NET)
+    assert torch.equal(torch.get_rng_state(), rng), "evaluation touched torch's global RNG"
+    assert np.isfinite(r.mean) and 0 <= r.mean <= 1 and len(r.accuracies) == 2
+    assert f"SCALED to {epochs} of" in r.protocol and r.protocol.startswith(name)
+    assert torch.equal(images.detach(), before_images) and images.grad is None
+    assert torch.equal(x_test, before_test) and torch.equal(labels, torch.arange(3))
+
+
+@pytest.mark.parametrize("bad", [
+    dict(images=torch.zeros(3, 8, 8)),  # no channel dim
+    dict(images=torch.zeros(3, 3, 8, 8)),  # channels differ from the test set
+    dict(images=torch.zeros(3, 1, 6, 6)),  # size differs from the test set
+    dict(labels=torch.tensor([0, 1])),  # wrong length
+    dict(labels=torch.tensor([0.0, 1.0, 2.0])),  # not long
+    dict(test_labels=torch.zeros(5, dtype=torch.long)),  # test labels of wrong length
+    dict(num_eval=0),
+])
+def test_bad_inputs(problem, bad):
+    protos, x_test, y_test, _, _ = problem
+    kw = dict(images=protos, labels=torch.arange(3), test_images=x_test, test_labels=y_test)
+    kw.update(bad)
+    num_eval = kw.pop("num_eval", 1)
+    with pytest.raises(ConfigError, match="num_eval" if num_eval < 1 else r"images \("):
+        evaluate_synthetic(**kw, protocol=TINY, num_eval=num_eval, **NET)
