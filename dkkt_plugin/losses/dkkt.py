@@ -4,6 +4,12 @@ For a frozen classifier ``f(x; θ*)`` and synthetic images ``x_i`` with labels `
 
     L_primal = mean_i ℓ(f(x_i), y_i)          (or only over misclassified samples: "boundary")
     L_stat   = mean_k D(θ*_k, -Σ_i λ_i ∇_θk ℓ_i)   over the selected parameter tensors k
+
+``D`` is L1 or squared L2 averaged over the tensor's entries, or ``cos``: ``1 - cos`` between
+each output row of θ*_k and of ``-Σ λ g``, averaged over rows (scale-free, as DC's layer-wise
+distance; its floor is 1). With weight decay ``wd`` a trained model satisfies
+``θ* = -(1/(wd N)) Σ_train ∇θ ℓ``, so stationarity asks the synthetic set to reproduce the full
+training set's gradient at θ*: gradient matching against data the server never sees.
     L_DKKT   = L_primal + α·L_stat + w_tv·TV(x) + w_norm·mean(x²)
 
 ``Σ_i λ_i ∇θ ℓ_i`` is computed as ONE backward of ``Σ_i λ_i ℓ_i`` with ``create_graph=True``;
@@ -27,10 +33,11 @@ from torch.func import functional_call
 from ..errors import ConfigError
 from .kkt import fit_multipliers_nnls, per_sample_grads, select_parameters
 
-DISTANCES = ("l1", "l2")
+DISTANCES = ("l1", "l2", "cos")
 PRIMALS = ("ce", "boundary")
 MULTIPLIERS = ("log", "projected")
 SCALES = ("none", "floor")
+COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class DKKTConfig:
     """Settings of :class:`DKKTLoss`. Defaults are the measured best (see README, issue 5)."""
 
     alpha: float = 0.1  # stationarity rate α (paper: 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all)
-    distance: str = "l1"  # "l1" or "l2" (squared), averaged within each parameter tensor
+    distance: str = "l1"  # "l1", "l2" (squared), averaged within each tensor; "cos": 1 - cos per output row
     primal: str = "boundary"  # "ce": mean CE; "boundary": CE only where argmax f(x) != y (DSV Eq. 7)
     multiplier: str = "log"  # "log": λ = exp(ρ); "projected": λ = ρ, clamped at 0 by project_()
     lambda_init: float = 1.0  # initial λ (refit with fit_multipliers() to start at the right scale)
@@ -133,7 +140,8 @@ class DKKTLoss(nn.Module):
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
         # Per-tensor floors D(θ*_k, 0), fixed for a frozen model.
         theta = dict(model.named_parameters())
-        self._floors = [self._dist(theta[n].detach()).item() for n in self.param_names]
+        self._floors = [self._dist(theta[n].detach(), torch.zeros_like(theta[n])).item()
+                        for n in self.param_names]
 
     # -- multipliers ---------------------------------------------------------------------------
     @property
@@ -173,7 +181,7 @@ class DKKTLoss(nn.Module):
     @property
     def floor(self) -> float:
         """L_stat when the gradient sum is zero."""
-        if self.config.scale == "floor":
+        if self.config.scale == "floor" or self.config.distance == "cos":
             return 1.0
         return sum(self._floors) / len(self._floors)
 
@@ -201,8 +209,13 @@ class DKKTLoss(nn.Module):
             # Σ λ_i ∇θ ℓ_i as one backward, kept in the graph for the images' double backward.
             grads = torch.autograd.grad((lam * losses).sum(), [theta[n] for n in self.param_names],
                                         create_graph=True)
-            stat = torch.stack([self._dist(theta[n].detach() + g) / f
-                                for n, g, f in zip(self.param_names, grads, self._scales())]).mean()
+            thetas = [theta[n].detach() for n in self.param_names]
+            # the gradient's overall scale relative to the weights: round-off gradients (a bias in
+            # front of a per-channel norm) then stay negligible in cos instead of pointing anywhere
+            ref = (torch.stack([g.norm() for g in grads]).norm()
+                   / torch.stack([t.norm() for t in thetas]).norm().clamp(min=1e-30))
+            stat = torch.stack([self._dist(t, g, ref) / f
+                                for t, g, f in zip(thetas, grads, self._scales())]).mean()
         else:
             stat = logits.new_zeros(())
         tv = (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + \
@@ -233,11 +246,21 @@ class DKKTLoss(nn.Module):
             )
         return lam
 
-    def _dist(self, r: torch.Tensor) -> torch.Tensor:
+    def _dist(self, theta: torch.Tensor, grad_sum: torch.Tensor, ref=0.0) -> torch.Tensor:
+        """D(θ*_k, -Σ λ g_k) for one tensor; ``ref``: ‖Σλg‖ / ‖θ*‖ over all selected tensors."""
+        if self.config.distance == "cos":
+            rows = theta.shape[0] if theta.ndim > 1 else 1
+            a, b = theta.reshape(rows, -1), -grad_sum.reshape(rows, -1)  # (rows, fan_in)
+            a_norm = a.norm(dim=-1)
+            cos = (a * b).sum(-1) / (a_norm * (b.norm(dim=-1) + COS_DAMPING * ref * a_norm) + 1e-30)
+            return (1 - cos).mean()
+        r = theta + grad_sum
         return r.abs().mean() if self.config.distance == "l1" else r.pow(2).mean()
 
     def _scales(self) -> list[float]:
-        return self._floors if self.config.scale == "floor" else [1.0] * len(self._floors)
+        # the cos distance is scale-free already (floor 1 per tensor)
+        use = self.config.scale == "floor" and self.config.distance != "cos"
+        return self._floors if use else [1.0] * len(self._floors)
 
     def _theta(self) -> list[torch.Tensor]:
         theta = dict(self.model.named_parameters())
@@ -246,7 +269,7 @@ class DKKTLoss(nn.Module):
     def _row_weights(self) -> list[float]:
         # Squared-L2 version of this loss: mean_k ‖r_k‖² / (n_k · s_k) -> row weight 1/sqrt(n_k s_k).
         theta = self._theta()
-        scales = self._floors if self.config.scale == "floor" else [1.0] * len(theta)
+        scales = self._scales()
         if self.config.distance == "l1" and self.config.scale == "floor":
             scales = [f * f for f in scales]  # L1 floor is mean|θ|; its squared-L2 analogue is its square
         return [1.0 / math.sqrt(t.numel() * s) for t, s in zip(theta, scales)]
