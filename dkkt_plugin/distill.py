@@ -26,6 +26,7 @@ import torch
 
 from . import __version__, registry
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .fileio import load_torch, save_torch, write_atomic
 from .methods.base import DistillConfig, DistillData, Method
 from .progress import progress_bar
 
@@ -82,20 +83,9 @@ def _fingerprint(cfg: DistillConfig) -> dict:
     return d
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _load_checkpoint(path: Path, method: str, cfg: DistillConfig) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({exc}); it was left as "
-                              "it is: move it away to start again, or restore a good copy") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a dkkt run checkpoint; it was left untouched")
+    state = load_torch(path, "run checkpoint", CHECKPOINT_FORMAT,
+                       "move it away to start again, or restore a good copy")
     if state["method"] != method:
         raise CheckpointError(f"{path} belongs to a {state['method']!r} run, not {method!r}; "
                               "use another --out or the same --method")
@@ -151,7 +141,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
 
     def checkpoint(iteration: int, method_state: dict) -> None:
-        _save_atomic({"format": CHECKPOINT_FORMAT, "method": method, "fingerprint": _fingerprint(cfg),
+        save_torch({"format": CHECKPOINT_FORMAT, "method": method, "fingerprint": _fingerprint(cfg),
                       "config": asdict(cfg), "iteration": iteration, "history": history,
                       "seconds": seconds, "method_state": method_state}, ckpt)
 
@@ -191,7 +181,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
 def save_synthetic(path: Path, images: torch.Tensor, labels: torch.Tensor, **meta: Any) -> None:
     """Write a synthetic set (``images``, ``labels`` and metadata) atomically."""
     extra = meta.pop("extra", {})
-    _save_atomic({"format": SYNTHETIC_FORMAT, "images": images, "labels": labels, **extra, **meta}, path)
+    save_torch({"format": SYNTHETIC_FORMAT, "images": images, "labels": labels, **extra, **meta}, path)
 
 
 def load_synthetic(path: str | os.PathLike) -> dict:
@@ -199,21 +189,9 @@ def load_synthetic(path: str | os.PathLike) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "synthetic.pt"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"synthetic set {path} does not exist; create it with `dkkt distill`") from None
-    except Exception as exc:
-        raise CheckpointError(f"synthetic set {path} is corrupt or unreadable ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != SYNTHETIC_FORMAT:
-        raise CheckpointError(f"{path} is not a dkkt synthetic set")
-    return payload
+    return load_torch(path, "synthetic set", SYNTHETIC_FORMAT, "create one with `dkkt distill`")
 
 
 def write_record(out_dir: Path, record: dict) -> Path:
     """Write ``record.json`` atomically."""
-    path = Path(out_dir) / "record.json"
-    tmp = path.with_name("record.json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(out_dir) / "record.json", json.dumps(record, indent=1, default=str).encode())

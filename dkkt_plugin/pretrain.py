@@ -20,13 +20,13 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from . import __version__, registry
 from .errors import CheckpointError
+from .fileio import load_torch, save_torch
 from .nets import ConvNet
 from .training import TrainConfig, accuracy, train_classifier
 
@@ -54,11 +54,7 @@ def save_edge_model(path: str | os.PathLike, model: ConvNet, meta: dict[str, Any
     """Write ``model`` and ``meta`` atomically (temporary file, then rename)."""
     payload = {"format": FORMAT, "arch": dict(model.config),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_torch(payload, path)
 
 
 def load_edge_model(path: str | os.PathLike, device: Any = None) -> tuple[ConvNet, dict[str, Any]]:
@@ -67,18 +63,8 @@ def load_edge_model(path: str | os.PathLike, device: Any = None) -> tuple[ConvNe
     Raises:
         CheckpointError: the file is missing, unreadable, or not an edge-model checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"edge model {path} does not exist; create one with "
-                              "`dkkt pretrain --dataset DATASET --out PATH`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"edge model {path} is corrupt or not a torch file ({exc}); "
-                              "re-create it with `dkkt pretrain`") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dkkt edge-model checkpoint (format "
-                              f"{payload.get('format') if isinstance(payload, dict) else None!r})")
+    payload = load_torch(path, "edge model", FORMAT,
+                         "create one with `dkkt pretrain --dataset DATASET --out PATH`")
     try:
         model = ConvNet(**payload["arch"], device=device)
         model.load_state_dict(payload["state_dict"])

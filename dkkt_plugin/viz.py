@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import uuid
 import zlib
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .fileio import write_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 3: 2}  # channels -> PNG colour type (0 grayscale, 2 RGB)
@@ -82,18 +82,7 @@ def save_png(path: Union[str, os.PathLike], array: Union[torch.Tensor, np.ndarra
         >>> save_png(os.path.join(tempfile.mkdtemp(), "a", "b.png"), np.zeros((4, 4, 3), np.uint8)).name
         'b.png'
     """
-    data = encode_png(array)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # same folder: atomic
-    try:
-        with open(tmp, "xb") as f:  # a plain open: the file gets the usual umask permissions
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, encode_png(array))
 
 
 def _per_channel(values: Union[float, Sequence[float]], channels: int, what: str) -> torch.Tensor:

@@ -1,27 +1,24 @@
-"""The ``dkkt`` command line."""
-import pytest
-
-from dkkt_plugin import cli
+"""The ``dkkt`` command line (``plugins`` here; the engine's subcommands in test_distill etc.)."""
 import os
 
-BUILTIN = {
-    "losses": {"dkkt", "dm", "gradient_matching"},
-    "initializers": {"noise", "real", "dsv"},
-    "datasets": {"practical_subset", "cifar10", "fashion_mnist"},
-    "augmentations": {"dsa"},
-    "methods": {"dm", "dm_star", "dc", "dsa", "dsv", "dm_dkkt"},
-}
+import pytest
+
+from dkkt_plugin import cli, registry
+
 EXAMPLE_PLUGIN = os.environ.get("DKKT_EXPECT_EXAMPLE_PLUGIN") == "1"
 
 
-def test_plugins_lists_all_builtins(capsys):
+def test_plugins_lists_every_discovered_component(capsys):
     assert cli.main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for group, names in BUILTIN.items():
-        assert f"dkkt_plugin.{group}" in out
-        for name in names:
-            assert f"  {name} " in out
-    assert out.count("[dkkt-plugin] ok") >= 10
+    total = 0
+    for group in registry.GROUPS:
+        found = registry.discover(group)
+        assert f"dkkt_plugin.{group} ({len(found)})" in out
+        for name, comp in found.items():
+            assert f"  {name} " in out and f"[{comp.distribution}] ok" in out
+        total += sum(c.distribution == "dkkt-plugin" for c in found.values())
+    assert total == 16 and out.count("[dkkt-plugin] ok") == 16
     if EXAMPLE_PLUGIN:
         assert "constant" in out and "[dkkt-example-plugin] ok" in out
 

@@ -1,7 +1,6 @@
 """Entry-point discovery, lazy loading and plugin errors."""
 import os
 import sys
-import textwrap
 
 import pytest
 
