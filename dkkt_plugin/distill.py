@@ -50,12 +50,16 @@ def build_config(method: str, **overrides: Any) -> DistillConfig:
     return cls(**overrides)
 
 
-def load_distill_data(cfg: DistillConfig, device: Any = "cpu") -> DistillData:
-    """The practical subset of ``cfg.dataset`` (chosen with ``cfg.seed``) and the edge model."""
+def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None) -> DistillData:
+    """The practical subset of ``cfg.dataset`` (chosen with ``cfg.seed``) and the edge model.
+
+    ``train``: the already loaded training set (an ImageDataset), to avoid reading it again.
+    """
     from .data.practical import PracticalSubset
     from .pretrain import load_edge_model
 
-    train = registry.load("datasets", cfg.dataset)(cfg.data_root, train=True)
+    if train is None:
+        train = registry.load("datasets", cfg.dataset)(cfg.data_root, train=True)
     subset = PracticalSubset(train, cfg.pipc, seed=cfg.seed)
     x, y = subset.tensors()
     edge = None

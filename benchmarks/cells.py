@@ -1,0 +1,218 @@
+"""Running one grid cell: pretrain (once) -> distill -> evaluate -> one JSONL record.
+
+:class:`Context` holds what every cell of a grid shares (preset, dataset, output folder, device,
+the edge model, the loaded train / test sets). :func:`run_cell` distils one column at one
+``(ipc, pipc, seed)``, resuming from the run folder's checkpoint when one exists, and evaluates
+the result; :func:`run_blend` evaluates the pixel-wise mean of a row's dsv_noise and dm sets
+(the blending experiment of the paper's Fig. 3). Both return the record to append.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+import dkkt_plugin
+from dkkt_plugin import registry
+from dkkt_plugin.data.practical import PracticalSubset
+from dkkt_plugin.distill import (build_config, load_distill_data, load_synthetic, method_class,
+                                 run_distillation, save_synthetic, write_record)
+from dkkt_plugin.errors import CheckpointError, ConfigError
+from dkkt_plugin.evaluate import EvalResult, evaluate_synthetic, get_protocol
+from dkkt_plugin.pretrain import load_edge_model, pretrain
+
+from .grid import Cell
+from .presets import BLEND_COLUMN, BLEND_SOURCES, Preset
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "host": platform.node()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def versions() -> dict[str, str]:
+    return {"torch": str(torch.__version__), "dkkt_plugin": dkkt_plugin.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class Context:
+    """What the cells of one grid run share."""
+
+    preset: Preset
+    dataset: str
+    data_root: Optional[str]
+    out: Path
+    device: str = "cpu"
+    command: str = ""
+    edge_model: Optional[Path] = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def runs_dir(self) -> Path:
+        """``out/runs/<preset>``: a modified preset (``smoke[iterations=1]``) gets its own folder."""
+        return self.out / "runs" / re.sub(r"[^A-Za-z0-9_.=,-]+", "_", self.preset.name)
+
+    def data(self, train: bool):
+        """The dataset's train or test split, loaded once (raises DatasetError when missing)."""
+        key = "train" if train else "test"
+        if key not in self._cache:
+            self._cache[key] = registry.load("datasets", self.dataset)(self.data_root, train=train)
+        return self._cache[key]
+
+    def ensure_edge_model(self, explicit: Optional[str] = None) -> Path:
+        """Reuse ``explicit``, else ``out/edge_model.pt``, pretraining it once (a lock file keeps
+        concurrent shards from training it twice; the others wait)."""
+        if explicit:
+            path = Path(explicit)
+            _, meta = load_edge_model(path)
+            if meta.get("dataset") != self.dataset:
+                raise ConfigError(f"--edge-model {path} was trained on {meta.get('dataset')!r}, not {self.dataset!r}")
+        else:
+            path = self.out / "edge_model.pt"
+            _pretrain_once(path, self)
+            _, meta = load_edge_model(path)
+            want = dataclasses.asdict(self.preset.pretrain.config(self.dataset, self.data_root))
+            got = meta.get("config", {})
+            diff = sorted(k for k in want if k != "root" and got.get(k) != want[k])
+            if diff:
+                raise ConfigError(f"{path} was pretrained with other settings ({', '.join(diff)}) than preset "
+                                  f"{self.preset.name!r} asks; use another --out or pass --edge-model PATH")
+        self.edge_model = path
+        self._cache["edge_meta"] = meta
+        return path
+
+    def provenance(self) -> dict[str, Any]:
+        meta = self._cache.get("edge_meta") or {}
+        edge = {"path": str(self.edge_model), "test_accuracy": meta.get("test_accuracy"),
+                "config": meta.get("config")} if self.edge_model else None
+        return {"preset_label": self.preset.label, "cpu_sized": self.preset.cpu_sized,
+                "versions": versions(), "device": self.device, "machine": machine_info(),
+                "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": self.command,
+                "edge_model": edge}
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> EvalResult:
+        """The preset's evaluation; evaluation run r of distillation seed s uses seed 1000 s + r,
+        so the columns of one seed are evaluated with the same networks' initialisations."""
+        spec, test = self.preset.evaluation, self.data(train=False)
+        protocol = get_protocol(spec.protocol, spec.epochs)
+        result = evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol,
+                                    num_eval=spec.num_eval, seed=1000 * seed, device=self.device,
+                                    width=spec.width, num_classes=self.data(train=True).num_classes)
+        if spec.width != 128:
+            result.protocol += f"; evaluation ConvNet width {spec.width} (standard: 128)"
+        return result
+
+
+def _pretrain_once(path: Path, ctx: Context) -> None:
+    lock = path.with_name(path.name + ".lock")
+    told = False
+    while not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not told:
+                print(f"waiting for another process to pretrain {path} (lock {lock}; delete the lock if "
+                      "no process is pretraining)", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(5)
+            continue
+        try:
+            if not path.exists():
+                cfg = ctx.preset.pretrain.config(ctx.dataset, ctx.data_root)
+                print(f"pretraining the edge model ({cfg.epochs} epochs, width {cfg.width}) -> {path}", flush=True)
+                meta = pretrain(cfg, path, device=ctx.device, command=ctx.command)
+                print(f"edge model: test accuracy {100 * meta['test_accuracy']:.2f} % "
+                      f"({meta['train_seconds']:.0f} s)", flush=True)
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+
+
+def _base_record(ctx: Context, cell: Cell, access_ratio: float) -> dict[str, Any]:
+    return {"dataset": cell.dataset, "preset": cell.preset, "column": cell.column, "ipc": cell.ipc,
+            "pipc": cell.pipc, "access_ratio": access_ratio, "seed": cell.seed}
+
+
+def _eval_fields(ev: EvalResult, seconds: float) -> dict[str, Any]:
+    return {"accuracies": [float(a) for a in ev.accuracies], "mean": ev.mean, "std_eval": ev.std,
+            "eval_protocol": ev.protocol, "eval_seeds": ev.seeds, "eval_seconds": round(seconds, 3)}
+
+
+def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """Distil and evaluate ``cell``; returns its JSONL record.
+
+    An existing ``checkpoint.pt`` in the cell's run folder is resumed (a run interrupted during
+    distillation continues where it stopped; a finished one only writes its outputs again).
+    """
+    method, overrides = ctx.preset.method_overrides(cell.column, cell.ipc)
+    needs_edge = method_class(method).needs_edge_model
+    if needs_edge and ctx.edge_model is None:
+        raise ConfigError(f"{cell}: the edge model is not ready (call ensure_edge_model first)")
+    cfg = build_config(method, dataset=ctx.dataset, data_root=ctx.data_root, ipc=cell.ipc, pipc=cell.pipc,
+                       seed=cell.seed, edge_model=str(ctx.edge_model) if needs_edge else None, **overrides)
+    train = ctx.data(train=True)
+    data = load_distill_data(cfg, ctx.device, train=train)  # a fresh edge-model copy per cell
+    access_ratio = 100.0 * data.real.shape[0] / len(train)
+    run_dir = ctx.runs_dir / cell.run_name
+    resumed = (run_dir / "checkpoint.pt").exists()
+    result = run_distillation(method, cfg, run_dir, device=ctx.device, resume=resumed,
+                              checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command)
+    t0 = time.perf_counter()
+    ev = ctx.evaluate(result.images, result.labels, cell.seed)
+    eval_seconds = time.perf_counter() - t0
+    result.record["evaluation"] = ev.as_dict()
+    write_record(run_dir, result.record)
+    rec = result.record
+    return {**_base_record(ctx, cell, access_ratio), "method": method, "config": dataclasses.asdict(cfg),
+            **_eval_fields(ev, eval_seconds), "distill_seconds": rec["seconds"],
+            "seconds_per_iteration": rec["seconds_per_iteration"], "iterations": cfg.iterations,
+            "resumed": resumed, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}
+
+
+def blend_sources(ctx: Context, cell: Cell) -> list[Path]:
+    """The synthetic sets a blend cell averages; CheckpointError naming those not finished yet."""
+    paths = [ctx.runs_dir / dataclasses.replace(cell, column=c).run_name / "synthetic.pt" for c in BLEND_SOURCES]
+    missing = [c for c, p in zip(BLEND_SOURCES, paths) if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{cell}: {', '.join(missing)} not distilled yet")
+    return paths
+
+
+def run_blend(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """Evaluate the pixel-wise mean of the row's dsv_noise and dm synthetic sets (Fig. 3)."""
+    if cell.column != BLEND_COLUMN:
+        raise ConfigError(f"run_blend needs a {BLEND_COLUMN} cell, got {cell.column}")
+    paths = blend_sources(ctx, cell)
+    sets = [load_synthetic(p) for p in paths]
+    a, b = sets
+    if a["images"].shape != b["images"].shape or not torch.equal(a["labels"], b["labels"]):
+        raise ConfigError(f"{cell}: {paths[0]} and {paths[1]} hold differently shaped or labelled sets")
+    images = (a["images"] + b["images"]) / 2  # (N, C, H, W): same class order in both sets
+    run_dir = ctx.runs_dir / cell.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"sources": list(BLEND_SOURCES), "weights": [0.5, 0.5],
+              "source_runs": [str(p.parent.relative_to(ctx.out)) for p in paths]}
+    save_synthetic(run_dir / "synthetic.pt", images, a["labels"], method="blend", config=config,
+                   mean=a.get("mean"), std=a.get("std"))
+    t0 = time.perf_counter()
+    ev = ctx.evaluate(images, a["labels"], cell.seed)
+    eval_seconds = time.perf_counter() - t0
+    subset = PracticalSubset(ctx.data(train=True), cell.pipc, seed=cell.seed)
+    return {**_base_record(ctx, cell, subset.access_ratio), "method": "blend", "config": config,
+            **_eval_fields(ev, eval_seconds), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
+            "iterations": 0, "resumed": False, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}

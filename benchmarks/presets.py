@@ -1,0 +1,268 @@
+"""Benchmark presets: which cells the grid has and how each cell is distilled and evaluated.
+
+A cell is one column (method) at one ``(ipc, pipc)`` row for one seed. Three presets:
+
+- ``paper``: the practical paper's Table 1 (CIFAR-10 or Fashion-MNIST): ipc 1/3/10/50 x pipc
+  10/50/all (ipc 50: pipc 50/all), DM 20 000 iterations (DM*, DSV, DM+DKKT the same), DC/DSA
+  1000, batch_real 256, the paper's evaluation (SAM, 5000 epochs), 5 seeds. GPU work.
+- ``cpu``: the same grid shape, scaled so that the Fashion-MNIST ipc 1 and ipc 10 rows (its
+  default rows) finish in about two hours on 2 CPU cores. CPU-sized: NOT the paper's protocol.
+- ``smoke``: one tiny cell per method (ipc 1, pipc 10, one seed), minutes on a laptop; CI runs it.
+
+DSV columns exist only where the paper has them: at the smallest pipc of each ipc row group
+(pipc 10 for ipc 1/3/10, pipc 50 for ipc 50), see :meth:`Preset.columns_for`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from dkkt_plugin.errors import ConfigError
+from dkkt_plugin.pretrain import PretrainConfig
+
+Pipc = Union[int, str]
+
+# Table columns in the paper's order -> (registered method, fixed config overrides).
+COLUMN_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dm": ("dm", {}),
+    "dm_star": ("dm_star", {}),  # our reading of DM*: DM embedded by the edge model (DESIGN.md §2)
+    "dc": ("dc", {}),
+    "dsa": ("dsa", {}),
+    "dsv_noise": ("dsv", {"init": "noise"}),
+    "dsv_real": ("dsv", {"init": "real"}),
+    "dm_dkkt": ("dm_dkkt", {}),
+}
+COLUMNS = tuple(COLUMN_METHODS)
+DSV_COLUMNS = ("dsv_noise", "dsv_real")
+BLEND_COLUMN = "blend_dsv_dm"  # pixel-wise mean of the dsv_noise and dm sets (Fig. 3's blending)
+BLEND_SOURCES = ("dsv_noise", "dm")
+COLUMN_TITLES = {"dm": "DM", "dm_star": "DM*", "dc": "DC", "dsa": "DSA", "dsv_noise": "DSV(noise)",
+                 "dsv_real": "DSV(real)", "dm_dkkt": "DM+DKKT", BLEND_COLUMN: "(DSV+DM)/2"}
+GM_COLUMNS = ("dc", "dsa")
+
+PAPER_ROWS: tuple[tuple[int, tuple[Pipc, ...]], ...] = (
+    (1, (10, 50, "all")), (3, (10, 50, "all")), (10, (10, 50, "all")), (50, (50, "all")))
+
+
+def pipc_order(pipc: Pipc) -> tuple[int, int]:
+    """Sort key: integers ascending, then ``"all"``."""
+    return (1, 0) if pipc == "all" else (0, int(pipc))
+
+
+def parse_pipc(text: str) -> Pipc:
+    """``"10"`` -> 10, ``"all"`` -> ``"all"`` (ConfigError otherwise)."""
+    if str(text).lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"pipc must be an integer or 'all', got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a cell's synthetic set is evaluated (see ``dkkt_plugin.evaluate``)."""
+
+    protocol: str = "dm"  # "dm" (SGD, 1000 epochs) or "paper" (SAM, 5000 epochs)
+    epochs: Optional[int] = None  # None: the protocol's own count; else the protocol SCALED to it
+    num_eval: int = 5  # fresh ConvNets trained per synthetic set
+    width: int = 128  # ConvNet width of the evaluation networks (128 = the standard ConvNet)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """The edge model's training (``dkkt_plugin.pretrain.PretrainConfig`` without the data)."""
+
+    width: int = 128
+    depth: int = 3
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 0.05
+    weight_decay: float = 5e-4  # makes θ* a stationary point of the regularised loss (DESIGN.md §7)
+    seed: int = 0
+
+    def config(self, dataset: str, root: Optional[str]) -> PretrainConfig:
+        return PretrainConfig(dataset=dataset, root=root, **dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A benchmark grid: rows, columns, seeds, per-method budgets and the evaluation.
+
+    Args:
+        name: preset id (part of every result's key).
+        summary: one line for headers.
+        cpu_sized: True when iterations / epochs are scaled down (never the paper's protocol).
+        rows: ``(ipc, pipcs)`` groups of the table, in order.
+        default_ipcs: the ipc rows run when ``--ipc`` is not given.
+        seeds: distillation seeds (also choose the practical subset).
+        iterations: distillation iterations per column.
+        iterations_by_ipc: ``ipc -> {column: iterations}`` overriding ``iterations`` at that ipc.
+        common: config overrides for every method (e.g. ``batch_real``, ``net_width``).
+        gm_loops: ``ipc -> (outer_loop, inner_loop)`` for DC/DSA; missing ipc: the reference's.
+        evaluation: the evaluation spec.
+        pretrain: the edge model's training.
+        checkpoint_every: distillation iterations between checkpoints.
+    """
+
+    name: str
+    summary: str
+    cpu_sized: bool
+    rows: tuple[tuple[int, tuple[Pipc, ...]], ...]
+    default_ipcs: tuple[int, ...]
+    seeds: tuple[int, ...]
+    iterations: dict[str, int]
+    evaluation: EvalSpec
+    pretrain: PretrainSpec
+    common: dict[str, Any] = field(default_factory=dict)
+    iterations_by_ipc: dict[int, dict[str, int]] = field(default_factory=dict)
+    gm_loops: dict[int, tuple[int, int]] = field(default_factory=dict)
+    checkpoint_every: int = 50
+
+    # -- grid shape --------------------------------------------------------------------------
+    @property
+    def ipcs(self) -> tuple[int, ...]:
+        return tuple(ipc for ipc, _ in self.rows)
+
+    def pipcs(self, ipc: int) -> tuple[Pipc, ...]:
+        for row_ipc, pipcs in self.rows:
+            if row_ipc == ipc:
+                return pipcs
+        raise ConfigError(f"preset {self.name!r} has no ipc {ipc} row; its ipc rows: {list(self.ipcs)}")
+
+    def dsv_pipc(self, ipc: int) -> Pipc:
+        """The pipc where the paper reports DSV: the smallest of the ipc's row group."""
+        return min(self.pipcs(ipc), key=pipc_order)
+
+    def columns_for(self, ipc: int, pipc: Pipc) -> tuple[str, ...]:
+        """Columns with a cell at ``(ipc, pipc)``: DSV only at :meth:`dsv_pipc`."""
+        dsv = pipc == self.dsv_pipc(ipc)
+        return tuple(c for c in COLUMNS if dsv or c not in DSV_COLUMNS)
+
+    def has_blend(self, ipc: int, pipc: Pipc) -> bool:
+        """Whether the (DSV+DM)/2 blend exists at this row (it needs the dsv_noise cell)."""
+        return "dsv_noise" in self.columns_for(ipc, pipc)
+
+    # -- one cell ----------------------------------------------------------------------------
+    def method_overrides(self, column: str, ipc: int) -> tuple[str, dict[str, Any]]:
+        """``(method, config overrides)`` of ``column`` at ``ipc`` (without ipc/pipc/seed/data)."""
+        if column not in COLUMN_METHODS:
+            raise ConfigError(f"unknown column {column!r}; columns: {', '.join(COLUMNS)}")
+        method, fixed = COLUMN_METHODS[column]
+        iterations = {**self.iterations, **self.iterations_by_ipc.get(ipc, {})}[column]
+        overrides = {**self.common, **fixed, "iterations": iterations}
+        if column in GM_COLUMNS and ipc in self.gm_loops:
+            overrides["outer_loop"], overrides["inner_loop"] = self.gm_loops[ipc]
+        return method, overrides
+
+    # -- labels ------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """What every output says about the preset (CPU-sized ones are never the paper's)."""
+        if self.cpu_sized:
+            return f"preset '{self.name}', CPU-sized (scaled down; NOT the paper's protocol)"
+        return f"preset '{self.name}' (the paper's protocol)"
+
+    @property
+    def tag(self) -> str:
+        """Short form of :attr:`label` for every console line."""
+        return f"CPU-sized preset '{self.name}'" if self.cpu_sized else f"preset '{self.name}'"
+
+    def modified(self, **changes: Any) -> "Preset":
+        """A copy with ``iterations`` (all columns), ``eval_epochs``, ``num_eval`` or ``seeds``
+        changed; the name records the change (``smoke[iterations=1]``) so results never mix."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        new = self
+        if "iterations" in changes:
+            new = dataclasses.replace(new, iterations={c: changes["iterations"] for c in self.iterations},
+                                      iterations_by_ipc={})
+        if "eval_epochs" in changes:
+            new = dataclasses.replace(new, evaluation=dataclasses.replace(new.evaluation, epochs=changes["eval_epochs"]))
+        if "num_eval" in changes:
+            new = dataclasses.replace(new, evaluation=dataclasses.replace(new.evaluation, num_eval=changes["num_eval"]))
+        tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        return dataclasses.replace(new, name=f"{self.name}[{tag}]")
+
+
+def _same(n_dm: int, n_gm: int) -> dict[str, int]:
+    """DM, DM*, DSV and DM+DKKT get the DM budget; DC and DSA the gradient-matching one."""
+    return {c: (n_gm if c in GM_COLUMNS else n_dm) for c in COLUMNS}
+
+
+PAPER = Preset(
+    name="paper",
+    summary="the practical paper's Table 1 protocol (GPU work)",
+    cpu_sized=False,
+    rows=PAPER_ROWS,
+    default_ipcs=(1, 3, 10, 50),
+    seeds=(0, 1, 2, 3, 4),
+    iterations=_same(20000, 1000),
+    evaluation=EvalSpec(protocol="paper", epochs=None, num_eval=5),
+    pretrain=PretrainSpec(epochs=30),  # the edge model's training is not in the paper; ours
+    common={"batch_real": 256},
+    checkpoint_every=500,
+)
+
+# CPU preset. Calibrated with short probes on this 2-core machine: 1 torch thread per process,
+# Fashion-MNIST-shaped data, width-128 ConvNets, measured while other jobs kept the load at ~3
+# (so conservative; an idle machine is faster). Measured seconds per iteration, batch_real 16:
+#                 ipc 1: pipc 10 / 50 or all        ipc 10: pipc 10 / 50 or all
+#   DM            0.36 / 0.52                      1.08 / 1.05
+#   DM*           0.32 / 0.50                      1.06 / 1.06
+#   DM+DKKT       0.55 / 0.74                      3.45 / 3.71
+#   DSV (noise / real, pipc 10 only) 0.20 / 0.20   3.7 / 2.6
+#   DC, DSA       1.1 / 1.3 (loops 1/1)            9.5 (loops 2/5; the reference's 10/50: ~320 s, estimated)
+#   evaluation    0.07 s/epoch (ipc 1), 0.69 s/epoch (ipc 10), plus 35 s to test on the 10 000
+#                 test images (accuracy plateaus by 50 epochs on real-image sets: 52.7/55.4 % at
+#                 50/150 epochs for ipc 1, 70.2/70.5 % for ipc 10)
+#   pretraining   ~6.9 ms per image (forward + backward): 2 epochs of 60 000 images = 830 s
+# One seed of the ipc 1 and ipc 10 rows (17 cells + 1 blend per ipc):
+#   ipc 1,  200 DM-family iterations: (1.40 + 1.35 + 2.03 + 0.40) x 200 = 1036 s
+#   ipc 10,  50 DM-family iterations: (3.18 + 3.20 + 10.87 + 6.30) x 50 = 1178 s
+#   DC + DSA, ipc 1: 10 iterations x 7.3 = 73 s; ipc 10: 3 iterations x 57 = 171 s
+#   evaluation, 50 epochs, 1 run: 18 x (3.5 + 35) + 18 x (34.5 + 35) = 1944 s
+#   = 4402 core-seconds per seed; 3 seeds + pretraining = 13 206 + 830 = 14 036 core-seconds
+#   = 1.95 h with both cores busy (two 1-thread shards, `--shard 0/2` and `--shard 1/2`).
+CPU = Preset(
+    name="cpu",
+    summary=("CPU-sized version of the paper's grid: Fashion-MNIST ipc 1 + 10 rows (the default) in "
+             "about 2 h on 2 cores"),
+    cpu_sized=True,
+    rows=PAPER_ROWS,
+    default_ipcs=(1, 10),  # ipc 3 and 50 exist (--ipc 3 50) but are outside the 2-hour budget
+    seeds=(0, 1, 2),
+    iterations=_same(50, 3),  # ipc 10 (and 50): DM family 50, DC/DSA 3
+    iterations_by_ipc={1: _same(200, 10), 3: _same(100, 5)},
+    evaluation=EvalSpec(protocol="dm", epochs=50, num_eval=1),  # the dm protocol SCALED to 50 epochs
+    pretrain=PretrainSpec(epochs=2),
+    common={"batch_real": 16},  # real images per class per step (paper: 256)
+    gm_loops={3: (2, 5), 10: (2, 5), 50: (2, 2)},  # (outer, inner); reference 10/50 (ipc 10), 50/10 (ipc 50)
+    checkpoint_every=25,
+)
+
+SMOKE = Preset(
+    name="smoke",
+    summary="one tiny cell per method (minutes; what CI runs)",
+    cpu_sized=True,
+    rows=((1, (10,)),),
+    default_ipcs=(1,),
+    seeds=(0,),
+    iterations=_same(2, 1),
+    evaluation=EvalSpec(protocol="dm", epochs=10, num_eval=1, width=8),
+    pretrain=PretrainSpec(width=8, epochs=1),
+    common={"batch_real": 4, "net_width": 8},
+    checkpoint_every=1,
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE)}
+DEFAULT_PRESET = {"fashion_mnist": "cpu", "cifar10": "paper"}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (ConfigError naming the choices otherwise)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,273 @@
+"""Report: JSONL results -> Markdown table in the paper's layout, Welch t-tests, PNG figures.
+
+Usage::
+
+    python -m benchmarks.report RESULTS [RESULTS ...] [--out-dir DIR] [--figure-cell IPC PIPC SEED]
+
+``RESULTS`` are JSONL files or result folders (their ``results*.jsonl``). Writes ``report.md``,
+``report.json`` and ``figures/*.png`` into ``--out-dir`` (default: the first input's folder).
+
+Per cell, a value is mean ± std over seeds of each seed's mean test accuracy over its evaluation
+runs (population std, ddof 0, as DatasetCondensation reports). Per row, DM+DKKT is compared with
+the best baseline of that row (highest mean) by Welch's t-test on those per-seed means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):  # `python benchmarks/report.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from dkkt_plugin.errors import ConfigError, DkktError  # noqa: E402
+
+from benchmarks.grid import read_jsonl, results_files  # noqa: E402
+from benchmarks.paper_numbers import published  # noqa: E402
+from benchmarks.presets import BLEND_COLUMN, COLUMN_TITLES, COLUMNS, PRESETS, pipc_order  # noqa: E402
+
+TABLE_COLUMNS = (*COLUMNS, BLEND_COLUMN)
+OURS = "dm_dkkt"
+STD_NOTE = ("mean ± std over seeds of each seed's mean test accuracy (population std, ddof 0, "
+            "as DatasetCondensation); n = seeds")
+
+
+def load(inputs: Sequence[Path]) -> list[tuple[dict, Path]]:
+    """Records with the folder their ``run_dir`` is relative to; one per key (the last read wins)."""
+    found: dict[tuple, tuple[dict, Path]] = {}
+    for p in inputs:
+        p = Path(p)
+        if not p.exists():
+            raise ConfigError(f"report: {p} does not exist")
+        files = results_files(p) if p.is_dir() else [p]
+        for f in files:
+            for rec in read_jsonl(f):
+                key = (rec["dataset"], rec["preset"], rec["column"], int(rec["ipc"]), str(rec["pipc"]), int(rec["seed"]))
+                found[key] = (rec, f.parent)
+    if not found:
+        raise ConfigError(f"report: no benchmark records in {', '.join(map(str, inputs))}")
+    return list(found.values())
+
+
+def _pipc(value: Any) -> Any:
+    return "all" if str(value) == "all" else int(value)
+
+
+def summarise(records: Sequence[dict]) -> dict[tuple[int, Any], dict[str, dict]]:
+    """``{(ipc, pipc): {column: {"seeds", "means" (per seed, %), "mean", "std", "n", "access_ratio"}}}``."""
+    table: dict[tuple[int, Any], dict[str, dict]] = defaultdict(dict)
+    for rec in sorted(records, key=lambda r: r["seed"]):
+        row = table[(int(rec["ipc"]), _pipc(rec["pipc"]))]
+        cell = row.setdefault(rec["column"], {"seeds": [], "means": [], "access_ratio": rec.get("access_ratio")})
+        cell["seeds"].append(int(rec["seed"]))
+        cell["means"].append(100.0 * float(np.mean(rec["accuracies"])))
+    for row in table.values():
+        for cell in row.values():
+            cell.update(mean=float(np.mean(cell["means"])), std=float(np.std(cell["means"])), n=len(cell["means"]))
+    return dict(sorted(table.items(), key=lambda kv: (kv[0][0], pipc_order(kv[0][1]))))
+
+
+def welch(row: dict[str, dict]) -> Optional[dict[str, Any]]:
+    """DM+DKKT vs the best other method column of the row (by mean): Welch's t-test on per-seed means."""
+    if OURS not in row:
+        return None
+    baselines = {c: v for c, v in row.items() if c not in (OURS, BLEND_COLUMN)}
+    if not baselines:
+        return None
+    best = max(baselines, key=lambda c: baselines[c]["mean"])
+    a, b = row[OURS]["means"], baselines[best]["means"]
+    if len(a) >= 2 and len(b) >= 2:
+        res = stats.ttest_ind(a, b, equal_var=False)
+        t, p = float(res.statistic), float(res.pvalue)
+    else:
+        t = p = float("nan")
+    return {"baseline": best, "ours_mean": float(np.mean(a)), "baseline_mean": float(np.mean(b)),
+            "difference": float(np.mean(a) - np.mean(b)), "t": t, "p": p, "n_ours": len(a), "n_baseline": len(b)}
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _cell_text(dataset: str, ipc: int, pipc: Any, column: str, cell: Optional[dict], structural: bool,
+               n_seeds: int) -> str:
+    pub = published(dataset, ipc, pipc, column)
+    paper = "" if pub is None else f" [{pub[0]:.2f}" + (f" ± {pub[1]:.2f}]" if pub[1] is not None else "]")
+    if cell is None:
+        return ("–" + paper) if structural or pub else ""
+    n = "" if cell["n"] == n_seeds else f" (n={cell['n']})"
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f}{n}{paper}"
+
+
+def _structural(preset_name: str, ipc: int, pipc: Any, column: str) -> bool:
+    """Whether the preset's grid has this cell (so a missing value means 'not run yet')."""
+    preset = PRESETS.get(preset_name.split("[")[0])
+    if preset is None or ipc not in preset.ipcs or pipc not in preset.pipcs(ipc):
+        return True
+    if column == BLEND_COLUMN:
+        return preset.has_blend(ipc, pipc)
+    return column in preset.columns_for(ipc, pipc)
+
+
+def markdown_table(dataset: str, preset: str, table: dict, n_seeds: int) -> list[str]:
+    head = ["ipc", "pipc", "access %", *[COLUMN_TITLES[c] for c in TABLE_COLUMNS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (ipc, pipc), row in table.items():
+        ratio = next((c["access_ratio"] for c in row.values() if c.get("access_ratio") is not None), None)
+        cells = [_cell_text(dataset, ipc, pipc, c, row.get(c), _structural(preset, ipc, pipc, c), n_seeds)
+                 for c in TABLE_COLUMNS]
+        lines.append("| " + " | ".join([str(ipc), str(pipc), _fmt(ratio, 3 if ratio and ratio < 1 else 1), *cells]) + " |")
+    return lines
+
+
+def welch_table(table: dict) -> tuple[list[str], list[dict]]:
+    lines = ["| ipc | pipc | DM+DKKT | best baseline | baseline | difference | t | p (Welch) | n (DM+DKKT, baseline) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    out = []
+    for (ipc, pipc), row in table.items():
+        w = welch(row)
+        if w is None:
+            continue
+        out.append({"ipc": ipc, "pipc": pipc, **w})
+        p = "n/a" if not np.isfinite(w["p"]) else f"{w['p']:.3g}"
+        lines.append(f"| {ipc} | {pipc} | {w['ours_mean']:.2f} | {COLUMN_TITLES[w['baseline']]} | "
+                     f"{w['baseline_mean']:.2f} | {w['difference']:+.2f} | {_fmt(w['t'])} | {p} | "
+                     f"{w['n_ours']}, {w['n_baseline']} |")
+    return lines, out
+
+
+def _unique(records: Sequence[dict], field: str) -> list[str]:
+    return sorted({json.dumps(r.get(field), sort_keys=True) if isinstance(r.get(field), dict) else str(r.get(field))
+                   for r in records})
+
+
+def header(dataset: str, preset: str, records: Sequence[dict]) -> list[str]:
+    cpu_sized = any(r.get("cpu_sized") for r in records)
+    label = records[0].get("preset_label", preset)
+    seeds = sorted({int(r["seed"]) for r in records})
+    dates = sorted(str(r.get("date")) for r in records)
+    lines = [f"# Benchmark report: {dataset}, {label}", ""]
+    if cpu_sized:
+        lines += [f"**CPU-sized** (preset `{preset}`): iterations, epochs and batches are scaled down; these "
+                  "numbers are NOT the paper's protocol and are not comparable in absolute terms with the "
+                  "published values in brackets.", ""]
+    lines += [f"- dataset: {dataset}; preset: `{preset}` ({'CPU-sized' if cpu_sized else 'not CPU-sized'})",
+              f"- seeds: {', '.join(map(str, seeds))}; {len(records)} result line(s), dated {dates[0]} … {dates[-1]}",
+              f"- values: test accuracy %, {STD_NOTE}; [brackets]: published values (see benchmarks/paper_numbers.py)",
+              *[f"- evaluation: {p}" for p in _unique(records, "eval_protocol")],
+              *[f"- machine: {m}" for m in _unique(records, "machine")],
+              f"- device(s): {', '.join(_unique(records, 'device'))}; versions: {'; '.join(_unique(records, 'versions'))}",
+              *[f"- command: `{c}`" for c in _unique(records, "command")], ""]
+    return lines
+
+
+def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table: dict, out: Path,
+             cell: Optional[tuple[int, Any, int]]) -> tuple[list[str], dict]:
+    from benchmarks import figures
+
+    from dkkt_plugin.distill import load_synthetic
+
+    def sets_of(ipc, pipc, seed=None) -> dict[str, list]:
+        found: dict[str, list] = defaultdict(list)
+        for rec, base in entries:
+            if (int(rec["ipc"]), _pipc(rec["pipc"])) == (ipc, pipc) and (seed is None or rec["seed"] == seed):
+                path = base / rec.get("run_dir", "") / "synthetic.pt"
+                if rec.get("run_dir") and path.is_file():
+                    found[rec["column"]].append(load_synthetic(path))
+        return found
+
+    lines, extra = [], {}
+    rows = [(k, row) for k, row in table.items() if any(c in row for c in TABLE_COLUMNS)]
+    if cell is None and rows:  # the row with most columns, its lowest seed
+        (ipc, pipc), row = max(rows, key=lambda kv: len(kv[1]))
+        cell = (ipc, pipc, min(min(c["seeds"]) for c in row.values()))
+    if cell is not None:
+        ipc, pipc, seed = cell
+        sets = {c: v[0] for c, v in sets_of(ipc, pipc, seed).items() if c in TABLE_COLUMNS}
+        sets = {c: sets[c] for c in TABLE_COLUMNS if c in sets}
+        if sets:
+            name = f"synthetic_ipc{ipc}_pipc{pipc}_seed{seed}.png"
+            figures.plot_synthetic_sets(sets, out / "figures" / name, f"{dataset} ipc {ipc} pipc {pipc} seed {seed} ({preset})")
+            lines.append(f"![synthetic images](figures/{name})")
+        every = sets_of(ipc, pipc)
+        spectra = {c: [figures.denormalised(p) for p in every[c]] for c in figures.SPECTRUM_COLUMNS if every.get(c)}
+        if spectra:
+            name = f"spectrum_ipc{ipc}_pipc{pipc}.png"
+            figures.plot_spectra(spectra, out / "figures" / name, f"radially averaged power spectrum, {dataset} ipc {ipc} pipc {pipc}")
+            extra["high_frequency_fraction"] = {c: figures.high_frequency_fraction(np.concatenate(v)) for c, v in spectra.items()}
+            lines.append(f"![power spectra](figures/{name})")
+            lines.append("Share of the radially averaged power above 0.25 cycles/pixel (white noise: ~50 %): " + ", ".join(
+                f"{COLUMN_TITLES[c]} {100 * v:.1f} %" for c, v in extra["high_frequency_fraction"].items()))
+    blend_rows = [(f"ipc {i} pipc {p}", {c: (row[c]["mean"], row[c]["std"]) for c in ("dm", "dsv_noise", BLEND_COLUMN, OURS) if c in row})
+                  for (i, p), row in table.items() if BLEND_COLUMN in row]
+    if blend_rows:
+        figures.plot_blend(blend_rows, out / "figures" / "blend_accuracy.png", f"(DSV+DM)/2 blend, {dataset} ({preset})")
+        lines.append("![blend accuracy](figures/blend_accuracy.png)")
+    return lines, extra
+
+
+def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool = True,
+                 cell: Optional[tuple[int, Any, int]] = None) -> tuple[str, dict]:
+    """The Markdown text and the JSON summary of every (dataset, preset) group in ``entries``."""
+    groups: dict[tuple[str, str], list[tuple[dict, Path]]] = defaultdict(list)
+    for rec, base in entries:
+        groups[(rec["dataset"], rec["preset"])].append((rec, base))
+    md, summary = [], {"std": STD_NOTE, "groups": []}
+    for (dataset, preset), items in sorted(groups.items()):
+        records = [r for r, _ in items]
+        table = summarise(records)
+        n_seeds = len({int(r["seed"]) for r in records})
+        md += header(dataset, preset, records)
+        md += ["## Accuracy (%)", "", *markdown_table(dataset, preset, table, n_seeds), "",
+               "– : not run (yet); empty: no such cell in this grid (DSV only at the smallest pipc of each ipc). "
+               "(DSV+DM)/2: pixel-wise mean of the DSV(noise) and DM sets of the same seed, evaluated alike.", ""]
+        wl, tests = welch_table(table)
+        md += ["## DM+DKKT vs the best baseline per row (Welch's t-test on per-seed means)", "", *wl, ""]
+        group = {"dataset": dataset, "preset": preset, "welch": tests,
+                 "table": [{"ipc": k[0], "pipc": k[1], "cells": v} for k, v in table.items()]}
+        if figures:
+            try:
+                fig_lines, extra = _figures(dataset, preset, items, table, out, cell)
+                md += ["## Figures", "", *fig_lines, ""]
+                group.update(extra)
+            except ImportError as exc:
+                md += [f"Figures skipped: {exc} (install matplotlib).", ""]
+                print(f"benchmarks.report: figures skipped: {exc} (install matplotlib)", file=sys.stderr)
+        summary["groups"].append(group)
+    return "\n".join(md), summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (2 on a clear error)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", help="JSONL files or result folders")
+    p.add_argument("--out-dir", default=None, help="where report.md, report.json, figures/ go")
+    p.add_argument("--figure-cell", nargs=3, metavar=("IPC", "PIPC", "SEED"), default=None,
+                   help="the cell whose synthetic images are shown (default: the fullest row)")
+    p.add_argument("--no-figures", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        inputs = [Path(i) for i in args.inputs]
+        out = Path(args.out_dir) if args.out_dir else (inputs[0] if inputs[0].is_dir() else inputs[0].parent)
+        cell = None
+        if args.figure_cell:
+            cell = (int(args.figure_cell[0]), _pipc(args.figure_cell[1]), int(args.figure_cell[2]))
+        text, summary = build_report(load(inputs), out, figures=not args.no_figures, cell=cell)
+    except DkktError as exc:
+        print(f"benchmarks.report: error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    print(f"report: {out / 'report.md'}, {out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

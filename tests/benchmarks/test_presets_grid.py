@@ -1,0 +1,102 @@
+"""Presets follow the paper's table; cells, keys, shards and JSONL merging behave."""
+import json
+
+import pytest
+
+from benchmarks import grid
+from benchmarks.presets import COLUMNS, CPU, DSV_COLUMNS, PAPER, PRESETS, SMOKE, get_preset
+from dkkt_plugin.errors import ConfigError
+from dkkt_plugin.evaluate import get_protocol
+
+
+def test_paper_preset_is_table_1():
+    assert [(ipc, tuple(p)) for ipc, p in PAPER.rows] == [
+        (1, (10, 50, "all")), (3, (10, 50, "all")), (10, (10, 50, "all")), (50, (50, "all"))]
+    assert PAPER.seeds == (0, 1, 2, 3, 4) and not PAPER.cpu_sized
+    for column in ("dm", "dm_star", "dsv_noise", "dsv_real", "dm_dkkt"):
+        assert PAPER.method_overrides(column, 10)[1]["iterations"] == 20000
+    for column in ("dc", "dsa"):
+        assert PAPER.method_overrides(column, 10)[1]["iterations"] == 1000
+    assert PAPER.evaluation.protocol == "paper" and PAPER.evaluation.epochs is None
+    assert get_protocol(PAPER.evaluation.protocol).train.epochs == 5000
+    assert get_protocol(PAPER.evaluation.protocol).train.optimizer == "sam"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS.values()), ids=list(PRESETS))
+def test_dsv_columns_only_at_the_smallest_pipc_of_each_ipc(preset):
+    for ipc, pipcs in preset.rows:
+        for pipc in pipcs:
+            has_dsv = set(DSV_COLUMNS) <= set(preset.columns_for(ipc, pipc))
+            assert has_dsv == (pipc == (50 if ipc == 50 else 10)), (ipc, pipc)
+            assert set(preset.columns_for(ipc, pipc)) - set(DSV_COLUMNS) == set(COLUMNS) - set(DSV_COLUMNS)
+
+
+def test_cell_counts_and_labels():
+    assert len(grid.build_cells(PAPER, "cifar10", seeds=[0])) == 3 * (3 * 5 + 2) + (2 * 5 + 2)
+    assert len(grid.build_cells(CPU, "fashion_mnist")) == 2 * (3 * 5 + 2) * 3  # ipc 1 and 10, 3 seeds
+    smoke = grid.build_cells(SMOKE, "cifar10")
+    assert sorted(c.column for c in smoke) == sorted(COLUMNS)
+    assert [c.column for c in grid.blend_cells(SMOKE, smoke)] == ["blend_dsv_dm"]
+    for preset in (CPU, SMOKE):
+        assert preset.cpu_sized and "CPU-sized" in preset.label and preset.name in preset.label
+    assert "CPU-sized" not in PAPER.label
+    with pytest.raises(ConfigError, match="no ipc 2 row"):
+        grid.build_cells(PAPER, "cifar10", ipcs=[2])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("gpu")
+
+
+def test_cpu_preset_is_scaled_per_ipc():
+    assert CPU.method_overrides("dm", 1)[1]["iterations"] == 200
+    assert CPU.method_overrides("dm_dkkt", 10)[1]["iterations"] == 50
+    method, over = CPU.method_overrides("dsa", 10)
+    assert method == "dsa" and (over["outer_loop"], over["inner_loop"]) == (2, 5) and over["iterations"] == 3
+    assert CPU.method_overrides("dsv_real", 1) == ("dsv", {"batch_real": 16, "init": "real", "iterations": 200})
+
+
+def test_modified_preset_gets_its_own_name():
+    mod = SMOKE.modified(iterations=1, eval_epochs=3)
+    assert mod.name == "smoke[eval_epochs=3,iterations=1]"
+    assert mod.method_overrides("dc", 1)[1]["iterations"] == 1 and mod.evaluation.epochs == 3
+    assert SMOKE.modified() is SMOKE
+
+
+def test_shards_partition_the_cells():
+    cells = grid.build_cells(CPU, "fashion_mnist")
+    parts = [grid.shard(cells, i, 4) for i in range(4)]
+    keys = [c.key for part in parts for c in part]
+    assert sorted(keys) == sorted(c.key for c in cells) and len(set(keys)) == len(keys)
+    assert parts == [grid.shard(cells, i, 4) for i in range(4)]  # deterministic
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_parse_shard():
+    assert grid.parse_shard("3/8") == (3, 8)
+    assert grid.parse_shard("env", {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}) == (1, 2)
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(ConfigError, match="i/n"):
+            grid.parse_shard(bad)
+    with pytest.raises(ConfigError, match="RANK"):
+        grid.parse_shard("env", {})
+
+
+def _rec(column, seed, date, mean=0.5):
+    return {"dataset": "cifar10", "preset": "paper", "column": column, "ipc": 1, "pipc": 10, "seed": seed,
+            "accuracies": [mean], "date": date}
+
+
+def test_merge_dedupes_by_key_keeping_the_latest(tmp_path):
+    for name, recs in (("a.jsonl", [_rec("dm", 0, "2026-01-01", 0.1), _rec("dm", 1, "2026-01-01")]),
+                       ("b.jsonl", [_rec("dm", 0, "2026-02-01", 0.9), _rec("dc", 0, "2026-01-01")])):
+        for r in recs:
+            grid.append_jsonl(tmp_path / name, r)
+    with open(tmp_path / "a.jsonl", "a") as fh:
+        fh.write('{"format": "dkkt-bench/1", "dataset": "cif')  # a line cut short by a crash
+    read, written = grid.merge([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "m.jsonl")
+    assert (read, written) == (4, 3)
+    merged = grid.read_jsonl(tmp_path / "m.jsonl")
+    assert {grid.record_key(r) for r in merged} == {("cifar10", "paper", c, 1, "10", s)
+                                                   for c, s in (("dm", 0), ("dm", 1), ("dc", 0))}
+    assert [r["accuracies"] for r in merged if r["column"] == "dm" and r["seed"] == 0] == [[0.9]]
+    assert json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])["format"] == grid.FORMAT
+    assert grid.merge([tmp_path], tmp_path / "m.jsonl")[1] == 3  # merging again changes nothing

@@ -1,0 +1,128 @@
+"""The report: the paper's table layout, Welch t-tests checked against scipy, figures, spectra."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks import figures, grid, report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+HEADER = "| ipc | pipc | access % | DM | DM* | DC | DSA | DSV(noise) | DSV(real) | DM+DKKT | (DSV+DM)/2 |"
+# (ipc, pipc, access %) -> column -> per-seed centre of the accuracies (%): DC best at pipc 50
+ROWS = {
+    (1, 10, 0.2): {"dm": 22, "dm_star": 23, "dc": 19, "dsa": 21, "dsv_noise": 25, "dsv_real": 17,
+                   "dm_dkkt": 26, "blend_dsv_dm": 24},
+    (1, 50, 1.0): {"dm": 24, "dm_star": 25, "dc": 27, "dsa": 26, "dm_dkkt": 28},
+    (1, "all", 100.0): {"dm": 26, "dm_star": 27, "dc": 28, "dsa": 29, "dm_dkkt": 29.5},
+}
+SEEDS = (0, 1, 2)
+
+
+def _write(path, preset="paper", cpu_sized=False):
+    rng = np.random.default_rng(0)
+    accs = {}
+    for (ipc, pipc, ratio), cols in ROWS.items():
+        for column, centre in cols.items():
+            for seed in SEEDS:
+                acc = list((centre + rng.normal(0, 1, size=2)) / 100)  # 2 evaluation runs per seed
+                accs[(ipc, pipc, column, seed)] = acc
+                grid.append_jsonl(path, {
+                    "dataset": "cifar10", "preset": preset, "column": column, "ipc": ipc, "pipc": pipc,
+                    "access_ratio": ratio, "seed": seed, "accuracies": acc, "mean": float(np.mean(acc)),
+                    "eval_protocol": "paper protocol: SAM", "machine": {"cpu_count": 2},
+                    "versions": {"torch": "2.13.0"}, "device": "cpu", "command": "python -m benchmarks.run X",
+                    "date": f"2026-01-0{seed + 1}T00:00:00", "cpu_sized": cpu_sized,
+                    "preset_label": f"preset '{preset}'" + (", CPU-sized" if cpu_sized else ""),
+                    "run_dir": "runs/none"})
+    return accs
+
+
+def _per_seed(accs, ipc, pipc, column):
+    return [100 * np.mean(accs[(ipc, pipc, column, s)]) for s in SEEDS]
+
+
+def test_table_layout_values_and_welch_against_scipy(tmp_path):
+    accs = _write(tmp_path / "results.jsonl")
+    assert report.main([str(tmp_path / "results.jsonl"), "--out-dir", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    lines = md.splitlines()
+    i = lines.index(HEADER)
+    rows = [line.split(" | ") for line in lines[i + 2:i + 5]]
+    assert [r[0] + "|" + r[1] + "|" + r[2] for r in rows] == ["| 1|10|0.200", "| 1|50|1.0", "| 1|all|100.0"]
+    dm = _per_seed(accs, 1, 10, "dm")
+    assert rows[0][3] == f"{np.mean(dm):.2f} ± {np.std(dm):.2f} [22.42 ± 0.43]"  # ours, then the paper's
+    assert rows[1][7] == "" and rows[1][8] == ""  # no DSV cells at pipc 50 (as in the paper)
+    assert rows[0][10].rstrip(" |") == f"{np.mean(_per_seed(accs, 1, 10, 'blend_dsv_dm')):.2f} ± " \
+                                       f"{np.std(_per_seed(accs, 1, 10, 'blend_dsv_dm')):.2f}"
+    assert rows[2][5].endswith("[28.30]")  # DC full-data number at pipc all
+    summary = json.loads((tmp_path / "rep" / "report.json").read_text())
+    tests = summary["groups"][0]["welch"]
+    assert [t["baseline"] for t in tests] == ["dsv_noise", "dc", "dsa"]
+    for t, (ipc, pipc) in zip(tests, ((1, 10), (1, 50), (1, "all"))):
+        ours, base = _per_seed(accs, ipc, pipc, "dm_dkkt"), _per_seed(accs, ipc, pipc, t["baseline"])
+        expected = stats.ttest_ind(ours, base, equal_var=False)
+        assert t["p"] == pytest.approx(expected.pvalue, rel=1e-9) and t["t"] == pytest.approx(expected.statistic)
+        assert (t["n_ours"], t["n_baseline"]) == (3, 3)
+        assert f"| {expected.pvalue:.3g} | 3, 3 |" in md
+    # the best baseline is the highest mean among the other method columns (blend excluded)
+    for t, ((ipc, pipc, _), cols) in zip(tests, ROWS.items()):
+        means = {c: np.mean(_per_seed(accs, ipc, pipc, c)) for c in cols if c not in ("dm_dkkt", "blend_dsv_dm")}
+        assert t["baseline"] == max(means, key=means.get)
+    assert "over seeds" in md and "ddof 0" in md and "Welch" in md
+    assert "seeds: 0, 1, 2" in md and "python -m benchmarks.run X" in md and "cpu_count" in md
+    assert "preset: `paper` (not CPU-sized)" in md and "**CPU-sized**" not in md
+    png = (tmp_path / "rep" / "figures" / "blend_accuracy.png")
+    if png.exists():  # matplotlib installed
+        assert png.read_bytes()[:8] == PNG
+
+
+def test_cpu_sized_results_say_so(tmp_path):
+    _write(tmp_path / "results.jsonl", preset="cpu", cpu_sized=True)
+    assert report.main([str(tmp_path), "--no-figures"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# Benchmark report: cifar10, preset 'cpu', CPU-sized")
+    assert "NOT the paper's protocol" in md and "preset: `cpu` (CPU-sized)" in md
+
+
+def test_single_seed_has_no_p_value(tmp_path):
+    _write(tmp_path / "r.jsonl")
+    records = [r for r in grid.read_jsonl(tmp_path / "r.jsonl") if r["seed"] == 0]
+    row = report.summarise(records)[(1, 10)]
+    w = report.welch(row)
+    assert w["n_ours"] == 1 and np.isnan(w["p"])
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    assert report.main([str(tmp_path / "none.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_radial_power_spectrum_separates_low_and_high_frequencies():
+    yy, xx = np.mgrid[0:32, 0:32]
+    smooth = np.cos(2 * np.pi * xx / 32)[None, None]  # 1 cycle per image: radius 1
+    freqs, power = figures.radial_power_spectrum(smooth)
+    assert freqs[0] == 0 and freqs[-1] == 0.5 and int(np.argmax(power)) == 1
+    assert figures.high_frequency_fraction(smooth) < 0.01
+    stripes = (xx % 2).astype(float)[None, None]
+    assert figures.high_frequency_fraction(stripes) == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(size=(20, 3, 32, 32))
+    assert figures.high_frequency_fraction(noise) == pytest.approx(0.5, abs=0.05)  # flat: half the 16 rings
+
+
+def test_figures_from_a_smoke_run_are_pngs(smoke_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    _, _, out = smoke_run
+    assert report.main([str(out), "--out-dir", str(tmp_path)]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert pngs == ["blend_accuracy.png", "spectrum_ipc1_pipc10.png", "synthetic_ipc1_pipc10_seed0.png"]
+    for name in pngs:
+        path = tmp_path / "figures" / name
+        assert path.read_bytes()[:8] == PNG
+        assert matplotlib.image.imread(path).shape[0] > 100
+    md = (tmp_path / "report.md").read_text()
+    assert all(f"figures/{name}" in md for name in pngs)
+    summary = json.loads((tmp_path / "report.json").read_text())["groups"][0]
+    assert set(summary["high_frequency_fraction"]) == {"dsv_noise", "dsv_real", "dm", "dm_dkkt"}
