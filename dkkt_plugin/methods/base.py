@@ -106,7 +106,12 @@ class Method(ABC):
     # -- to implement --------------------------------------------------------------------------
     def setup(self) -> None:
         """Build losses and optimisers (called once, after the images exist)."""
-        self.optimizer = torch.optim.SGD([self.images], lr=self.config.lr_img, momentum=self.config.momentum)
+        self.optimizer = torch.optim.SGD([self.images], lr=self.image_lr, momentum=self.config.momentum)
+
+    @property
+    def image_lr(self) -> float:
+        """Learning rate of the images' SGD (``config.lr_img``; a method may derive it)."""
+        return self.config.lr_img
 
     @abstractmethod
     def step(self, iteration: int) -> dict[str, float]:

@@ -20,6 +20,9 @@ from ..losses.dm import DMLoss
 from .base import DistillConfig, Method, check_finite
 
 
+DSV_LR = 100.0  # image SGD lr of the DKKT loss alone (DSV), when lr_img is not given
+
+
 def paper_alpha(pipc) -> float:
     """The paper's stationarity rate: 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all (nearest below)."""
     if pipc == "all" or (isinstance(pipc, int) and pipc > 50):
@@ -38,6 +41,9 @@ class DKKTMethodConfig(DistillConfig):
 
     alpha: Optional[float] = None  # None: the paper's value for this pipc
     beta: Optional[float] = None  # None: the paper's value for this ipc
+    # None: 1/β, so the β·L_DM part moves the images as plain DM with lr 1 does (with lr 1 and
+    # β 0.001 the DM part would barely move them); for DSV (β = 0) DSV_LR.
+    lr_img: Optional[float] = None
     distance: str = DKKTConfig.distance
     primal: str = DKKTConfig.primal
     multiplier: str = DKKTConfig.multiplier
@@ -78,6 +84,12 @@ class DMDKKT(Method):
     @property
     def beta(self) -> float:
         return self.config.resolved_beta
+
+    @property
+    def image_lr(self) -> float:
+        if self.config.lr_img is not None:
+            return self.config.lr_img
+        return 1.0 / self.beta if self.beta > 0 else DSV_LR
 
     def setup(self) -> None:
         super().setup()

@@ -88,6 +88,9 @@ def test_paper_defaults():
     assert build_config("dm_dkkt", ipc=1).init == "auto"
     m = method_class("dm_dkkt")(config("dm_dkkt", ipc=1), tiny_data())
     assert m.default_init == "noise"
+    assert m.image_lr == 1000.0 and m.optimizer.param_groups[0]["lr"] == 1000.0  # 1/β
+    assert method_class("dm_dkkt")(config("dm_dkkt", lr_img=3.0), tiny_data()).image_lr == 3.0
+    assert method_class("dsv")(config("dsv"), tiny_data()).image_lr == 100.0
 
 
 def test_errors():
