@@ -82,7 +82,10 @@ class DSVConfig:
     lr_img: float = 0.05  # Adam on the images
     lr_multiplier: float = 0.05  # Adam on the multipliers' parameters
     augment: str = "color_crop_cutout_flip_scale_rotate"  # the manifold condition ("" for none)
-    dkkt: DKKTConfig = field(default_factory=lambda: DKKTConfig(alpha=1.0, tv_weight=0.01))
+    # L1 here, not the distillation default cos: its magnitude-based residual is what pulls the
+    # images towards the decision boundary (tested: low-margin, correctly classified DSVs).
+    dkkt: DKKTConfig = field(default_factory=lambda: DKKTConfig(alpha=1.0, distance="l1", params="all",
+                                                                tv_weight=0.01))
 
 
 def generate_dsv(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

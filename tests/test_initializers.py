@@ -8,7 +8,6 @@ from dkkt_plugin import registry
 from dkkt_plugin.data import PracticalSubset
 from dkkt_plugin.errors import ConfigError, DatasetError
 from dkkt_plugin.initializers import DSVConfig, dsv_init, noise_init, real_init
-from dkkt_plugin.losses import DKKTConfig
 from dkkt_plugin.losses.kkt import margins
 
 
@@ -81,8 +80,7 @@ def _two_class_problem():
 def test_dsvs_are_correctly_classified_support_vectors():
     model, x, y = _two_class_problem()
     assert (model(x).argmax(1) == y).float().mean() > 0.95
-    cfg = DSVConfig(iterations=200, lr_img=0.05, augment="",
-                    dkkt=DKKTConfig(alpha=1.0, params="all", primal="boundary"))
+    cfg = DSVConfig(iterations=200, augment="")  # the initializer's own DKKT settings
     images, labels = dsv_init(5, num_classes=2, image_shape=(1, 4, 4), model=model,
                               generator=torch.Generator().manual_seed(0), config=cfg)
     with torch.no_grad():

@@ -2,8 +2,9 @@
 
     L_total = L_primal + α · L_stat + β · L_DM
 
-α (the stationarity rate) defaults to the paper's 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all and
-β (the DM ratio) to 0.01 at ipc 50, 0.001 otherwise. The images follow SGD with momentum; the
+α (the stationarity rate) defaults to 1.0 with the default cos distance, and to the paper's
+0.1 / 0.01 / 0.001 for pipc 10 / 50 / all with its L1 / L2 distances; β (the DM ratio) to 0.01
+at ipc 50, 0.001 otherwise, and the image lr to 1/β. The images follow SGD with momentum; the
 multipliers follow Adam on their own parameterisation. Every step logs the diagnostics of the
 stationarity term (its floor, the ratio to it, the edge model's accuracy on the synthetic images
 and the multipliers' distribution).
@@ -39,7 +40,8 @@ def paper_beta(ipc: int) -> float:
 class DKKTMethodConfig(DistillConfig):
     """DM+DKKT settings; the DKKT fields mirror :class:`~dkkt_plugin.losses.DKKTConfig`."""
 
-    alpha: Optional[float] = None  # None: the paper's value for this pipc
+    # None: 1.0 with the cos distance (measured), the paper's value for this pipc with l1 / l2
+    alpha: Optional[float] = None
     beta: Optional[float] = None  # None: the paper's value for this ipc
     # None: 1/β, so the β·L_DM part moves the images as plain DM with lr 1 does (with lr 1 and
     # β 0.001 the DM part would barely move them); for DSV (β = 0) DSV_LR.
@@ -63,7 +65,9 @@ class DKKTMethodConfig(DistillConfig):
 
     @property
     def resolved_alpha(self) -> float:
-        return paper_alpha(self.pipc) if self.alpha is None else self.alpha
+        if self.alpha is not None:
+            return self.alpha
+        return DKKTConfig.alpha if self.distance == "cos" else paper_alpha(self.pipc)
 
     @property
     def resolved_beta(self) -> float:

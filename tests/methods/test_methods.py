@@ -83,8 +83,9 @@ def test_paper_defaults():
     assert [paper_alpha(p) for p in (10, 50, "all")] == [0.1, 0.01, 0.001]
     assert [paper_beta(i) for i in (1, 3, 10, 50)] == [0.001, 0.001, 0.001, 0.01]
     assert default_loops(1) == (1, 1) and default_loops(10) == (10, 50) and default_loops(50) == (50, 10)
-    cfg = build_config("dm_dkkt", ipc=50, pipc="all")
+    cfg = build_config("dm_dkkt", ipc=50, pipc="all", distance="l1")
     assert cfg.resolved_alpha == 0.001 and cfg.resolved_beta == 0.01
+    assert build_config("dm_dkkt", pipc="all").resolved_alpha == 1.0  # cos: measured default
     assert build_config("dm_dkkt", ipc=1).init == "auto"
     m = method_class("dm_dkkt")(config("dm_dkkt", ipc=1), tiny_data())
     assert m.default_init == "noise"
