@@ -1,0 +1,181 @@
+"""DKKT ablation on Fashion-MNIST: DM vs DM+DKKT with each option on and off, plus DSV alone.
+
+CPU-sized. Settings are chosen on a held-out VALIDATION split of the training set
+(``--split val``: 200 images per class drawn with seed 999, disjoint from every practical subset
+of seeds 0-4 at pipc <= 50); the test set is used only to report the chosen settings
+(``--split test``). Results append to a JSONL file, one line per variant, pipc and seed; finished
+lines are skipped on rerun, so the grid can be completed over several sittings.
+
+    python -m benchmarks.ablation run --edge-model edge.pt --split val --pipc 10,50 --seeds 0,1,2
+    python -m benchmarks.ablation report --results benchmarks/results/ablation/ablation-val.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# name -> (method, config overrides). "dkkt_default" is DM+DKKT with the package defaults (cos
+# distance, alpha 1, boundary primal, conv/linear weights, log multipliers, noise init at ipc 1,
+# image lr 1/beta); every other dm_dkkt variant switches one option away from them.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "dm": ("dm", {}),
+    "dkkt_default": ("dm_dkkt", {}),
+    "init_real": ("dm_dkkt", {"init": "real"}),
+    "paper_l1": ("dm_dkkt", {"distance": "l1"}),  # the paper read literally: L1, alpha 0.1/0.01/0.001
+    "l2_floor_nnls": ("dm_dkkt", {"distance": "l2", "scale": "floor", "refit_every": 20}),
+    "alpha_0.1": ("dm_dkkt", {"alpha": 0.1}),
+    "primal_ce": ("dm_dkkt", {"primal": "ce"}),
+    "params_all": ("dm_dkkt", {"params": "all"}),
+    "params_classifier": ("dm_dkkt", {"params": "classifier"}),
+    "multiplier_projected": ("dm_dkkt", {"multiplier": "projected"}),
+    "nnls_refit": ("dm_dkkt", {"refit_every": 20}),
+    "dsv_noise": ("dsv", {}),
+    "dsv_real": ("dsv", {"init": "real"}),
+}
+VAL_SEED, VAL_PER_CLASS = 999, 200
+
+
+def validation_indices(train, per_class: int = VAL_PER_CLASS) -> torch.Tensor:
+    """Held-out training images: per class, a seed-999 draw avoiding every practical subset."""
+    from dkkt_plugin.data import PracticalSubset
+
+    taken: set[int] = set()
+    for seed in range(5):
+        taken |= set(PracticalSubset(train, 50, seed=seed).indices.tolist())
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    chosen = []
+    for c in range(train.num_classes):
+        idx = (train.targets == c).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=gen)].tolist()
+        chosen += [i for i in idx if i not in taken][:per_class]
+    return torch.tensor(chosen)
+
+
+def _key(variant: str, pipc, seed: int) -> str:
+    return f"{variant}/{pipc}/{seed}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from dkkt_plugin.data import PracticalSubset, load_fashion_mnist
+    from dkkt_plugin.distill import build_config, run_distillation
+    from dkkt_plugin.evaluate import evaluate_synthetic, get_protocol
+    from dkkt_plugin.methods.base import DistillData
+    from dkkt_plugin.pretrain import load_edge_model
+
+    train = load_fashion_mnist(args.data_root)
+    if args.split == "val":
+        idx = validation_indices(train)
+        ex, ey = train.images[idx], train.targets[idx]
+    else:
+        test = load_fashion_mnist(args.data_root, train=False)
+        ex, ey = test.images, test.targets
+    edge, meta = load_edge_model(args.edge_model)
+    out = Path(args.out)
+    results = out / f"ablation-{args.split}.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(line)["key"] for line in results.open()} if results.exists() else set()
+    protocol = get_protocol("dm", args.eval_epochs)
+    command = "python -m benchmarks.ablation " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    for pipc in args.pipc:
+        for seed in args.seeds:
+            x, y = PracticalSubset(train, pipc, seed=seed).tensors()
+            data = DistillData(x, y, 10, train.mean, train.std, edge)
+            for variant in args.variants:
+                key = _key(variant, pipc, seed)
+                if key in done:
+                    continue
+                method, overrides = VARIANTS[variant]
+                cfg = build_config(method, ipc=1, pipc=pipc, iterations=args.iterations, seed=seed,
+                                   edge_model=args.edge_model, **overrides)
+                run_dir = out / "runs" / args.split / key.replace("/", "-")
+                start = time.time()
+                res = run_distillation(method, cfg, run_dir, data=data, command=command,
+                                       resume=(run_dir / "checkpoint.pt").exists())
+                ev = evaluate_synthetic(res.images, res.labels, ex, ey, protocol=protocol,
+                                        num_eval=args.num_eval, seed=seed, desc=key)
+                line = {"key": key, "variant": variant, "method": method, "overrides": overrides,
+                        "pipc": pipc, "seed": seed, "split": args.split, "accuracy": ev.mean,
+                        "accuracies": ev.accuracies, "protocol": ev.protocol,
+                        "iterations": args.iterations, "seconds": round(time.time() - start, 1),
+                        "final": res.record["history"][-1], "edge_model": args.edge_model,
+                        "edge_test_accuracy": meta["test_accuracy"], "command": command,
+                        "machine": f"{platform.machine()} threads={torch.get_num_threads()} (CPU)",
+                        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                        "note": "CPU-sized ablation, not the paper's protocol"}
+                with results.open("a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+                print(f"{key}: {100 * ev.mean:.2f} % ({args.split})", flush=True)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from scipy.stats import ttest_ind
+
+    lines = [json.loads(s) for s in Path(args.results).read_text().splitlines() if s.strip()]
+    by = {}
+    for r in lines:
+        by.setdefault((r["pipc"], r["variant"]), []).append(100 * r["accuracy"])
+    pipcs = sorted({p for p, _ in by}, key=str)
+    variants = [v for v in VARIANTS if any((p, v) in by for p in pipcs)]
+    split = lines[0]["split"] if lines else "?"
+    rows = [f"Split: {split} ({'held-out training images, used to choose settings' if split == 'val' else 'test set'}); "
+            f"ipc 1; mean ± std over distillation seeds (np.std, ddof 0) of the per-seed mean accuracy; "
+            f"Welch t-test against DM on the per-seed values. CPU-sized.", "",
+            "| variant | " + " | ".join(f"pipc {p}: acc (%) | p vs DM | final stat/floor" for p in pipcs) + " |",
+            "|---|" + "---|---|---|" * len(pipcs)]
+    for v in variants:
+        cells = []
+        for p in pipcs:
+            acc = by.get((p, v))
+            if not acc:
+                cells += ["", "", ""]
+                continue
+            base = by.get((p, "dm"), [])
+            pv = ttest_ind(acc, base, equal_var=False).pvalue if v != "dm" and len(acc) > 1 and len(base) > 1 else None
+            ratio = [r["final"].get("stat_ratio") for r in lines if r["pipc"] == p and r["variant"] == v]
+            ratio = [x for x in ratio if x is not None]
+            cells += [f"{np.mean(acc):.2f} ± {np.std(acc):.2f} (n={len(acc)})",
+                      "" if pv is None else f"{pv:.3g}",
+                      f"{np.mean(ratio):.3f}" if ratio else ""]
+        rows.append(f"| {v} | " + " | ".join(cells) + " |")
+    text = "\n".join(rows) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--edge-model", required=True)
+    r.add_argument("--data-root", default=None)
+    r.add_argument("--split", choices=("val", "test"), default="val")
+    r.add_argument("--pipc", type=lambda s: [v if v == "all" else int(v) for v in s.split(",")], default=[10, 50])
+    r.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    r.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    r.add_argument("--iterations", type=int, default=200)
+    r.add_argument("--eval-epochs", type=int, default=300)
+    r.add_argument("--num-eval", type=int, default=2)
+    r.add_argument("--out", default="benchmarks/results/ablation")
+    r.set_defaults(func=run)
+    q = sub.add_parser("report")
+    q.add_argument("--results", required=True)
+    q.add_argument("--out", default=None)
+    q.set_defaults(func=report)
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
