@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 # name -> (method, config overrides). "dkkt_default" is DM+DKKT with the package defaults (cos
-# distance, alpha 1, boundary primal, conv/linear weights, log multipliers, noise init at ipc 1,
+# distance, alpha 1, boundary primal, classifier parameters, log multipliers, noise init at ipc 1,
 # image lr 1/beta); every other dm_dkkt variant switches one option away from them.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "dm": ("dm", {}),
@@ -34,7 +34,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "alpha_0.1": ("dm_dkkt", {"alpha": 0.1}),
     "primal_ce": ("dm_dkkt", {"primal": "ce"}),
     "params_all": ("dm_dkkt", {"params": "all"}),
-    "params_classifier": ("dm_dkkt", {"params": "classifier"}),
+    "params_weights": ("dm_dkkt", {"params": "weights"}),
+    "alpha_3": ("dm_dkkt", {"alpha": 3.0}),
     "multiplier_projected": ("dm_dkkt", {"multiplier": "projected"}),
     "nnls_refit": ("dm_dkkt", {"refit_every": 20}),
     "dsv_noise": ("dsv", {}),

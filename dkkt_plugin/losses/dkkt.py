@@ -53,7 +53,9 @@ class DKKTConfig:
     primal: str = "boundary"  # "ce": mean CE; "boundary": CE only where argmax f(x) != y (DSV Eq. 7)
     multiplier: str = "log"  # "log": λ = exp(ρ); "projected": λ = ρ, clamped at 0 by project_()
     lambda_init: float = 1.0  # initial λ (refit with fit_multipliers() to start at the right scale)
-    params: str = "weights"  # which θ* tensors enter L_stat: "all", "weights" (ndim >= 2), "classifier"
+    # which θ* tensors enter L_stat: "all", "weights" (ndim >= 2) or "classifier" (the last
+    # nn.Linear; best on the validation split: ten images can match its rank-10 gradient)
+    params: str = "classifier"
     scale: str = "none"  # "floor": divide each tensor's distance by its floor, so the floor is 1
     tv_weight: float = 0.0  # total-variation image prior
     norm_weight: float = 0.0  # mean squared pixel prior
