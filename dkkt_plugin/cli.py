@@ -162,6 +162,29 @@ def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int) -> None:
     p.add_argument("--eval-seed", type=int, default=0)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(iterations=args.iterations, eval_epochs=args.eval_epochs, num_eval=args.num_eval,
+                     seed=args.seed)
+    run_demo(args.out, cfg, device=_device(args.device), command=args.command_line)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    from .demo import DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="DM vs DM+DKKT vs DSV on Fashion-MNIST (CPU-sized, no download)")
+    p.add_argument("--out", default="dkkt-demo", help="where the runs and image grids go")
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--eval-epochs", type=int, default=d.eval_epochs)
+    p.add_argument("--num-eval", type=int, default=d.num_eval)
+    p.add_argument("--seed", type=int, default=d.seed)
+    _add_common(p)
+    p.set_defaults(func=cmd_demo)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
 
@@ -223,7 +246,7 @@ def _add_plugins(sub) -> None:
 
 
 # Subcommand builders; the engine adds its own here.
-SUBCOMMANDS: list[Callable] = [_add_pretrain, _add_distill, _add_evaluate, _add_plugins]
+SUBCOMMANDS: list[Callable] = [_add_pretrain, _add_distill, _add_evaluate, _add_demo, _add_plugins]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,34 @@
+"""`dkkt demo` runs from the packaged assets alone (tiny settings here; the real demo is longer)."""
+import json
+
+import torch
+
+from dkkt_plugin.cli import main
+from dkkt_plugin.demo import EDGE, PRACTICAL, TEST, asset_path, load_images
+from dkkt_plugin.pretrain import load_edge_model
+
+
+def test_assets_are_what_they_claim():
+    model, meta = load_edge_model(asset_path(EDGE))
+    assert meta["dataset"] == "fashion_mnist" and meta["num_train"] == 60000
+    assert meta["command"].startswith("dkkt pretrain") and meta["test_accuracy"] > 0.85
+    x, y, practical = load_images(PRACTICAL)
+    assert x.shape == (100, 1, 28, 28) and torch.bincount(y).tolist() == [10] * 10
+    assert practical["pipc"] == 10 and 0.16 < practical["access_ratio"] < 0.17
+    tx, ty, _ = load_images(TEST)
+    assert torch.bincount(ty).tolist() == [200] * 10
+    with torch.no_grad():
+        assert (model(tx).argmax(1) == ty).float().mean() > 0.85  # the edge model is really trained
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iterations", "2", "--eval-epochs", "2",
+                 "--num-eval", "1", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "CPU-sized" in text and "SCALED to 2 of 1000 epochs" in text
+    for method in ("dm", "dm_dkkt", "dsv"):
+        assert f"| {method} |" in text
+        assert (out / method / "synthetic.png").is_file()
+        rec = json.loads((out / method / "record.json").read_text())
+        assert len(rec["evaluation"]["accuracies"]) == 1
