@@ -39,3 +39,24 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fit_weight_decayed():
+    """Train a model to the minimum of mean CE + (wd/2)‖θ‖² (full batch, LBFGS): a KKT point."""
+    import torch
+    import torch.nn.functional as F
+
+    def fit(model, x, y, wd):
+        opt = torch.optim.LBFGS(model.parameters(), max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y) + 0.5 * wd * sum(p.pow(2).sum() for p in model.parameters())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return model
+
+    return fit

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -186,7 +186,3 @@ class Method(ABC):
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
-
-def config_fields(cls: type) -> dict[str, Any]:
-    """``{name: default}`` of a config dataclass (used to build CLI flags)."""
-    return {f.name: f.default for f in fields(cls)}

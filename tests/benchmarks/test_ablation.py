@@ -1,9 +1,7 @@
 """The DKKT ablation runner and the support-vector script."""
 import json
 
-import pytest
 import torch
-import torch.nn.functional as F
 from scipy.stats import ttest_ind
 from torch import nn
 
@@ -52,22 +50,13 @@ def test_report_table_and_welch(tmp_path, capsys):
     assert "held-out training images" in text
 
 
-def test_uniform_residual_is_small_at_a_weight_decayed_optimum():
+def test_uniform_residual_is_small_at_a_weight_decayed_optimum(fit_weight_decayed):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 2, 2, generator=g)
     y = (x.flatten(1).sum(1) > 0).long()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     wd = 0.05
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + 0.5 * wd * sum(p.pow(2).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    model = fit_weight_decayed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), x, y, wd)
     names = [n for n, _ in model.named_parameters()]
     assert uniform_residual(model, names, x, y, wd, batch=16) < 1e-3
     with torch.no_grad():

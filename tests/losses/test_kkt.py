@@ -47,21 +47,12 @@ def _two_blobs(n=80, seed=0):
     return x, y
 
 
-def test_support_vector_property_on_weight_decayed_model():
+def test_support_vector_property_on_weight_decayed_model(fit_weight_decayed):
     """Fitted multipliers reproduce θ* and favour low-margin points (the papers' claim)."""
     x, y = _two_blobs()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 2))
     wd = 1e-2
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-12)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + 0.5 * wd * sum(p.pow(2).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    model = fit_weight_decayed(nn.Sequential(nn.Linear(2, 2)), x, y, wd)
     names = [n for n, _ in model.named_parameters()]
     grads = per_sample_grads(model, names, x, y)
     theta = [p.detach() for p in model.parameters()]
