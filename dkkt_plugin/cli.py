@@ -58,7 +58,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = PretrainConfig(dataset=args.dataset, root=args.data_root, width=args.width, depth=args.depth,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, seed=args.seed)
+                         weight_decay=args.weight_decay, seed=args.seed,
+                         refit_classifier=args.refit_classifier)
     meta = pretrain(cfg, args.out, device=_device(args.device), command=args.command_line)
     print(f"edge model: {args.out}  test accuracy {100 * meta['test_accuracy']:.2f} % "
           f"(train {100 * meta['train_accuracy']:.2f} %, {meta['train_seconds']:.0f} s on {meta['device']})")
@@ -199,6 +200,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--refit-classifier", action="store_true",
+                   help="solve the classifier layer exactly for the weight-decayed loss (a KKT point)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     _add_common(p)

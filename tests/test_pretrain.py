@@ -30,3 +30,23 @@ def test_pretrain_cli_records_provenance(tmp_path, capsys):
           "--out", str(out2), "--device", "cpu"])
     other, _ = load_edge_model(out2)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+def test_refit_classifier_reaches_the_kkt_point():
+    import torch.nn.functional as F
+
+    from dkkt_plugin.nets import ConvNet
+    from dkkt_plugin.pretrain import refit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 8, 8, generator=g)
+    y = torch.arange(60) % 3
+    model = ConvNet(1, 3, 8, width=4, depth=1, generator=g)
+    wd = 0.01
+    refit_classifier(model, x, y, wd)
+    lin = model.classifier
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    gw, gb = torch.autograd.grad(loss, [lin.weight, lin.bias])
+    theta = torch.cat([lin.weight.flatten(), lin.bias]).detach()
+    resid = theta + torch.cat([gw.flatten(), gb]) / (wd * len(x))
+    assert float(resid.norm() / theta.norm()) < 1e-3
