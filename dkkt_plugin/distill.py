@@ -146,8 +146,8 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
 
     def checkpoint(iteration: int, method_state: dict) -> None:
         save_torch({"format": CHECKPOINT_FORMAT, "method": method, "fingerprint": _fingerprint(cfg),
-                      "config": asdict(cfg), "iteration": iteration, "history": history,
-                      "seconds": seconds, "method_state": method_state}, ckpt)
+                    "config": asdict(cfg), "iteration": iteration, "history": history,
+                    "seconds": seconds, "method_state": method_state}, ckpt)
 
     log_every = max(1, cfg.iterations // 500)
     bar = progress_bar(range(start, cfg.iterations), desc=f"distill {method}", unit="it",

@@ -186,8 +186,9 @@ class DKKTLoss(nn.Module):
     # -- loss ----------------------------------------------------------------------------------
     @property
     def floor(self) -> float:
-        """L_stat when the gradient sum is zero."""
-        if self.config.scale == "floor" or self.config.distance == "cos":
+        """L_stat when the gradient sum is zero (1 for the floor scale, and for cos: its per-tensor
+        floors are exactly 1)."""
+        if self.config.scale == "floor":
             return 1.0
         return sum(self._floors) / len(self._floors)
 
@@ -264,9 +265,8 @@ class DKKTLoss(nn.Module):
         return r.abs().mean() if self.config.distance == "l1" else r.pow(2).mean()
 
     def _scales(self) -> list[float]:
-        # the cos distance is scale-free already (floor 1 per tensor)
-        use = self.config.scale == "floor" and self.config.distance != "cos"
-        return self._floors if use else [1.0] * len(self._floors)
+        # (a cos floor is exactly 1 per tensor, so scale="floor" leaves cos unchanged)
+        return self._floors if self.config.scale == "floor" else [1.0] * len(self._floors)
 
     def _theta(self) -> list[torch.Tensor]:
         theta = dict(self.model.named_parameters())
