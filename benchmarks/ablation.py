@@ -8,6 +8,7 @@ lines are skipped on rerun, so the grid can be completed over several sittings.
 
     python -m benchmarks.ablation run --edge-model edge.pt --split val --pipc 10,50 --seeds 0,1,2
     python -m benchmarks.ablation report --results benchmarks/results/ablation/ablation-val.jsonl
+    python -m benchmarks.ablation curves --out-dir benchmarks/results/ablation --split val --pipc 10
 """
 from __future__ import annotations
 
@@ -154,6 +155,27 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def curves(args: argparse.Namespace) -> int:
+    """Plot the DKKT diagnostics of every finished DKKT run (``runs/<split>/<variant>-<pipc>-<seed>``)."""
+    from .figures import plot_diagnostics
+
+    root = Path(args.out_dir) / "runs" / args.split
+    histories: dict[str, list] = {}
+    for variant in VARIANTS:
+        for record in sorted(root.glob(f"{variant}-{args.pipc}-*/record.json")):
+            history = json.loads(record.read_text())["history"]
+            if history and "stat_ratio" in history[0]:  # DKKT runs only (DM has no diagnostics)
+                histories.setdefault(variant, []).append(history)
+    if not histories:
+        print(f"no DKKT run records under {root} for pipc {args.pipc}", file=sys.stderr)
+        return 1
+    out = Path(args.png or Path(args.out_dir) / f"curves-{args.split}-pipc{args.pipc}.png")
+    plot_diagnostics(histories, out, f"DKKT diagnostics, Fashion-MNIST ipc 1 pipc {args.pipc} "
+                                     f"({args.split} runs, CPU-sized); band: min-max over seeds")
+    print(f"wrote {out} ({', '.join(f'{k}: {len(v)}' for k, v in histories.items())})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -173,6 +195,12 @@ def main(argv=None) -> int:
     q.add_argument("--results", required=True)
     q.add_argument("--out", default=None)
     q.set_defaults(func=report)
+    c = sub.add_parser("curves", help="PNG of the DKKT diagnostics over iterations, per variant")
+    c.add_argument("--out-dir", default="benchmarks/results/ablation", help="the run command's --out")
+    c.add_argument("--split", choices=("val", "test"), default="val")
+    c.add_argument("--pipc", default="10")
+    c.add_argument("--png", default=None, help="output file (default <out-dir>/curves-<split>-pipc<pipc>.png)")
+    c.set_defaults(func=curves)
     args = p.parse_args(argv)
     args.argv = argv
     return args.func(args)

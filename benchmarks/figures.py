@@ -1,5 +1,6 @@
 """The report's figures: synthetic images per method (paper Fig. 2), radially averaged Fourier
-power spectra of DSV vs DM images (Fig. 3 left), and the accuracy of the (DSV+DM)/2 blend.
+power spectra of DSV vs DM images (Fig. 3 left), the accuracy of the (DSV+DM)/2 blend, and the
+DKKT diagnostics over distillation (stationarity / floor, primal, edge accuracy, multipliers).
 
 The spectrum is computed with numpy alone (:func:`radial_power_spectrum`); the plots need
 matplotlib (Agg backend, PNG files).
@@ -137,6 +138,43 @@ def plot_blend(rows: Sequence[tuple[str, Mapping[str, tuple[float, float]]]], pa
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+DIAGNOSTIC_PANELS = (("stat_ratio", "stationarity / floor"), ("primal", "primal term"),
+                     ("edge_accuracy", "edge-model accuracy on synthetic"), ("lambda_median", "multiplier median"))
+
+
+def plot_diagnostics(histories: Mapping[str, Sequence[Sequence[Mapping]]], path: Path, title: str) -> Path:
+    """DKKT diagnostics over iterations, one line per run group (mean over its runs, band min-max).
+
+    Args:
+        histories: group name -> the ``history`` lists of its runs (a ``record.json``'s
+            ``"history"``: one dict per iteration with ``stat_ratio``, ``primal``, ...).
+        path: PNG file to write.
+        title: figure title.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.0 * len(DIAGNOSTIC_PANELS), 3.4))
+    for ax, (key, label) in zip(axes, DIAGNOSTIC_PANELS):
+        for name, runs in histories.items():
+            runs = [[step for step in run if step.get(key) is not None] for run in runs]
+            runs = [run for run in runs if run]
+            if not runs:
+                continue
+            n = min(len(run) for run in runs)
+            its = np.array([step["iteration"] for step in runs[0][:n]])
+            values = np.array([[step[key] for step in run[:n]] for run in runs], dtype=float)  # (runs, n)
+            line, = ax.plot(its, values.mean(0), label=f"{name} (n={len(runs)})", lw=1.2)
+            if len(runs) > 1:
+                ax.fill_between(its, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
+        if key == "stat_ratio":
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xlabel("iteration")
+        ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -62,3 +62,20 @@ def test_uniform_residual_is_small_at_a_weight_decayed_optimum(fit_weight_decaye
     with torch.no_grad():
         model[1].weight.mul_(2)  # away from the optimum the residual is large
     assert uniform_residual(model, names, x, y, wd) > 0.1
+
+
+def test_curves_plot_dkkt_runs_and_skip_dm(tmp_path, capsys):
+    def history(ratio):
+        return [{"iteration": i, "stat_ratio": ratio / (i + 1), "primal": 0.0, "edge_accuracy": 1.0,
+                 "lambda_median": 1.0} for i in range(5)]
+
+    runs = tmp_path / "runs" / "val"
+    for name, hist in {"dkkt_default-10-0": history(1.0), "dkkt_default-10-1": history(2.0),
+                       "dm-10-0": [{"iteration": 0, "loss": 1.0}]}.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "record.json").write_text(json.dumps({"history": hist}))
+    assert ablation.main(["curves", "--out-dir", str(tmp_path), "--pipc", "10"]) == 0
+    png = tmp_path / "curves-val-pipc10.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dkkt_default: 2" in capsys.readouterr().out  # the DM run has no diagnostics
+    assert ablation.main(["curves", "--out-dir", str(tmp_path), "--pipc", "50"]) == 1
