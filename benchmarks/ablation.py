@@ -161,7 +161,7 @@ def curves(args: argparse.Namespace) -> int:
 
     root = Path(args.out_dir) / "runs" / args.split
     histories: dict[str, list] = {}
-    for variant in VARIANTS:
+    for variant in args.variants or VARIANTS:
         for record in sorted(root.glob(f"{variant}-{args.pipc}-*/record.json")):
             history = json.loads(record.read_text())["history"]
             if history and "stat_ratio" in history[0]:  # DKKT runs only (DM has no diagnostics)
@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     c.add_argument("--out-dir", default="benchmarks/results/ablation", help="the run command's --out")
     c.add_argument("--split", choices=("val", "test"), default="val")
     c.add_argument("--pipc", default="10")
+    c.add_argument("--variants", type=lambda s: s.split(","), default=None, help="default: all")
     c.add_argument("--png", default=None, help="output file (default <out-dir>/curves-<split>-pipc<pipc>.png)")
     c.set_defaults(func=curves)
     args = p.parse_args(argv)

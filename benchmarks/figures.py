@@ -142,8 +142,10 @@ def plot_blend(rows: Sequence[tuple[str, Mapping[str, tuple[float, float]]]], pa
     return _save(fig, path)
 
 
-DIAGNOSTIC_PANELS = (("stat_ratio", "stationarity / floor"), ("primal", "primal term"),
-                     ("edge_accuracy", "edge-model accuracy on synthetic"), ("lambda_median", "multiplier median"))
+# (history key, title, log y-axis)
+DIAGNOSTIC_PANELS = (("stat_ratio", "stationarity / floor (log)", True), ("primal", "primal term", False),
+                     ("edge_accuracy", "edge-model accuracy on synthetic", False),
+                     ("lambda_median", "multiplier median (log)", True))
 
 
 def plot_diagnostics(histories: Mapping[str, Sequence[Sequence[Mapping]]], path: Path, title: str) -> Path:
@@ -156,9 +158,10 @@ def plot_diagnostics(histories: Mapping[str, Sequence[Sequence[Mapping]]], path:
         title: figure title.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.0 * len(DIAGNOSTIC_PANELS), 3.4))
-    for ax, (key, label) in zip(axes, DIAGNOSTIC_PANELS):
-        for name, runs in histories.items():
+    fig, axes = plt.subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.0 * len(DIAGNOSTIC_PANELS), 3.6))
+    colors = plt.get_cmap("tab20" if len(histories) > 10 else "tab10").colors
+    for ax, (key, label, log) in zip(axes, DIAGNOSTIC_PANELS):
+        for color, (name, runs) in zip(colors, histories.items()):
             runs = [[step for step in run if step.get(key) is not None] for run in runs]
             runs = [run for run in runs if run]
             if not runs:
@@ -166,16 +169,19 @@ def plot_diagnostics(histories: Mapping[str, Sequence[Sequence[Mapping]]], path:
             n = min(len(run) for run in runs)
             its = np.array([step["iteration"] for step in runs[0][:n]])
             values = np.array([[step[key] for step in run[:n]] for run in runs], dtype=float)  # (runs, n)
-            line, = ax.plot(its, values.mean(0), label=f"{name} (n={len(runs)})", lw=1.2)
+            ax.plot(its, values.mean(0), label=f"{name} (n={len(runs)})", lw=1.1, color=color)
             if len(runs) > 1:
-                ax.fill_between(its, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
+                ax.fill_between(its, values.min(0), values.max(0), color=color, alpha=0.12)
+        if log:
+            ax.set_yscale("log")
         if key == "stat_ratio":
             ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_xlabel("iteration")
         ax.set_title(label, fontsize=9)
-    axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
+    fig.subplots_adjust(right=0.86)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     return _save(fig, path)
 
 
