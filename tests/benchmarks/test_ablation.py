@@ -79,3 +79,21 @@ def test_curves_plot_dkkt_runs_and_skip_dm(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dkkt_default: 2" in capsys.readouterr().out  # the DM run has no diagnostics
     assert ablation.main(["curves", "--out-dir", str(tmp_path), "--pipc", "50"]) == 1
+
+
+def test_exact_solution_weight_sits_on_low_margin_points(fit_weight_decayed):
+    from benchmarks.support_vectors import gradient_norms, low_margin_share
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 1, 2, 2, generator=g)
+    y = (x.flatten(1) @ torch.tensor([1.0, -1.0, 0.5, 2.0]) > 0).long()
+    torch.manual_seed(0)
+    model = fit_weight_decayed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), x, y, 0.01)
+    names = [n for n, _ in model.named_parameters()]
+    norms, margin = gradient_norms(model, names, x, y, batch=64)
+    assert norms.shape == margin.shape == (200,)
+    # the uniform multipliers are exact (residual ~0), yet their contributions λ‖g_i‖ concentrate
+    # on the low-margin points, as support vectors do
+    assert uniform_residual(model, names, x, y, 0.01) < 1e-3
+    assert low_margin_share(norms, margin, 0.5) > 0.8
+    assert low_margin_share(torch.ones(200), margin, 0.5) == 0.5
