@@ -48,13 +48,17 @@ def uniform_residual(model, names, x, y, wd: float, batch: int = 500) -> float:
     return float(resid.norm() / theta.norm())
 
 
+def per_sample_norms(grads) -> torch.Tensor:
+    """``‖g_i‖`` over all tensors of per-sample gradients (each ``(N, ...)``), shape ``(N,)``."""
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
+
+
 def gradient_norms(model, names, x, y, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point ``‖∇θ ℓ_i‖`` over the selected tensors and the margins, both ``(N,)``, in chunks."""
     norms, margin = [], []
     for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch], y[s:s + batch]
-        grads = per_sample_grads(model, names, xb, yb)
-        norms.append(torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads)))
+        norms.append(per_sample_norms(per_sample_grads(model, names, xb, yb)))
         with torch.no_grad():
             margin.append(margins(model, xb, yb))
     return torch.cat(norms), torch.cat(margin)
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
     order = torch.argsort(m)
     mass = lam[order].cumsum(0) / lam.sum().clamp(min=1e-30)
     n = len(m)
-    contribution = lam * gradient_norms(model, names, x, y)[0]  # λ_i ‖g_i‖
+    contribution = lam * per_sample_norms(grads)  # λ_i ‖g_i‖
     report.update({
         "nnls_relative_residual": rel,
         "nnls_contribution_on_lowest_margin_10pct": low_margin_share(contribution, m, 0.1),
