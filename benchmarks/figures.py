@@ -179,7 +179,6 @@ def plot_diagnostics(histories: Mapping[str, Sequence[Sequence[Mapping]]], path:
         ax.set_xlabel("iteration")
         ax.set_title(label, fontsize=9)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
-    fig.subplots_adjust(right=0.86)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     return _save(fig, path)

@@ -114,15 +114,14 @@ def main(argv=None) -> int:
     m = margins(model, x, y)
     order = torch.argsort(m)
     mass = lam[order].cumsum(0) / lam.sum().clamp(min=1e-30)
-    n = len(m)
     contribution = lam * per_sample_norms(grads)  # λ_i ‖g_i‖
     report.update({
         "nnls_relative_residual": rel,
         "nnls_contribution_on_lowest_margin_10pct": low_margin_share(contribution, m, 0.1),
         "nnls_contribution_on_lowest_margin_50pct": low_margin_share(contribution, m, 0.5),
         "nonzero_multipliers": int((lam > 0).sum()),
-        "mass_on_lowest_margin_10pct": float(mass[n // 10 - 1]),
-        "mass_on_lowest_margin_50pct": float(mass[n // 2 - 1]),
+        "mass_on_lowest_margin_10pct": low_margin_share(lam, m, 0.1),
+        "mass_on_lowest_margin_50pct": low_margin_share(lam, m, 0.5),
         "spearman_lambda_vs_margin": float(spearmanr(lam.numpy(), m.numpy()).statistic),
         "median_margin_all": float(m.median()),
         "median_margin_weighted": float(m[order][int((mass >= 0.5).nonzero()[0])]),
