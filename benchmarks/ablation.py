@@ -67,8 +67,8 @@ def _key(variant: str, pipc, seed: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from dkkt_plugin.data import PracticalSubset, load_fashion_mnist
-    from dkkt_plugin.distill import build_config, run_distillation
-    from dkkt_plugin.evaluate import evaluate_synthetic, get_protocol
+    from dkkt_plugin.engine import build_config, run_distillation
+    from dkkt_plugin.evaluation import evaluate_synthetic, get_protocol
     from dkkt_plugin.methods.base import DistillData
     from dkkt_plugin.pretrain import load_edge_model
 

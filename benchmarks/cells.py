@@ -9,9 +9,7 @@ the result; :func:`run_blend` evaluates the pixel-wise mean of a row's dsv_noise
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
-import platform
 import re
 import sys
 import time
@@ -21,31 +19,17 @@ from typing import Any, Optional
 
 import torch
 
-import dkkt_plugin
 from dkkt_plugin import registry
 from dkkt_plugin.data.practical import PracticalSubset
-from dkkt_plugin.distill import (build_config, load_distill_data, load_synthetic, method_class,
-                                 run_distillation, save_synthetic, write_record)
+from dkkt_plugin.engine import (append_evaluation, build_config, load_distill_data, load_synthetic,
+                                method_class, run_distillation, save_synthetic)
 from dkkt_plugin.errors import CheckpointError, ConfigError
-from dkkt_plugin.evaluate import EvalResult, evaluate_synthetic, get_protocol
-from dkkt_plugin.pretrain import load_edge_model, pretrain
+from dkkt_plugin.evaluation import EvalResult, evaluate_synthetic, get_protocol
+from dkkt_plugin.pretrain import PretrainConfig, load_edge_model, pretrain
+from dkkt_plugin.provenance import provenance
 
 from .grid import Cell
 from .presets import BLEND_COLUMN, BLEND_SOURCES, Preset
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "host": platform.node()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def versions() -> dict[str, str]:
-    return {"torch": str(torch.__version__), "dkkt_plugin": dkkt_plugin.__version__,
-            "python": platform.python_version()}
 
 
 @dataclass
@@ -85,9 +69,9 @@ class Context:
             path = self.out / "edge_model.pt"
             _pretrain_once(path, self)
             _, meta = load_edge_model(path)
-            want = dataclasses.asdict(self.preset.pretrain.config(self.dataset, self.data_root))
+            want = dataclasses.asdict(self.pretrain_config())
             got = meta.get("config", {})
-            diff = sorted(k for k in want if k != "root" and got.get(k) != want[k])
+            diff = sorted(k for k in want if k != "data_root" and got.get(k) != want[k])
             if diff:
                 raise ConfigError(f"{path} was pretrained with other settings ({', '.join(diff)}) than preset "
                                   f"{self.preset.name!r} asks; use another --out or pass --edge-model PATH")
@@ -95,14 +79,16 @@ class Context:
         self._cache["edge_meta"] = meta
         return path
 
+    def pretrain_config(self) -> PretrainConfig:
+        """The preset's edge-model training on this grid's dataset."""
+        return dataclasses.replace(self.preset.pretrain, dataset=self.dataset, data_root=self.data_root)
+
     def provenance(self) -> dict[str, Any]:
         meta = self._cache.get("edge_meta") or {}
         edge = {"path": str(self.edge_model), "test_accuracy": meta.get("test_accuracy"),
                 "config": meta.get("config")} if self.edge_model else None
         return {"preset_label": self.preset.label, "cpu_sized": self.preset.cpu_sized,
-                "versions": versions(), "device": self.device, "machine": machine_info(),
-                "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": self.command,
-                "edge_model": edge}
+                **provenance(command=self.command, device=self.device), "edge_model": edge}
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> EvalResult:
         """The preset's evaluation; evaluation run r of distillation seed s uses seed 1000 s + r,
@@ -133,7 +119,7 @@ def _pretrain_once(path: Path, ctx: Context) -> None:
             continue
         try:
             if not path.exists():
-                cfg = ctx.preset.pretrain.config(ctx.dataset, ctx.data_root)
+                cfg = ctx.pretrain_config()
                 print(f"pretraining the edge model ({cfg.epochs} epochs, width {cfg.width}) -> {path}", flush=True)
                 meta = pretrain(cfg, path, device=ctx.device, command=ctx.command)
                 print(f"edge model: test accuracy {100 * meta['test_accuracy']:.2f} % "
@@ -175,8 +161,7 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     t0 = time.perf_counter()
     ev = ctx.evaluate(result.images, result.labels, cell.seed)
     eval_seconds = time.perf_counter() - t0
-    result.record["evaluation"] = ev.as_dict()
-    write_record(run_dir, result.record)
+    append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device)
     rec = result.record
     return {**_base_record(ctx, cell, access_ratio), "method": method, "config": dataclasses.asdict(cfg),
             **_eval_fields(ev, eval_seconds), "distill_seconds": rec["seconds"],

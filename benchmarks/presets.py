@@ -62,28 +62,12 @@ def parse_pipc(text: str) -> Pipc:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """How a cell's synthetic set is evaluated (see ``dkkt_plugin.evaluate``)."""
+    """How a cell's synthetic set is evaluated (see ``dkkt_plugin.evaluation``)."""
 
     protocol: str = "dm"  # "dm" (SGD, 1000 epochs) or "paper" (SAM, 5000 epochs)
     epochs: Optional[int] = None  # None: the protocol's own count; else the protocol SCALED to it
     num_eval: int = 5  # fresh ConvNets trained per synthetic set
     width: int = 128  # ConvNet width of the evaluation networks (128 = the standard ConvNet)
-
-
-@dataclass(frozen=True)
-class PretrainSpec:
-    """The edge model's training (``dkkt_plugin.pretrain.PretrainConfig`` without the data)."""
-
-    width: int = 128
-    depth: int = 3
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 0.05
-    weight_decay: float = 5e-4  # makes θ* a stationary point of the regularised loss (DESIGN.md §7)
-    seed: int = 0
-
-    def config(self, dataset: str, root: Optional[str]) -> PretrainConfig:
-        return PretrainConfig(dataset=dataset, root=root, **dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -102,7 +86,7 @@ class Preset:
         common: config overrides for every method (e.g. ``batch_real``, ``net_width``).
         gm_loops: ``ipc -> (outer_loop, inner_loop)`` for DC/DSA; missing ipc: the reference's.
         evaluation: the evaluation spec.
-        pretrain: the edge model's training.
+        pretrain: the edge model's training (``dataset`` and ``data_root`` are set per grid).
         checkpoint_every: distillation iterations between checkpoints.
     """
 
@@ -114,7 +98,7 @@ class Preset:
     seeds: tuple[int, ...]
     iterations: dict[str, int]
     evaluation: EvalSpec
-    pretrain: PretrainSpec
+    pretrain: PretrainConfig  # the edge model's training (its dataset / data_root are the grid's)
     common: dict[str, Any] = field(default_factory=dict)
     iterations_by_ipc: dict[int, dict[str, int]] = field(default_factory=dict)
     gm_loops: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -201,7 +185,7 @@ PAPER = Preset(
     seeds=(0, 1, 2, 3, 4),
     iterations=_same(20000, 1000),
     evaluation=EvalSpec(protocol="paper", epochs=None, num_eval=5),
-    pretrain=PretrainSpec(epochs=30),  # the edge model's training is not in the paper; ours
+    pretrain=PretrainConfig(epochs=30),  # the edge model's training is not in the paper; ours
     common={"batch_real": 256},
     checkpoint_every=500,
 )
@@ -237,7 +221,7 @@ CPU = Preset(
     iterations=_same(50, 3),  # ipc 10 (and 50): DM family 50, DC/DSA 3
     iterations_by_ipc={1: _same(200, 10), 3: _same(100, 5)},
     evaluation=EvalSpec(protocol="dm", epochs=50, num_eval=1),  # the dm protocol SCALED to 50 epochs
-    pretrain=PretrainSpec(epochs=2),
+    pretrain=PretrainConfig(epochs=2),
     common={"batch_real": 16},  # real images per class per step (paper: 256)
     gm_loops={3: (2, 5), 10: (2, 5), 50: (2, 2)},  # (outer, inner); reference 10/50 (ipc 10), 50/10 (ipc 50)
     checkpoint_every=25,
@@ -252,7 +236,7 @@ SMOKE = Preset(
     seeds=(0,),
     iterations=_same(2, 1),
     evaluation=EvalSpec(protocol="dm", epochs=10, num_eval=1, width=8),
-    pretrain=PretrainSpec(width=8, epochs=1),
+    pretrain=PretrainConfig(width=8, epochs=1),
     common={"batch_real": 4, "net_width": 8},
     checkpoint_every=1,
 )

@@ -171,7 +171,7 @@ def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table:
              cell: Optional[tuple[int, Any, int]]) -> tuple[list[str], dict]:
     from benchmarks import figures
 
-    from dkkt_plugin.distill import load_synthetic
+    from dkkt_plugin.engine import load_synthetic
 
     def sets_of(ipc, pipc, seed=None) -> dict[str, list]:
         found: dict[str, list] = defaultdict(list)

@@ -27,8 +27,9 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` i
 
 import torch  # noqa: E402
 
-from dkkt_plugin.distill import method_class  # noqa: E402
+from dkkt_plugin.engine import method_class  # noqa: E402
 from dkkt_plugin.errors import CheckpointError, DatasetError, DkktError  # noqa: E402
+from dkkt_plugin.provenance import resolve_device  # noqa: E402
 
 from benchmarks.cells import Context, blend_sources, run_blend, run_cell  # noqa: E402
 from benchmarks.grid import (Cell, append_jsonl, blend_cells, build_cells, finished_keys, merge,  # noqa: E402
@@ -78,15 +79,6 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    if not torch.cuda.is_available():
-        return "cpu"
-    rank = os.environ.get("LOCAL_RANK")
-    return f"cuda:{rank}" if rank is not None else "cuda"
-
-
 def _context(args: argparse.Namespace, command_line: str, check_data: bool = True) -> Context:
     dataset = DATASETS.get(args.dataset.lower())
     if dataset is None:
@@ -97,7 +89,7 @@ def _context(args: argparse.Namespace, command_line: str, check_data: bool = Tru
     out = Path(args.out) if args.out else RESULTS_ROOT / f"{dataset}-{base.name}"
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = Context(preset, dataset, root, out, device=_device(args.device), command=command_line)
+    ctx = Context(preset, dataset, root, out, device=resolve_device(args.device), command=command_line)
     if not check_data:
         return ctx
     try:

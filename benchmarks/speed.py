@@ -39,12 +39,12 @@ if __package__ in (None, ""):  # `python benchmarks/speed.py`
 
 import torch  # noqa: E402
 
-from dkkt_plugin.distill import build_config, method_class  # noqa: E402
+from dkkt_plugin.engine import build_config, method_class  # noqa: E402
 from dkkt_plugin.errors import DkktError  # noqa: E402
 from dkkt_plugin.methods.base import DistillData  # noqa: E402
 from dkkt_plugin.nets import ConvNet  # noqa: E402
 
-from benchmarks.cells import machine_info, versions  # noqa: E402
+from dkkt_plugin.provenance import machine_info, versions  # noqa: E402
 
 SHAPES = {"fmnist": (1, 28, 28), "cifar": (3, 32, 32)}
 STEPS = ("dm", "dm_per_class", "dkkt", "dm_dkkt", "dc")

@@ -135,11 +135,3 @@ class ConvNet(nn.Module):
 def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator) -> None:
     # Draw on the generator's device, then copy: a CPU generator also initialises CUDA models.
     t.copy_(torch.empty(t.shape, device=generator.device).uniform_(-bound, bound, generator=generator))
-
-
-def build_model(name: str = "convnet", **kwargs: Any) -> nn.Module:
-    """Build a network by name (``convnet``; ``ConvNet`` as in DatasetCondensation is accepted)."""
-    key = name.lower().replace("_", "")
-    if key == "convnet":
-        return ConvNet(**kwargs)
-    raise ConfigError(f"unknown model {name!r}; available: convnet")

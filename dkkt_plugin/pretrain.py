@@ -15,18 +15,19 @@ Example:
 """
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import time
+import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from . import __version__, registry
-from .errors import CheckpointError
+from . import registry
+from .errors import CheckpointError, ConfigError
 from .fileio import load_torch, save_torch
+from .provenance import provenance
 from .nets import ConvNet
 from .training import TrainConfig, accuracy, train_classifier
 
@@ -38,19 +39,24 @@ class PretrainConfig:
     """What ``dkkt pretrain`` trains. Weight decay makes θ* a stationary point of the
     regularised loss, so the DKKT stationarity condition has an exact solution (DESIGN.md §7)."""
 
-    dataset: str = "fashion_mnist"
-    root: Optional[str] = None  # dataset folder (None: the loader's default)
-    width: int = 128
-    depth: int = 3
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
+    dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
+    data_root: Optional[str] = None  # dataset folder; auto: the loader's default location
+    width: int = 128  # ConvNet width
+    depth: int = 3  # ConvNet depth
+    epochs: int = 3  # passes over the full training set (3 epochs: about 40 min on one CPU core)
+    batch_size: int = 256  # minibatch size
+    lr: float = 0.05  # SGD learning rate (cosine schedule)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-3  # as the DSV paper's teacher; makes θ* a KKT point of the regularised loss
+    seed: int = 0  # initial weights and minibatch order
     # after SGD, solve the classifier layer exactly (full-batch L-BFGS on frozen features) for the
     # weight-decayed loss, so the classifier is a true KKT point: θ_c = -(1/(wd N)) Σ ∇θ_c ℓ_i
     refit_classifier: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.depth, self.epochs, self.batch_size) < 1 or not self.lr > 0 or self.weight_decay < 0:
+            raise ConfigError(f"pretrain needs width, depth, epochs, batch_size >= 1, lr > 0, weight_decay >= 0; "
+                              f"got {self}")
 
 
 def save_edge_model(path: str | os.PathLike, model: ConvNet, meta: dict[str, Any]) -> None:
@@ -75,6 +81,21 @@ def load_edge_model(path: str | os.PathLike, device: Any = None) -> tuple[ConvNe
         raise CheckpointError(f"edge model {path} does not match its recorded architecture ({exc})") from exc
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}
     return model.eval(), meta
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """ConfigError now, before any work, when ``path`` cannot be written (a missing or read-only
+    folder, or an existing folder in its place)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file path such as {path / 'edge.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out") from None
 
 
 @torch.no_grad()
@@ -113,9 +134,10 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, *, device: Any = "cpu"
 
     Returns the metadata written beside the weights (including ``test_accuracy``).
     """
+    check_writable(out)
     load = registry.load("datasets", cfg.dataset)
-    train = load(cfg.root, train=True)
-    test = load(cfg.root, train=False)
+    train = load(cfg.data_root, train=True)
+    test = load(cfg.data_root, train=False)
     gen = torch.Generator().manual_seed(cfg.seed)
     c, h, _ = train.image_shape
     model = ConvNet(c, train.num_classes, h, width=cfg.width, depth=cfg.depth, generator=gen, device=device)
@@ -132,10 +154,7 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, *, device: Any = "cpu"
         "num_train": len(train), "config": asdict(cfg), "train_config": asdict(tcfg),
         "test_accuracy": accuracy(model, test.images.to(device), test.targets.to(device)),
         "train_accuracy": accuracy(model, x, y), "train_seconds": round(seconds, 1),
-        "seed": cfg.seed, "command": command, "device": str(device),
-        "machine": f"{platform.machine()} {platform.processor()} threads={torch.get_num_threads()}",
-        "torch": str(torch.__version__), "dkkt_plugin": __version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "seed": cfg.seed, **provenance(command=command, device=device),
     }
     save_edge_model(out, model, meta)
     return meta

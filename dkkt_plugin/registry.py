@@ -1,9 +1,21 @@
 """A small registry of components, fed by Python entry points.
 
-Every component (loss, initializer, dataset, augmentation, method) is declared as an entry point
-in one of the groups below, by this package in its ``setup.cfg`` and by any third-party
-distribution in its own metadata. Nothing is imported until a component is asked for: listing
-reads package metadata only.
+Every component is declared as an entry point in one of the groups below, by this package in
+its ``setup.cfg`` and by any third-party distribution in its own metadata. Nothing is imported
+until a component is asked for: listing reads package metadata only. Loading checks the object
+against its group's protocol (:data:`PROTOCOLS`), so a plugin of the wrong kind fails with a
+:class:`~dkkt_plugin.errors.PluginError` that names it, not deep inside a method.
+
+- ``losses``: a loss class or factory; the methods build theirs through this group (the config
+  fields ``dm_loss``, ``dkkt_loss``, ``matching_loss`` name them).
+- ``initializers``: ``init(ipc, *, num_classes, image_shape, dataset, model, generator, device)
+  -> (images, labels)``.
+- ``datasets``: loaders ``load(root, train=True) -> ImageDataset``.
+- ``subsets``: wrappers ``Subset(dataset, pipc, *, seed)`` that restrict a dataset (the
+  practical setting).
+- ``augmentations``: ``make(strategy, *, generator) -> aug`` with ``aug.sample(num_groups, *,
+  device, shared_family)`` and ``aug(x, draw, groups)`` (Siamese: one draw per group).
+- ``methods``: subclasses of :class:`dkkt_plugin.methods.Method`.
 
 Setting the environment variable ``DKKT_DISABLE_PLUGIN_AUTOLOAD=1`` restricts every group to the
 components shipped by dkkt-plugin itself (like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``).
@@ -17,15 +29,17 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable, Optional
 
 from .errors import PluginError, UnknownComponentError
 
 PREFIX = "dkkt_plugin."
-GROUPS = ("losses", "initializers", "datasets", "augmentations", "methods")
+GROUPS = ("losses", "initializers", "datasets", "subsets", "augmentations", "methods")
 DISTRIBUTION = "dkkt-plugin"
 AUTOLOAD_ENV = "DKKT_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -41,9 +55,10 @@ class Component:
     entry_point: metadata.EntryPoint
 
     def load(self) -> Any:
-        """Import and return the object, wrapping any import-time failure in a PluginError."""
+        """Import and return the object, checked against its group's protocol; any import-time
+        failure or wrong kind of object becomes a PluginError naming the plugin."""
         try:
-            return self.entry_point.load()
+            obj = self.entry_point.load()
         except Exception as exc:  # a broken plugin may raise anything at import time
             raise PluginError(
                 f"plugin {self.name!r} in group {PREFIX + self.group!r} (target {self.value!r}, "
@@ -51,6 +66,59 @@ class Component:
                 f"{type(exc).__name__}: {exc}. Fix or uninstall {self.distribution!r}, or set "
                 f"{AUTOLOAD_ENV}=1 to use only dkkt-plugin's own components."
             ) from exc
+        problem = PROTOCOLS[self.group](obj)
+        if problem:
+            raise PluginError(
+                f"plugin {self.name!r} in group {PREFIX + self.group!r} (target {self.value!r}, from "
+                f"distribution {self.distribution!r}) is not a {self.group[:-1]} component: {problem}. "
+                f"Fix or uninstall {self.distribution!r}."
+            )
+        return obj
+
+
+# -- group protocols: each returns None when the object fits, else what is wrong ---------------
+def _signature(obj: Any) -> Optional[inspect.Signature]:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # some builtins have none: nothing to check
+        return None
+
+
+def _accepts(obj: Any, positional: int, keywords: tuple[str, ...] = ()) -> Optional[str]:
+    """None when ``obj`` can be called with ``positional`` positional and these keyword args."""
+    if not callable(obj):
+        return f"{obj!r} is not callable"
+    sig = _signature(obj)
+    if sig is None:
+        return None
+    try:
+        sig.bind(*range(positional), **{k: None for k in keywords})
+    except TypeError as exc:
+        return f"{getattr(obj, '__qualname__', obj)}{sig} cannot be called as the group requires ({exc})"
+    return None
+
+
+def _is_method(obj: Any) -> Optional[str]:
+    from .methods.base import Method  # local: the methods import this module
+
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        return f"{obj!r} is not a subclass of dkkt_plugin.methods.Method"
+    import dataclasses
+
+    if not dataclasses.is_dataclass(obj.config_class):
+        return f"{obj.__name__}.config_class {obj.config_class!r} is not a dataclass"
+    return None
+
+
+PROTOCOLS: dict[str, Callable[[Any], Optional[str]]] = {
+    "losses": lambda obj: None if callable(obj) else f"{obj!r} is not a class or factory",
+    "initializers": lambda obj: _accepts(obj, 1, ("num_classes", "image_shape", "dataset", "model",
+                                                   "generator", "device")),
+    "datasets": lambda obj: _accepts(obj, 1, ("train",)),
+    "subsets": lambda obj: _accepts(obj, 2, ("seed",)),
+    "augmentations": lambda obj: _accepts(obj, 1, ("generator",)),
+    "methods": _is_method,
+}
 
 
 def _check_group(group: str) -> str:
@@ -82,8 +150,14 @@ def discover(group: str) -> dict[str, Component]:
         builtin = _same_dist(dist)
         if only_builtin and not builtin:
             continue
-        if ep.name in found and not builtin:
-            continue
+        old = found.get(ep.name)
+        if old is not None and old.distribution != dist:
+            kept, ignored = (dist, old.distribution) if builtin else (old.distribution, dist)
+            warnings.warn(f"{ignored!r} declares {ep.name!r} in group {PREFIX + group!r}, which {kept!r} "
+                          f"already provides; {ignored!r}'s is ignored. Rename it in that distribution's "
+                          "entry points.", stacklevel=2)
+            if not builtin:
+                continue
         found[ep.name] = Component(group, ep.name, ep.value, dist, ep)
     return found
 

@@ -35,10 +35,11 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    optimizer: str = "sgd"  # "sgd" or "sam" (SAM around SGD, pytorch-optimizer's implementation)
+    optimizer: str = "sgd"  # sgd, or sam (SAM around SGD, pytorch-optimizer's implementation)
     sam_rho: float = 0.05  # SAM's neighbourhood radius ρ
     lr_schedule: str = "step"  # "step": lr × 0.1 at half the epochs (DM protocol); "cosine"; "none"
-    augment: str = ""  # DSA strategy applied per minibatch ("" = none)
+    augment: str = ""  # augmentation strategy applied per minibatch ('' = none)
+    augmentation: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations) applying it
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "sam"):
@@ -86,9 +87,9 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     """
     aug = None
     if cfg.augment:
-        from .augment import DSA
+        from . import registry
 
-        aug = DSA(cfg.augment, generator=generator)
+        aug = registry.load("augmentations", cfg.augmentation)(cfg.augment, generator=generator)
     opt = _optimizer(model, cfg)
     model.train()
     n = images.shape[0]

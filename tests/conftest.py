@@ -19,6 +19,8 @@ def fake_distribution(tmp_path, monkeypatch):
         dkkt_shadow = fine_dkkt_thing_mod:init
         [dkkt_plugin.augmentations]
         dsa = fine_dkkt_thing_mod:init
+        [dkkt_plugin.methods]
+        not_a_method = fine_dkkt_thing_mod:init
     """))
     (tmp_path / "broken_dkkt_thing_mod.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "fine_dkkt_thing_mod.py").write_text("def init(*a, **k):\n    return 'fine'\n")

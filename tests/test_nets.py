@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dkkt_plugin.errors import ConfigError
-from dkkt_plugin.nets import ConvNet, build_model
+from dkkt_plugin.nets import ConvNet
 
 
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32), (1, 32), (3, 28)])
@@ -54,6 +54,3 @@ def test_bad_config():
         ConvNet(norm="layernorm")
     with pytest.raises(ConfigError, match="too small"):
         ConvNet(3, 10, 4, depth=3)
-    with pytest.raises(ConfigError, match="unknown model"):
-        build_model("resnet18")
-    assert isinstance(build_model("ConvNet", channels=1, image_size=28, width=4), ConvNet)

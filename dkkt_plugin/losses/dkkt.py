@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,35 +40,50 @@ SCALES = ("none", "floor")
 COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
 
 
+DEFAULT_ALPHA = {"cos": 1.0, "l1": 0.1, "l2": 0.1}  # α when DKKTConfig.alpha is None
+
+
 @dataclass(frozen=True)
 class DKKTConfig:
     """Settings of :class:`DKKTLoss`. Defaults are the best measured so far on a validation split
-    of Fashion-MNIST's training set (README, "Making DKKT work"); the ablation continues."""
+    of Fashion-MNIST's training set (README, "Making the DKKT term do work").
 
-    alpha: float = 1.0  # stationarity rate α (the paper's 0.1 / 0.01 / 0.001 go with its L1 distance)
-    # "l1", "l2" (squared), averaged within each tensor; "cos": 1 - cos per output row. cos is the
-    # default: the L1/L2 terms' image gradients are ~1e-5..1e-3, too small to move anything
-    # (DESIGN.md §7), while cos brings the term below its floor (see README, "Making DKKT work").
-    distance: str = "cos"
-    primal: str = "boundary"  # "ce": mean CE; "boundary": CE only where argmax f(x) != y (DSV Eq. 7)
-    multiplier: str = "log"  # "log": λ = exp(ρ); "projected": λ = ρ, clamped at 0 by project_()
+    Example:
+        >>> DKKTConfig(distance="l1").resolved_alpha
+        0.1
+    """
+
+    # stationarity rate α; auto: 1.0 with the cos distance, 0.1 with l1 / l2 (the methods use the
+    # paper's 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all with l1 / l2)
+    alpha: Optional[float] = None
+    # l1, l2 (squared), averaged within each tensor; cos: 1 - cos per output row (scale-free; the
+    # l1 / l2 terms' image gradients are ~1e-5..1e-3, too small to move anything, DESIGN.md §7)
+    distance: Literal["l1", "l2", "cos"] = "cos"
+    # ce: mean cross-entropy; boundary: cross-entropy only where argmax f(x) != y (DSV Eq. 7)
+    primal: Literal["ce", "boundary"] = "boundary"
+    multiplier: Literal["log", "projected"] = "log"  # log: λ = exp(ρ); projected: λ = ρ clamped at 0
     lambda_init: float = 1.0  # initial λ (refit with fit_multipliers() to start at the right scale)
-    # which θ* tensors enter L_stat: "all", "weights" (ndim >= 2) or "classifier" (the last
-    # nn.Linear; best on the validation split: ten images can match its rank-10 gradient)
-    params: str = "classifier"
-    scale: str = "none"  # "floor": divide each tensor's distance by its floor, so the floor is 1
-    tv_weight: float = 0.0  # total-variation image prior
-    norm_weight: float = 0.0  # mean squared pixel prior
+    # which θ* tensors enter L_stat: all, weights (ndim >= 2) or classifier (the last nn.Linear;
+    # best on the validation split: ten images can match its rank-10 gradient)
+    params: Literal["all", "weights", "classifier"] = "classifier"
+    scale: Literal["none", "floor"] = "none"  # floor: divide each tensor's distance by its floor
+    tv_weight: float = 0.0  # weight of the total-variation image prior
+    norm_weight: float = 0.0  # weight of the mean squared pixel prior
 
     def __post_init__(self) -> None:
-        for field, allowed in (("distance", DISTANCES), ("primal", PRIMALS),
-                               ("multiplier", MULTIPLIERS), ("scale", SCALES)):
-            if getattr(self, field) not in allowed:
-                raise ConfigError(f"DKKTConfig.{field}={getattr(self, field)!r}; choose one of {allowed}")
-        if self.alpha < 0 or self.tv_weight < 0 or self.norm_weight < 0:
+        for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS),
+                              ("multiplier", MULTIPLIERS), ("scale", SCALES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"DKKTConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if (self.alpha is not None and self.alpha < 0) or self.tv_weight < 0 or self.norm_weight < 0:
             raise ConfigError("DKKTConfig weights (alpha, tv_weight, norm_weight) must be >= 0")
         if not self.lambda_init > 0:
             raise ConfigError(f"DKKTConfig.lambda_init must be > 0, got {self.lambda_init}")
+
+    @property
+    def resolved_alpha(self) -> float:
+        """α, with None resolved by the distance (:data:`DEFAULT_ALPHA`)."""
+        return DEFAULT_ALPHA[self.distance] if self.alpha is None else self.alpha
 
 
 @dataclass
@@ -212,7 +227,7 @@ class DKKTLoss(nn.Module):
             primal = (losses * (~correct)).mean()
         else:
             primal = losses.mean()
-        if self.config.alpha > 0:
+        if self.config.resolved_alpha > 0:
             # Σ λ_i ∇θ ℓ_i as one backward, kept in the graph for the images' double backward.
             grads = torch.autograd.grad((lam * losses).sum(), [theta[n] for n in self.param_names],
                                         create_graph=True)
@@ -229,7 +244,7 @@ class DKKTLoss(nn.Module):
              (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
         norm = images.pow(2).mean()
         cfg = self.config
-        total = primal + cfg.alpha * stat + cfg.tv_weight * tv + cfg.norm_weight * norm
+        total = primal + cfg.resolved_alpha * stat + cfg.tv_weight * tv + cfg.norm_weight * norm
         return DKKTTerms(total, primal, stat, tv, norm, self.floor, float(correct.float().mean()))
 
     # -- helpers -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Distillation methods, registered in the ``dkkt_plugin.methods`` entry-point group."""
-from .base import DistillConfig, DistillData, Method, check_finite
+from .base import AugmentConfig, AugmentedConfig, DistillConfig, DistillData, Method, check_finite
 from .dkkt import DMDKKT, DSV, DKKTMethodConfig, DSVMethodConfig
-from .dm import DM, DMStar
-from .gm import DC, DSAMethod, GMConfig
+from .dm import DM, DMConfig, DMStar
+from .gm import DC, DSAConfig, DSAMethod, GMConfig
 
-__all__ = ["DistillConfig", "DistillData", "Method", "check_finite", "DM", "DMStar", "DC", "DSAMethod",
-           "GMConfig", "DSV", "DMDKKT", "DKKTMethodConfig", "DSVMethodConfig"]
+__all__ = ["DistillConfig", "AugmentConfig", "AugmentedConfig", "DistillData", "Method", "check_finite",
+           "DM", "DMConfig", "DMStar", "DC", "DSAMethod", "GMConfig", "DSAConfig", "DSV", "DMDKKT",
+           "DKKTMethodConfig", "DSVMethodConfig"]

@@ -9,40 +9,63 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
 from .. import registry
+from ..config import Pipc, parse_pipc
 from ..errors import ConfigError, NonFiniteLossError
 from ..nets import ConvNet
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """Settings shared by every method (DatasetCondensation's names and defaults)."""
 
-    dataset: str = "fashion_mnist"
-    data_root: Optional[str] = None  # None: the loader's default location
+    dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
+    data_root: Optional[str] = None  # dataset folder; auto: the loader's default location
     ipc: int = 1  # synthetic images per class
-    pipc: Any = 10  # real images per class the server may see: an int or "all"
-    iterations: int = 1000
-    lr_img: float = 1.0  # SGD on the images
-    momentum: float = 0.5
+    pipc: Pipc = 10  # real images per class the server may see: a positive int or all
+    iterations: int = 1000  # distillation iterations
+    lr_img: float = 1.0  # learning rate of the images' SGD
+    momentum: float = 0.5  # momentum of the images' SGD
     batch_real: int = 256  # real images per class per iteration (all of them when pipc is smaller)
-    init: str = "auto"  # "noise", "real", "dsv" or any registered initializer; "auto": the method's
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # Siamese augmentation ("" = none)
+    init: str = "auto"  # noise, real, dsv or any registered initializer; auto: the method's choice
     edge_model: Optional[str] = None  # checkpoint written by `dkkt pretrain` (methods that need one)
     net_width: int = 128  # ConvNet width of the embedding / matching networks
-    net_depth: int = 3
-    seed: int = 0
+    net_depth: int = 3  # ConvNet depth of the embedding / matching networks
+    seed: int = 0  # chooses the practical subset and drives every random draw of the run
 
     def __post_init__(self) -> None:
-        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
-            raise ConfigError(f"need ipc >= 1, iterations >= 0, batch_real >= 1; got ipc={self.ipc}, "
-                              f"iterations={self.iterations}, batch_real={self.batch_real}")
+        object.__setattr__(self, "pipc", parse_pipc(self.pipc))
+        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1 or self.net_width < 1 or self.net_depth < 1:
+            raise ConfigError(f"need ipc >= 1, iterations >= 0, batch_real >= 1, net_width >= 1, net_depth >= 1; "
+                              f"got ipc={self.ipc}, iterations={self.iterations}, batch_real={self.batch_real}, "
+                              f"net_width={self.net_width}, net_depth={self.net_depth}")
+        if self.lr_img is not None and not self.lr_img > 0:
+            raise ConfigError(f"lr_img must be > 0, got {self.lr_img} (e.g. --lr-img 1.0)")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which registered Siamese augmentation a method uses, and its strategy."""
+
+    name: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations)
+    strategy: str = DSA_STRATEGY  # the augmentation's strategy; '' or none: no augmentation
+
+
+@dataclass(frozen=True)
+class AugmentedConfig(DistillConfig):
+    """Settings of a method that augments real and synthetic images alike (DM, DSA, DSV, ...)."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
 
 
 @dataclass
@@ -74,8 +97,9 @@ def check_finite(value: torch.Tensor, what: str) -> None:
 class Method(ABC):
     """Base class of distillation methods, registered in the ``dkkt_plugin.methods`` group.
 
-    Subclasses set ``name``, ``config_class`` and ``default_init``, build their losses in
-    ``setup()`` and implement ``step()``. Third-party methods subclass this the same way.
+    Subclasses set ``name``, ``config_class`` and ``default_init``, build their losses (through
+    :meth:`loss`, i.e. the registry) in ``setup()`` and implement ``step()``. Third-party methods
+    subclass this the same way.
     """
 
     name: ClassVar[str] = ""
@@ -144,12 +168,18 @@ class Method(ABC):
                        depth=self.config.net_depth, generator=self.generator, device=self.device)
 
     def augmenter(self):
-        """The Siamese augmentation drawing from this method's generator (None when disabled)."""
-        if not self.config.dsa_strategy:
+        """The configured Siamese augmentation (group ``augmentations``), drawing from this
+        method's generator; None for a method without one or when its strategy is empty."""
+        aug = getattr(self.config, "augment", None)
+        if aug is None or aug.strategy.lower() in ("", "none"):
             return None
-        from ..augment import DSA
+        return registry.load("augmentations", aug.name)(aug.strategy, generator=self.generator)
 
-        return DSA(self.config.dsa_strategy, generator=self.generator)
+    def loss(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """The registered loss ``name`` (group ``losses``) built with these arguments, on this
+        method's device."""
+        made = registry.create("losses", name, *args, **kwargs)
+        return made.to(self.device) if isinstance(made, nn.Module) else made
 
     def extra_outputs(self) -> dict[str, torch.Tensor]:
         """Tensors saved beside the images in the synthetic set (e.g. multipliers)."""

@@ -1,25 +1,27 @@
-"""DM+DKKT (the practical paper's method) and DSV (the DKKT loss alone).
+"""DSV (the DKKT loss alone) and DM+DKKT (the practical paper's method).
 
-    L_total = L_primal + α · L_stat + β · L_DM
+    L_DSV   = L_primal + α · L_stat              (the DKKT loss, ``dkkt_plugin.losses.DKKTLoss``)
+    L_total = L_DSV + β · L_DM                   (DM+DKKT)
 
-α (the stationarity rate) defaults to 1.0 with the default cos distance, and to the paper's
-0.1 / 0.01 / 0.001 for pipc 10 / 50 / all with its L1 / L2 distances; β (the DM ratio) to 0.01
-at ipc 50, 0.001 otherwise, and the image lr to 1/β. The images follow SGD with momentum; the
-multipliers follow Adam on their own parameterisation. Every step logs the diagnostics of the
-stationarity term (its floor, the ratio to it, the edge model's accuracy on the synthetic images
-and the multipliers' distribution).
+The DKKT settings are one nested :class:`~dkkt_plugin.losses.DKKTConfig` (``dkkt.*`` flags).
+α defaults to 1.0 with the default cos distance, and to the paper's 0.1 / 0.01 / 0.001 for pipc
+10 / 50 / all with its L1 / L2 distances; β (the DM ratio) to 0.01 at ipc 50, 0.001 otherwise,
+and the image lr to 1/β (DSV: 100). The images follow SGD with momentum; the multipliers follow
+Adam on their own parameterisation. Every step logs the diagnostics of the stationarity term (its
+floor, the ratio to it, the edge model's accuracy on the synthetic images and the multipliers'
+distribution).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from ..losses.dkkt import DKKTConfig, DKKTLoss
-from ..losses.dm import DMLoss
-from .base import DistillConfig, Method, check_finite
-
+from ..errors import ConfigError
+from ..losses.dkkt import DKKTConfig
+from .base import AugmentedConfig, Method, check_finite
 
 DSV_LR = 100.0  # image SGD lr of the DKKT loss alone (DSV), when lr_img is not given
 
@@ -37,57 +39,61 @@ def paper_beta(ipc: int) -> float:
 
 
 @dataclass(frozen=True)
-class DKKTMethodConfig(DistillConfig):
-    """DM+DKKT settings; the DKKT fields mirror :class:`~dkkt_plugin.losses.DKKTConfig`."""
+class DSVMethodConfig(AugmentedConfig):
+    """DSV settings: the DKKT loss alone, from noise (default) or real images."""
 
-    # None: 1.0 with the cos distance (measured), the paper's value for this pipc with l1 / l2
-    alpha: Optional[float] = None
-    beta: Optional[float] = None  # None: the paper's value for this ipc
-    # None: 1/β, so the β·L_DM part moves the images as plain DM with lr 1 does (with lr 1 and
-    # β 0.001 the DM part would barely move them); for DSV (β = 0) DSV_LR.
+    # learning rate of the images' SGD; auto: 100 for DSV, 1/β for DM+DKKT (so that its β·L_DM
+    # part moves the images as plain DM with lr 1 does)
     lr_img: Optional[float] = None
-    distance: str = DKKTConfig.distance
-    primal: str = DKKTConfig.primal
-    multiplier: str = DKKTConfig.multiplier
-    lambda_init: float = DKKTConfig.lambda_init
-    params: str = DKKTConfig.params
-    scale: str = DKKTConfig.scale
-    tv_weight: float = DKKTConfig.tv_weight
-    norm_weight: float = DKKTConfig.norm_weight
-    lr_multiplier: float = 0.01  # Adam on the multipliers' parameters
+    dkkt: DKKTConfig = field(default_factory=DKKTConfig)  # the DKKT loss
+    dkkt_loss: str = "dkkt"  # registered loss (group dkkt_plugin.losses) built as DKKTLoss is
+    lr_multiplier: float = 0.01  # Adam learning rate of the multipliers' parameters
     refit_every: int = 0  # refit λ by NNLS every k iterations (and at the start); 0: never
     dkkt_augment: bool = False  # score augmented copies in the DKKT term (the manifold condition)
 
-    def dkkt_config(self) -> DKKTConfig:
-        return DKKTConfig(alpha=self.resolved_alpha, distance=self.distance, primal=self.primal,
-                          multiplier=self.multiplier, lambda_init=self.lambda_init, params=self.params,
-                          scale=self.scale, tv_weight=self.tv_weight, norm_weight=self.norm_weight)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.refit_every < 0 or not self.lr_multiplier > 0:
+            raise ConfigError(f"need refit_every >= 0 and lr_multiplier > 0; got {self.refit_every}, "
+                              f"{self.lr_multiplier}")
 
-    @property
-    def resolved_alpha(self) -> float:
-        if self.alpha is not None:
-            return self.alpha
-        return DKKTConfig.alpha if self.distance == "cos" else paper_alpha(self.pipc)
+    def dkkt_config(self) -> DKKTConfig:
+        """``dkkt`` with α resolved: 1.0 for cos, the paper's value for this pipc with l1 / l2."""
+        if self.dkkt.alpha is not None:
+            return self.dkkt
+        alpha = 1.0 if self.dkkt.distance == "cos" else paper_alpha(self.pipc)
+        return dataclasses.replace(self.dkkt, alpha=alpha)
+
+
+@dataclass(frozen=True)
+class DKKTMethodConfig(DSVMethodConfig):
+    """DM+DKKT settings: DSV's plus the DM term."""
+
+    beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 at ipc 50, 0.001 otherwise
+    dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta is not None and self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
 
     @property
     def resolved_beta(self) -> float:
         return paper_beta(self.ipc) if self.beta is None else self.beta
 
 
-class DMDKKT(Method):
-    """The practical paper's method: DKKT (model knowledge) + β · DM (data knowledge)."""
+class DSV(Method):
+    """Deep Support Vectors as a distillation method: the DKKT loss alone, from noise or real images."""
 
-    name = "dm_dkkt"
-    config_class = DKKTMethodConfig
+    name = "dsv"
+    config_class = DSVMethodConfig
     needs_edge_model = True
-
-    @property
-    def default_init(self) -> str:  # the paper: noise for ipc 1, real images otherwise
-        return "noise" if self.config.ipc == 1 else "real"
+    default_init = "noise"
 
     @property
     def beta(self) -> float:
-        return self.config.resolved_beta
+        """Weight of the DM term (0: DSV has none)."""
+        return 0.0
 
     @property
     def image_lr(self) -> float:
@@ -99,24 +105,28 @@ class DMDKKT(Method):
         super().setup()
         cfg = self.config
         augment = self.augmenter()
-        self.dkkt = DKKTLoss(self.data.edge_model, self.images.shape[0], cfg.dkkt_config(),
-                             augment=augment if cfg.dkkt_augment else None).to(self.device)
+        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config(),
+                              augment=augment if cfg.dkkt_augment else None)
         self.multiplier_optimizer = torch.optim.Adam(self.dkkt.parameters(), lr=cfg.lr_multiplier)
-        if self.beta > 0:
-            net = self.fresh_net()
-            self.dm = DMLoss(net, augment=augment, generator=self.generator)
+        self.setup_data_term(augment)
         if cfg.refit_every:
             self.dkkt.fit_multipliers(self.images.detach(), self.labels)
+
+    def setup_data_term(self, augment) -> None:
+        """Build the data term added to the DKKT loss (none for DSV)."""
+
+    def data_term(self) -> Optional[torch.Tensor]:
+        """The data term of this step, unweighted (None for DSV)."""
+        return None
 
     def step(self, iteration: int) -> dict[str, float]:
         terms = self.dkkt.terms(self.images, self.labels)
         loss = terms.total
         log = {}
-        if self.beta > 0:
-            real, real_labels = self.sample_real()
-            dm = self.dm(real, real_labels, self.images, self.labels)
-            loss = loss + self.beta * dm
-            log["dm"] = float(dm.detach())
+        data = self.data_term()
+        if data is not None:
+            loss = loss + self.beta * data
+            log["dm"] = float(data.detach())
         check_finite(loss, f"{self.name} loss at iteration {iteration}")
         self.optimizer.zero_grad(set_to_none=True)
         self.multiplier_optimizer.zero_grad(set_to_none=True)
@@ -150,21 +160,26 @@ class DMDKKT(Method):
         return {"multipliers": self.dkkt.multipliers.detach().cpu()}
 
 
-@dataclass(frozen=True)
-class DSVMethodConfig(DKKTMethodConfig):
-    """DSV settings: the DKKT loss alone (β is forced to 0)."""
+class DMDKKT(DSV):
+    """The practical paper's method: DKKT (model knowledge) + β · DM (data knowledge)."""
 
-    init: str = "noise"
-    beta: Optional[float] = 0.0
+    name = "dm_dkkt"
+    config_class = DKKTMethodConfig
 
-
-class DSV(DMDKKT):
-    """Deep Support Vectors as a distillation method: the DKKT loss alone, from noise or real images."""
-
-    name = "dsv"
-    config_class = DSVMethodConfig
-    default_init = "noise"
+    @property
+    def default_init(self) -> str:  # the paper: noise for ipc 1, real images otherwise
+        return "noise" if self.config.ipc == 1 else "real"
 
     @property
     def beta(self) -> float:
-        return 0.0
+        return self.config.resolved_beta
+
+    def setup_data_term(self, augment) -> None:
+        if self.beta > 0:
+            self.dm = self.loss(self.config.dm_loss, self.fresh_net(), augment=augment, generator=self.generator)
+
+    def data_term(self) -> Optional[torch.Tensor]:
+        if self.beta <= 0:
+            return None
+        real, real_labels = self.sample_real()
+        return self.dm(real, real_labels, self.images, self.labels)

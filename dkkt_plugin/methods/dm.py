@@ -5,17 +5,26 @@ pretrained edge model instead of fresh random networks (DESIGN.md §2), and labe
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..losses.dm import DMLoss
-from .base import DistillConfig, Method, check_finite
+from .base import AugmentedConfig, Method, check_finite
+
+
+@dataclass(frozen=True)
+class DMConfig(AugmentedConfig):
+    """DM / DM* settings (DatasetCondensation's defaults: SGD lr 1.0, momentum 0.5, batch_real 256)."""
+
+    # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=, generator=)
+    dm_loss: str = "dm"
 
 
 class DM(Method):
     """Distribution matching (Zhao & Bilen 2023): SGD lr 1.0, momentum 0.5, real init."""
 
     name = "dm"
-    config_class = DistillConfig
+    config_class = DMConfig
 
     def embedding_net(self) -> torch.nn.Module:
         return self.fresh_net()
@@ -23,8 +32,8 @@ class DM(Method):
     def setup(self) -> None:
         super().setup()
         reinit = not self.needs_edge_model
-        self.dm = DMLoss(self.embedding_net(), augment=self.augmenter(), reinit=reinit,
-                         generator=self.generator)
+        self.dm = self.loss(self.config.dm_loss, self.embedding_net(), augment=self.augmenter(),
+                            reinit=reinit, generator=self.generator)
 
     def step(self, iteration: int) -> dict[str, float]:
         real, real_labels = self.sample_real()

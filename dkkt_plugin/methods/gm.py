@@ -6,13 +6,14 @@ epochs on the current synthetic set (with per-image DSA for DSA).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ..losses.gradient_matching import GradientMatchingLoss
-from .base import DistillConfig, Method, check_finite
+from ..errors import ConfigError
+from .base import AugmentConfig, DistillConfig, Method, check_finite
 
 # DatasetCondensation's (outer_loop, inner_loop) per ipc; ipc between two rows takes the next row.
 LOOPS = ((1, (1, 1)), (10, (10, 50)), (20, (20, 25)), (30, (30, 20)), (40, (40, 15)), (50, (50, 10)))
@@ -28,14 +29,29 @@ def default_loops(ipc: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class GMConfig(DistillConfig):
-    """DC / DSA settings (reference defaults)."""
+    """DC settings (reference defaults); DC matches un-augmented gradients."""
 
-    lr_img: float = 0.1
-    lr_net: float = 0.01
+    lr_img: float = 0.1  # learning rate of the images' SGD
+    lr_net: float = 0.01  # learning rate of the matching network's SGD
     outer_loop: int = 0  # 0: by ipc, as in the reference (ipc 1: 1, ipc 10: 10, ipc 50: 50)
     inner_loop: int = 0  # 0: by ipc (ipc 1: 1, ipc 10: 50, ipc 50: 10)
     batch_train: int = 256  # minibatch of the inner network training
-    metric: str = "ours"  # "ours" (layer-wise Σ(1 - cos)), "mse", "cos"
+    metric: Literal["ours", "mse", "cos"] = "ours"  # ours: layer-wise sum of (1 - cos) over output rows
+    # registered loss (group dkkt_plugin.losses) built as GradientMatchingLoss is: (metric, augment=)
+    matching_loss: str = "gradient_matching"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.outer_loop < 0 or self.inner_loop < 0 or self.batch_train < 1 or not self.lr_net > 0:
+            raise ConfigError(f"need outer_loop >= 0, inner_loop >= 0, batch_train >= 1, lr_net > 0; got "
+                              f"{self.outer_loop}, {self.inner_loop}, {self.batch_train}, {self.lr_net}")
+
+
+@dataclass(frozen=True)
+class DSAConfig(GMConfig):
+    """DSA settings: DC's plus the Siamese augmentation."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
 
 
 class DC(Method):
@@ -44,16 +60,13 @@ class DC(Method):
     name = "dc"
     config_class = GMConfig
 
-    def augmenter(self):
-        return None  # DC matches un-augmented gradients; DSA is the augmented variant
-
     def setup(self) -> None:
         super().setup()
         outer, inner = default_loops(self.config.ipc)
         self.outer_loop = self.config.outer_loop or outer
         self.inner_loop = self.config.inner_loop or inner
         self.aug = self.augmenter()
-        self.gm = GradientMatchingLoss(self.config.metric, augment=self.aug)
+        self.gm = self.loss(self.config.matching_loss, self.config.metric, augment=self.aug)
 
     def step(self, iteration: int) -> dict[str, float]:
         net = self.fresh_net()
@@ -90,6 +103,4 @@ class DSAMethod(DC):
     """Gradient matching with differentiable Siamese augmentation."""
 
     name = "dsa"
-
-    def augmenter(self):
-        return Method.augmenter(self)
+    config_class = DSAConfig

@@ -27,7 +27,7 @@ def test_validation_split_is_balanced_and_disjoint_from_practical_subsets():
 
 
 def test_every_variant_builds_a_config():
-    from dkkt_plugin.distill import build_config
+    from dkkt_plugin.engine import build_config
 
     for name, (method, overrides) in ablation.VARIANTS.items():
         build_config(method, ipc=1, pipc=10, **overrides)

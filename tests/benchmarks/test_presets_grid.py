@@ -6,7 +6,7 @@ import pytest
 from benchmarks import grid
 from benchmarks.presets import COLUMNS, CPU, DSV_COLUMNS, PAPER, PRESETS, SMOKE, get_preset
 from dkkt_plugin.errors import ConfigError
-from dkkt_plugin.evaluate import get_protocol
+from dkkt_plugin.evaluation import get_protocol
 
 
 def test_paper_preset_is_table_1():

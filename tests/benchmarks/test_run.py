@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import grid
 from benchmarks.presets import BLEND_COLUMN, COLUMNS
-from dkkt_plugin.distill import load_synthetic
+from dkkt_plugin.engine import load_synthetic
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 ROW_FIELDS = ("dataset", "preset", "column", "method", "ipc", "pipc", "access_ratio", "seed", "config",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dkkt_plugin.errors import ConfigError
-from dkkt_plugin.evaluate import PROTOCOLS, EvalProtocol, EvalResult, evaluate_synthetic, get_protocol
+from dkkt_plugin.evaluation import PROTOCOLS, EvalProtocol, EvalResult, evaluate_synthetic, get_protocol
 from dkkt_plugin.training import TrainConfig
 
 DSA = "color_crop_cutout_flip_scale_rotate"
@@ -122,7 +122,8 @@ def test_standard_protocols_run_and_leave_state_alone(problem, name, epochs):
     rng = torch.get_rng_state()
     r = evaluate_synthetic(images, labels, x_test, y_test, protocol=name, epochs=epochs, num_eval=2, **NET)
     assert torch.equal(torch.get_rng_state(), rng), "evaluation touched torch's global RNG"
-    assert np.isfinite(r.mean) and 0 <= r.mean <= 1 and len(r.accuracies) == 2
+    assert len(r.accuracies) == 2 and r.seeds == [0, 1]
+    assert r.mean > 0.6  # the prototypes are learnable: far above chance (1/3) on the noisy test set
     assert f"SCALED to {epochs} of" in r.protocol and r.protocol.startswith(name)
     assert torch.equal(images.detach(), before_images) and images.grad is None
     assert torch.equal(x_test, before_test) and torch.equal(labels, torch.arange(3))

@@ -1,34 +1,37 @@
 """Running a distillation: data, method, loop, checkpoints, and what a run leaves behind.
 
 A run directory holds:
-    checkpoint.pt   the full state every ``checkpoint_every`` iterations (atomic writes)
-    synthetic.pt    images, labels, multipliers (if any), config, normalisation
-    synthetic.png   a grid of the synthetic images, one row per class
-    record.json     config, losses over time, timings, and accuracies once evaluated
+    checkpoint.pt      the full state every ``checkpoint_every`` iterations (atomic writes)
+    synthetic.pt       images, labels, multipliers (if any), config, normalisation
+    synthetic.png      a grid of the synthetic images (ipc > 1: one class per row; ipc 1: one row)
+    record.json        the distillation: config, losses over time, timings, provenance
+    evaluations.jsonl  one line per evaluation of the set (:func:`append_evaluation`)
 
 Example:
-    >>> cfg = build_config("dm", ipc=1, pipc=10, iterations=20)   # doctest: +SKIP
-    >>> result = run_distillation("dm", cfg, out_dir="runs/dm")      # doctest: +SKIP
+    >>> cfg = build_config("dm", {"augment.strategy": "crop"}, ipc=1, pipc=10, iterations=20)
+    >>> cfg.augment.strategy, cfg.pipc
+    ('crop', 10)
+    >>> result = distill("dm", out_dir="runs/dm", ipc=1, iterations=20)   # doctest: +SKIP
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-from . import __version__, registry
+from . import config as configs
+from . import registry
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .fileio import load_torch, save_torch, write_atomic
 from .methods.base import DistillConfig, DistillData, Method
 from .progress import progress_bar
+from .provenance import provenance, resolve_device
 
 CHECKPOINT_FORMAT = "dkkt-run/1"
 SYNTHETIC_FORMAT = "dkkt-synthetic/1"
@@ -39,15 +42,14 @@ def method_class(name: str) -> type[Method]:
     return registry.load("methods", name)
 
 
-def build_config(method: str, **overrides: Any) -> DistillConfig:
-    """The method's config with ``overrides``; an option the method does not have is an error."""
+def build_config(method: str, overrides: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> DistillConfig:
+    """The method's config with ``overrides`` (dotted keys, e.g. ``{"dkkt.distance": "l1"}``) and
+    keyword overrides of top-level fields; a setting the method does not have is a ConfigError."""
     cls = method_class(method).config_class
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"method {method!r} has no option(s) {', '.join(unknown)}; its options: "
-                          f"{', '.join(sorted(known))}")
-    return cls(**overrides)
+    try:
+        return configs.build(cls, {**dict(overrides or {}), **kwargs})
+    except ConfigError as exc:
+        raise ConfigError(f"method {method!r}: {exc}") from None
 
 
 def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None) -> DistillData:
@@ -68,7 +70,19 @@ def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None) -> Di
         if meta.get("dataset") != cfg.dataset:
             raise ConfigError(f"edge model {cfg.edge_model} was trained on {meta.get('dataset')!r}, "
                               f"not {cfg.dataset!r}; pretrain one with `dkkt pretrain --dataset {cfg.dataset}`")
+        check_edge_model(edge, cfg.edge_model, tuple(train.image_shape), train.num_classes)
     return DistillData(x, y, train.num_classes, tuple(train.mean), tuple(train.std), edge)
+
+
+def check_edge_model(model: torch.nn.Module, path: Any, image_shape: tuple, num_classes: int) -> None:
+    """ConfigError unless ``model`` takes ``image_shape`` images and has ``num_classes`` outputs."""
+    arch = getattr(model, "config", {})
+    want = {"channels": image_shape[0], "image_size": image_shape[-1], "num_classes": num_classes}
+    wrong = {k: (arch.get(k), v) for k, v in want.items() if k in arch and arch[k] != v}
+    if wrong:
+        detail = ", ".join(f"{k} {got} (the data needs {need})" for k, (got, need) in wrong.items())
+        raise ConfigError(f"edge model {path} does not fit the data: {detail}; pretrain one on this dataset "
+                          "with `dkkt pretrain`")
 
 
 @dataclasses.dataclass
@@ -124,6 +138,13 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     """
     out = Path(out_dir)
     ckpt = out / "checkpoint.pt"
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be a positive number of iterations, got {checkpoint_every!r}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a run directory; choose another --out")
+    if (out / "synthetic.pt").exists() and not ckpt.exists():
+        raise CheckpointError(f"{out} holds a synthetic set but no checkpoint: it is never overwritten; "
+                              "choose another --out or move that folder away")
     if ckpt.exists() and not resume:
         raise CheckpointError(f"{ckpt} exists: pass --resume to continue that run, or choose "
                               "another --out (it is never overwritten silently)")
@@ -139,9 +160,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
         m.load_state_dict(state["method_state"])
         start, history, seconds = state["iteration"], state["history"], state["seconds"]
     out.mkdir(parents=True, exist_ok=True)
-    record = {"method": method, "config": asdict(cfg), "command": command, "device": str(device),
-              "machine": f"{platform.machine()} threads={torch.get_num_threads()}",
-              "torch": str(torch.__version__), "dkkt_plugin": __version__,
+    record = {"method": method, "config": asdict(cfg), **provenance(command=command, device=device),
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
 
     def checkpoint(iteration: int, method_state: dict) -> None:
@@ -169,8 +188,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     checkpoint(cfg.iterations, m.state_dict())
     done = cfg.iterations - start
     record.update(history=history, seconds=round(seconds, 3), iterations_run=done,
-                  seconds_per_iteration=seconds / cfg.iterations if cfg.iterations else 0.0,
-                  date=datetime.datetime.now().isoformat(timespec="seconds"))
+                  seconds_per_iteration=seconds / cfg.iterations if cfg.iterations else 0.0)
     images, labels = m.images.detach().cpu(), m.labels.cpu()
     save_synthetic(out / "synthetic.pt", images, labels, method=method, config=asdict(cfg),
                    mean=data.mean, std=data.std, extra=m.extra_outputs())
@@ -199,3 +217,54 @@ def load_synthetic(path: str | os.PathLike) -> dict:
 def write_record(out_dir: Path, record: dict) -> Path:
     """Write ``record.json`` atomically."""
     return write_atomic(Path(out_dir) / "record.json", json.dumps(record, indent=1, default=str).encode())
+
+
+EVALUATIONS = "evaluations.jsonl"
+
+
+def append_evaluation(run_dir: str | os.PathLike, evaluation: Mapping[str, Any], *, command: str = "",
+                      device: Any = None) -> Path:
+    """Add one evaluation (e.g. ``EvalResult.as_dict()``) to ``run_dir/evaluations.jsonl``, with
+    its provenance. The file is rewritten atomically, so a killed process never leaves half a line."""
+    path = Path(run_dir) / EVALUATIONS
+    old = path.read_bytes() if path.is_file() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    line = json.dumps({**evaluation, **provenance(command=command, device=device)}, default=str)
+    return write_atomic(path, old + line.encode() + b"\n")
+
+
+def read_evaluations(run_dir: str | os.PathLike) -> list[dict]:
+    """Every evaluation recorded in ``run_dir`` (oldest first)."""
+    path = Path(run_dir) / EVALUATIONS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def distill(method: str = "dm_dkkt", out_dir: str | os.PathLike = "runs/distill", *,
+            overrides: Optional[Mapping[str, Any]] = None, device: Any = "auto", resume: bool = False,
+            checkpoint_every: int = 50, data: Optional[DistillData] = None, command: str = "",
+            **settings: Any) -> RunResult:
+    """Distil a synthetic set in one call: :func:`build_config` then :func:`run_distillation`.
+
+    Args:
+        method: registered method name.
+        out_dir: run directory (checkpoint, synthetic set, record).
+        overrides: settings by dotted key, e.g. ``{"dkkt.alpha": 0.1}``.
+        device: torch device or ``"auto"``.
+        resume: continue the run in ``out_dir``.
+        checkpoint_every: iterations between checkpoints.
+        data: the practical data, when not loaded from the config's dataset.
+        command: recorded with the run.
+        **settings: top-level settings (``ipc=1``, ``pipc=10``, ``iterations=200``, ...).
+
+    Example:
+        >>> from dkkt_plugin import distill
+        >>> run = distill("dm", "runs/dm", ipc=1, pipc=10, iterations=100)   # doctest: +SKIP
+        >>> run.images.shape                                                  # doctest: +SKIP
+        torch.Size([10, 1, 28, 28])
+    """
+    cfg = build_config(method, overrides, **settings)
+    return run_distillation(method, cfg, out_dir, device=resolve_device(device), resume=resume,
+                            checkpoint_every=checkpoint_every, data=data, command=command)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dkkt_plugin.data import write_cifar10
-from dkkt_plugin.distill import build_config, load_synthetic, run_distillation
+from dkkt_plugin.engine import build_config, load_synthetic, read_evaluations, run_distillation
 from dkkt_plugin.errors import CheckpointError, NonFiniteLossError
 from dkkt_plugin.nets import ConvNet
 from dkkt_plugin.pretrain import load_edge_model, save_edge_model
@@ -129,22 +129,50 @@ def test_cli_distill_and_evaluate(cifar, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["distill", "--method", "dsv", "--dataset", "cifar10", "--data-root", str(root),
                "--edge-model", str(edge), "--ipc", "1", "--pipc", "3", "--iterations", "3",
-               "--num-eval", "2", "--eval-epochs", "2", "--alpha", "0.5", "--out", str(out), *TINY])
+               "--num-eval", "2", "--eval-epochs", "2", "--dkkt.alpha", "0.5", "--out", str(out), *TINY])
     text = capsys.readouterr().out
     assert rc == 0 and "DKKT: primal" in text and "x its floor" in text and "SCALED to 2 of 1000" in text
     rec = json.loads((out / "record.json").read_text())
-    assert rec["config"]["alpha"] == 0.5 and len(rec["evaluation"]["accuracies"]) == 2
-    assert rec["command"].startswith("dkkt distill --method dsv")
+    assert rec["config"]["dkkt"]["alpha"] == 0.5 and rec["command"].startswith("dkkt distill --method dsv")
+    [ev] = read_evaluations(out)
+    assert len(ev["accuracies"]) == 2 and ev["command"] == rec["command"]
     assert main(["evaluate", "--synthetic", str(out), "--num-eval", "1", "--eval-epochs", "1",
                  "--json", str(tmp_path / "ev.json"), *TINY[-2:]]) == 0
     assert json.loads((tmp_path / "ev.json").read_text())["num_eval"] == 1
+    assert [len(e["accuracies"]) for e in read_evaluations(out)] == [2, 1]  # appended, not overwritten
     # errors come back as one line and exit status 2
-    assert main(["distill", "--method", "dm", "--alpha", "1", "--dataset", "cifar10",
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill", "--method", "dm", "--dkkt.alpha", "1", "--dataset", "cifar10",
+              "--data-root", str(root), "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "unrecognized arguments: --dkkt.alpha 1" in capsys.readouterr().err
+    assert main(["distill", "--method", "dm", "--set", "dkkt.alpha=1", "--dataset", "cifar10",
                  "--data-root", str(root), "--out", str(tmp_path / "x")]) == 2
-    assert "has no option(s) alpha" in capsys.readouterr().err
+    assert "has no setting 'dkkt.alpha'" in capsys.readouterr().err
     assert main(["distill", "--method", "dm", "--pipc", "7", "--dataset", "cifar10",
                  "--data-root", str(root), "--out", str(tmp_path / "y"), *TINY]) == 2
     assert "pipc" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.environ.get("DKKT_EXPECT_EXAMPLE_PLUGIN") != "1",
+                    reason="example plugin is installed only in the tox env")
+def test_cli_selects_third_party_loss_and_augmentation(cifar, tmp_path, capsys):
+    """`--dm-loss` and `--augment.name` pick the example plugin's components for a real DM run and
+    its evaluation (whose protocol description names the augmentation)."""
+    from dkkt_example_plugin import BrightnessJitter
+
+    from dkkt_plugin.cli import main
+
+    root, _ = cifar
+    calls = BrightnessJitter.calls
+    out = tmp_path / "plugin-run"
+    assert main(["distill", "--method", "dm", "--dataset", "cifar10", "--data-root", str(root), "--ipc", "1",
+                 "--pipc", "3", "--iterations", "2", "--dm-loss", "mean_embedding_l1", "--augment.name",
+                 "brightness_jitter", "--num-eval", "1", "--eval-epochs", "1", "--out", str(out), *TINY]) == 0
+    assert BrightnessJitter.calls >= calls + 2 * 2 + 1  # real and synthetic per iteration, then evaluation
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["config"]["dm_loss"] == "mean_embedding_l1" and rec["config"]["augment"]["name"] == "brightness_jitter"
+    [ev] = read_evaluations(out)
+    assert "augmentation 'brightness_jitter'" in ev["protocol"]
 
 
 def test_edge_model_errors(tmp_path):
