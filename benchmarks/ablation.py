@@ -37,10 +37,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "params_all": ("dm_dkkt", {"params": "all"}),
     "params_weights": ("dm_dkkt", {"params": "weights"}),
     "alpha_3": ("dm_dkkt", {"alpha": 3.0}),
+    "alpha_0.01": ("dm_dkkt", {"alpha": 0.01}),
     "multiplier_projected": ("dm_dkkt", {"multiplier": "projected"}),
     "nnls_refit": ("dm_dkkt", {"refit_every": 20}),
     "dsv_noise": ("dsv", {}),
     "dsv_real": ("dsv", {"init": "real"}),
+    # Deep Support Vectors as the papers make them (issue 9): DSV alone, one ingredient at a time
+    "dsv_adam": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05}),
+    "dsv_adam_manifold": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0}),
+    "dsv_adam_manifold_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                         "dkkt.stationarity": "margin"}),
+    "dsv_adam_manifold_softrelu": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                           "dkkt.soft_relu": 20.0}),
+    "dsv_adam_manifold_l1_all": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                         "dkkt.distance": "l1", "dkkt.params": "all"}),
+    "dsv_haim": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                         "dkkt.stationarity": "margin", "dkkt.soft_relu": 20.0, "dkkt.multiplier": "projected",
+                         "dkkt.lambda_min": 0.05, "multiplier_optimizer": "sgd", "lr_multiplier": 0.01}),
+    "dsv_lowres": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                           "resolutions": (7, 14), "upscale_every": 300}),
+    "dsv_lowres_tv": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                              "resolutions": (7, 14), "upscale_every": 300, "dkkt.tv_weight": 0.3}),
 }
 VAL_SEED, VAL_PER_CLASS = 999, 200
 
@@ -61,8 +78,8 @@ def validation_indices(train, per_class: int = VAL_PER_CLASS) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-def _key(variant: str, pipc, seed: int) -> str:
-    return f"{variant}/{pipc}/{seed}"
+def _key(variant: str, pipc, seed: int, ipc: int = 1) -> str:
+    return f"{variant}/{pipc}/{seed}" if ipc == 1 else f"{variant}/ipc{ipc}/{pipc}/{seed}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         test = load_fashion_mnist(args.data_root, train=False)
         ex, ey = test.images, test.targets
     edge, meta = load_edge_model(args.edge_model)
+    transfer = load_edge_model(args.transfer_model)[0] if args.transfer_model else None
     out = Path(args.out)
     results = out / f"ablation-{args.split}.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -91,23 +109,24 @@ def run(args: argparse.Namespace) -> int:
             x, y = PracticalSubset(train, pipc, seed=seed).tensors()
             data = DistillData(x, y, 10, train.mean, train.std, edge)
             for variant in args.variants:
-                key = _key(variant, pipc, seed)
+                key = _key(variant, pipc, seed, args.ipc)
                 if key in done:
                     continue
                 method, overrides = VARIANTS[variant]
-                cfg = build_config(method, ipc=1, pipc=pipc, iterations=args.iterations, seed=seed,
-                                   edge_model=args.edge_model, **overrides)
+                cfg = build_config(method, overrides, ipc=args.ipc, pipc=pipc, iterations=args.iterations,
+                                   seed=seed, edge_model=args.edge_model)
                 run_dir = out / "runs" / args.split / key.replace("/", "-")
                 start = time.time()
                 res = run_distillation(method, cfg, run_dir, data=data, command=command,
-                                       resume=(run_dir / "checkpoint.pt").exists())
+                                       resume=(run_dir / "checkpoint.pt").exists(), transfer_model=transfer)
                 ev = evaluate_synthetic(res.images, res.labels, ex, ey, protocol=protocol,
                                         num_eval=args.num_eval, seed=seed, desc=key)
                 line = {"key": key, "variant": variant, "method": method, "overrides": overrides,
                         "pipc": pipc, "seed": seed, "split": args.split, "accuracy": ev.mean,
                         "accuracies": ev.accuracies, "protocol": ev.protocol,
                         "iterations": args.iterations, "seconds": round(time.time() - start, 1),
-                        "final": res.record["history"][-1], "edge_model": args.edge_model,
+                        "final": res.record["history"][-1], "fidelity": res.record["fidelity"],
+                        "ipc": args.ipc, "transfer_model": args.transfer_model, "edge_model": args.edge_model,
                         "edge_test_accuracy": meta["test_accuracy"], "command": command,
                         "machine": f"{platform.machine()} threads={torch.get_num_threads()} (CPU)",
                         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -187,6 +206,8 @@ def main(argv=None) -> int:
     r.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     r.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     r.add_argument("--iterations", type=int, default=200)
+    r.add_argument("--ipc", type=int, default=1)
+    r.add_argument("--transfer-model", default=None, help="independent classifier for the transfer accuracy")
     r.add_argument("--eval-epochs", type=int, default=300)
     r.add_argument("--num-eval", type=int, default=2)
     r.add_argument("--out", default="benchmarks/results/ablation")

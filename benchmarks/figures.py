@@ -2,14 +2,8 @@
 power spectra of DSV vs DM images (Fig. 3 left), the accuracy of the (DSV+DM)/2 blend, and the
 DKKT diagnostics over distillation (stationarity / floor, primal, edge accuracy, multipliers).
 
-The spectrum is computed with numpy alone (:func:`radial_power_spectrum`); the plots need
-matplotlib (Agg backend, PNG files).
-
-Example:
-    >>> x = np.zeros((1, 1, 8, 8)); x[..., ::2] = 1.0            # vertical stripes: Nyquist only
-    >>> freqs, power = radial_power_spectrum(x)
-    >>> int(np.argmax(power)), float(freqs[-1])
-    (4, 0.5)
+The spectrum comes from :mod:`dkkt_plugin.fidelity`; the plots need matplotlib (Agg backend,
+PNG files).
 """
 from __future__ import annotations
 
@@ -20,46 +14,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from dkkt_plugin.fidelity import high_frequency_share, radial_power_spectrum
 from dkkt_plugin.viz import image_grid
 
 from .presets import COLUMN_TITLES
 
 SPECTRUM_COLUMNS = ("dsv_noise", "dsv_real", "dm", "dm_dkkt")
-
-
-def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Radially averaged power spectrum, averaged over images and channels.
-
-    Each image channel has its mean removed (no DC term); the 2-D power ``|FFT|² / (H W)`` is
-    averaged over rings of integer radius around the zero frequency, up to the Nyquist radius.
-
-    Args:
-        images: ``(N, C, H, W)`` (or ``(N, H, W)``) array.
-
-    Returns:
-        ``(freqs, power)``: ring radius in cycles per pixel (0 … 0.5) and the mean power on it.
-    """
-    x = np.asarray(images, dtype=np.float64)
-    h, w = x.shape[-2:]
-    x = x.reshape(-1, h, w)  # (N*C, H, W)
-    x = x - x.mean(axis=(1, 2), keepdims=True)
-    power = np.abs(np.fft.fftshift(np.fft.fft2(x), axes=(1, 2))) ** 2 / (h * w)  # (N*C, H, W)
-    power = power.mean(0)  # (H, W)
-    yy, xx = np.indices((h, w))
-    radius = np.rint(np.hypot((yy - h // 2) / h, (xx - w // 2) / w) * min(h, w)).astype(int)  # (H, W)
-    nyquist = min(h, w) // 2
-    inside = radius <= nyquist
-    sums = np.bincount(radius[inside], weights=power[inside], minlength=nyquist + 1)
-    counts = np.bincount(radius[inside], minlength=nyquist + 1)
-    return np.arange(nyquist + 1) / min(h, w), sums / np.maximum(counts, 1)
-
-
-def high_frequency_fraction(images: np.ndarray) -> float:
-    """Share of the radially averaged power spectrum (rings 1 … Nyquist, summed) that lies above
-    0.25 cycles/pixel (half the Nyquist frequency); white noise gives about 0.5."""
-    freqs, power = radial_power_spectrum(images)
-    total = power[1:].sum()
-    return float(power[freqs > 0.25].sum() / total) if total > 0 else float("nan")
 
 
 def denormalised(payload: Mapping) -> np.ndarray:

@@ -200,10 +200,10 @@ def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table:
         if spectra:
             name = f"spectrum_ipc{ipc}_pipc{pipc}.png"
             figures.plot_spectra(spectra, out / "figures" / name, f"radially averaged power spectrum, {dataset} ipc {ipc} pipc {pipc}")
-            extra["high_frequency_fraction"] = {c: figures.high_frequency_fraction(np.concatenate(v)) for c, v in spectra.items()}
+            extra["high_frequency_share"] = {c: figures.high_frequency_share(np.concatenate(v)) for c, v in spectra.items()}
             lines.append(f"![power spectra](figures/{name})")
             lines.append("Share of the radially averaged power above 0.25 cycles/pixel (white noise: ~50 %): " + ", ".join(
-                f"{COLUMN_TITLES[c]} {100 * v:.1f} %" for c, v in extra["high_frequency_fraction"].items()))
+                f"{COLUMN_TITLES[c]} {100 * v:.1f} %" for c, v in extra["high_frequency_share"].items()))
     blend_rows = [(f"ipc {i} pipc {p}", {c: (row[c]["mean"], row[c]["std"]) for c in ("dm", "dsv_noise", BLEND_COLUMN, OURS) if c in row})
                   for (i, p), row in table.items() if BLEND_COLUMN in row]
     if blend_rows:

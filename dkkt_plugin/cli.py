@@ -70,6 +70,11 @@ def _summary(record: dict) -> str:
     last = record["history"][-1] if record.get("history") else {}
     line = (f"{record['method']}: {record['iterations_run']} iterations in {record['seconds']:.1f} s "
             f"({1000 * record['seconds_per_iteration']:.0f} ms/it), final loss {last.get('loss', float('nan')):.4g}")
+    fid = record.get("fidelity") or {}
+    if fid:
+        parts = [f"high-frequency share {fid['high_frequency_share']:.3f}"]
+        parts += [f"{k.replace('_', ' ')} {100 * fid[k]:.0f} %" for k in ("edge_accuracy", "transfer_accuracy") if k in fid]
+        line += "\nfidelity: " + ", ".join(parts)
     if "stationarity" in last:
         line += (f"\nDKKT: primal {last['primal']:.4g}, stationarity {last['stationarity']:.4g} = "
                  f"{last['stat_ratio']:.3f} x its floor {last['floor']:.4g}, edge-model accuracy on the "
@@ -98,8 +103,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.num_eval < 0:
         raise ConfigError(f"--num-eval must be >= 0 (0: no evaluation), got {args.num_eval}")
     protocol = _protocol(args) if args.num_eval else None
+    transfer = None
+    if args.transfer_model:
+        from .pretrain import load_edge_model
+
+        transfer, _ = load_edge_model(args.transfer_model, device=device)
     result = run_distillation(args.method, cfg, args.out, device=device, resume=args.resume,
-                              checkpoint_every=args.checkpoint_every, command=args.command_line)
+                              checkpoint_every=args.checkpoint_every, command=args.command_line,
+                              transfer_model=transfer)
     print(_summary(result.record))
     if protocol is not None:
         from .evaluation import evaluate
@@ -200,6 +211,9 @@ def _add_distill(sub, argv: Sequence[str]) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default: 50)")
+    p.add_argument("--transfer-model", default=None, metavar="PATH",
+                   help="an independent classifier (a `dkkt pretrain` checkpoint of another seed or width): "
+                        "its accuracy on the synthetic images is reported as transfer accuracy")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any setting by dotted key, e.g. --set dkkt.alpha=0.1 (third-party methods too)")
     method = _method_in(argv)

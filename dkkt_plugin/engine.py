@@ -28,6 +28,7 @@ import torch
 from . import config as configs
 from . import registry
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .fidelity import fidelity
 from .fileio import load_torch, save_torch, write_atomic
 from .methods.base import DistillConfig, DistillData, Method
 from .progress import progress_bar
@@ -119,7 +120,8 @@ def _load_checkpoint(path: Path, method: str, cfg: DistillConfig) -> dict:
 
 def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike, *,
                      device: Any = "cpu", resume: bool = False, checkpoint_every: int = 50,
-                     data: Optional[DistillData] = None, command: str = "") -> RunResult:
+                     data: Optional[DistillData] = None, command: str = "",
+                     transfer_model: Optional[torch.nn.Module] = None) -> RunResult:
     """Distil with ``method`` under ``cfg``, checkpointing into ``out_dir``.
 
     Args:
@@ -131,6 +133,8 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
         checkpoint_every: iterations between checkpoints.
         data: the practical data (loaded from ``cfg`` when omitted).
         command: the command line, kept in the record.
+        transfer_model: an independent classifier whose accuracy on the synthetic images goes into
+            the record's ``fidelity`` (with the high-frequency share and the edge model's accuracy).
 
     Raises:
         CheckpointError: a checkpoint exists without ``resume``, or is corrupt or mismatched.
@@ -190,6 +194,8 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     record.update(history=history, seconds=round(seconds, 3), iterations_run=done,
                   seconds_per_iteration=seconds / cfg.iterations if cfg.iterations else 0.0)
     images, labels = m.images.detach().cpu(), m.labels.cpu()
+    record["fidelity"] = fidelity(m.images.detach(), m.labels, edge_model=data.edge_model,
+                                  transfer_model=transfer_model)
     save_synthetic(out / "synthetic.pt", images, labels, method=method, config=asdict(cfg),
                    mean=data.mean, std=data.std, extra=m.extra_outputs())
     from .viz import save_image_grid

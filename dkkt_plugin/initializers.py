@@ -17,14 +17,12 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, DatasetError
-from .losses.dkkt import DKKTConfig, DKKTLoss
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -73,64 +71,39 @@ def real_init(ipc: int, *, num_classes: int, image_shape: Sequence[int], dataset
     return images.to(device=device, dtype=dtype).clone(), labels
 
 
-@dataclass(frozen=True)
-class DSVConfig:
-    """How Deep Support Vectors are generated from a pretrained model."""
-
-    start: str = "noise"  # "noise" or "real" (needs a dataset)
-    iterations: int = 300
-    lr_img: float = 0.05  # Adam on the images
-    lr_multiplier: float = 0.05  # Adam on the multipliers' parameters
-    augment: str = "color_crop_cutout_flip_scale_rotate"  # the manifold condition ("" for none)
-    # L1 here, not the distillation default cos: its magnitude-based residual is what pulls the
-    # images towards the decision boundary (tested: low-margin, correctly classified DSVs).
-    dkkt: DKKTConfig = field(default_factory=lambda: DKKTConfig(alpha=1.0, distance="l1", params="all",
-                                                                tv_weight=0.01))
-
-
-def generate_dsv(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 config: DSVConfig = DSVConfig(), *, generator: Optional[torch.Generator] = None,
-                 progress=None) -> Tensors:
-    """Optimise ``images`` (a starting point) into DSVs of ``model`` by minimising the DKKT loss.
-
-    Returns the images and their multipliers λ. ``progress`` (optional) is called with
-    ``(iteration, DKKTTerms)`` after each step.
-    """
-    from .augment import DSA  # local: the DSA module pulls in kornia
-
-    augment = DSA(config.augment, generator=generator) if config.augment else None
-    x = images.detach().clone().requires_grad_(True)
-    dkkt = DKKTLoss(model, x.shape[0], config.dkkt, augment=augment).to(x.device)
-    opt = torch.optim.Adam([{"params": [x], "lr": config.lr_img},
-                            {"params": list(dkkt.parameters()), "lr": config.lr_multiplier}])
-    for it in range(config.iterations):
-        terms = dkkt.terms(x, labels)
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        opt.step()
-        dkkt.project_()
-        if progress is not None:
-            progress(it, terms)
-    return x.detach(), dkkt.multipliers.detach()
-
-
 def dsv_init(ipc: int, *, num_classes: int, image_shape: Sequence[int], dataset=None,
              model: Optional[nn.Module] = None, generator: Optional[torch.Generator] = None,
-             device=None, dtype: torch.dtype = torch.float32,
-             config: DSVConfig = DSVConfig()) -> Tensors:
-    """Deep Support Vectors generated from the pretrained ``model`` alone (or from real images)."""
+             device=None, dtype: torch.dtype = torch.float32, config=None) -> Tensors:
+    """Deep Support Vectors generated from the pretrained ``model`` (from noise, or from real
+    images with ``config.init="real"``).
+
+    This runs the ``dsv`` method itself (:class:`dkkt_plugin.methods.DSV`) for
+    ``config.iterations`` steps: the initializer, the ``dsv`` method and the DKKT part of
+    ``dm_dkkt`` share one generator and one recipe. ``config`` is a
+    :class:`~dkkt_plugin.methods.DSVMethodConfig` (its defaults when omitted); ``ipc`` and, when a
+    ``generator`` is given, the seed (one draw from it) override its own.
+    """
+    import dataclasses
+
+    from .methods.base import DistillData
+    from .methods.dkkt import DSV, DSVMethodConfig
+
     if model is None:
         raise ConfigError("the 'dsv' initializer needs model=... (the pretrained classifier)")
-    if config.start == "noise":
-        start, labels = noise_init(ipc, num_classes=num_classes, image_shape=image_shape,
-                                   generator=generator, device=device, dtype=dtype)
-    elif config.start == "real":
-        start, labels = real_init(ipc, num_classes=num_classes, image_shape=image_shape,
-                                  dataset=dataset, generator=generator, device=device, dtype=dtype)
+    _labels(ipc, num_classes, device)  # checks ipc
+    config = config if config is not None else DSVMethodConfig()
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else config.seed
+    init = "noise" if config.init in ("auto", "dsv") else config.init  # never DSVs from DSVs
+    config = dataclasses.replace(config, ipc=ipc, seed=seed, init=init)
+    if dataset is not None:
+        real, real_labels = _as_tensors(dataset)
     else:
-        raise ConfigError(f"DSVConfig.start must be 'noise' or 'real', got {config.start!r}")
-    images, _ = generate_dsv(model, start, labels, config, generator=generator)
-    return images, labels
+        real, real_labels = torch.zeros(0, *image_shape), torch.zeros(0, dtype=torch.long)
+    data = DistillData(real, real_labels, num_classes, (0.0,), (1.0,), model)
+    method = DSV(config, data, device=device if device is not None else "cpu")
+    for it in range(config.iterations):
+        method.step(it)
+    return method.images.detach().to(device=device, dtype=dtype), method.labels
 
 
 def _as_tensors(dataset) -> Tensors:

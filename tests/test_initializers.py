@@ -7,7 +7,9 @@ from torch import nn
 from dkkt_plugin import registry
 from dkkt_plugin.data import PracticalSubset
 from dkkt_plugin.errors import ConfigError, DatasetError
-from dkkt_plugin.initializers import DSVConfig, dsv_init, noise_init, real_init
+from dkkt_plugin.initializers import dsv_init, noise_init, real_init
+from dkkt_plugin.config import build
+from dkkt_plugin.methods import DSVMethodConfig
 from dkkt_plugin.losses.kkt import margins
 
 
@@ -24,7 +26,7 @@ def test_common_signature_shapes_dtype_and_determinism(name):
     kwargs = dict(num_classes=3, image_shape=(1, 6, 6), dataset=PracticalSubset(dataset(), 4),
                   model=model, dtype=torch.float64)
     if name == "dsv":
-        kwargs["config"] = DSVConfig(iterations=3, augment="")
+        kwargs["config"] = DSVMethodConfig(iterations=3)
     a, la = init(2, generator=torch.Generator().manual_seed(5), **kwargs)
     b, lb = init(2, generator=torch.Generator().manual_seed(5), **kwargs)
     c, _ = init(2, generator=torch.Generator().manual_seed(6), **kwargs)
@@ -80,7 +82,9 @@ def _two_class_problem():
 def test_dsvs_are_correctly_classified_support_vectors():
     model, x, y = _two_class_problem()
     assert (model(x).argmax(1) == y).float().mean() > 0.95
-    cfg = DSVConfig(iterations=200, augment="")  # the initializer's own DKKT settings
+    # the authors' stationarity (L1 over every parameter) with Adam on the images
+    cfg = build(DSVMethodConfig, {"iterations": 200, "image_optimizer": "adam", "lr_img": 0.05,
+                                  "dkkt.distance": "l1", "dkkt.params": "all"})
     images, labels = dsv_init(5, num_classes=2, image_shape=(1, 4, 4), model=model,
                               generator=torch.Generator().manual_seed(0), config=cfg)
     with torch.no_grad():

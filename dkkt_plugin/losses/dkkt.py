@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from .kkt import fit_multipliers_nnls, per_sample_grads, select_parameters
+from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
 PRIMALS = ("ce", "boundary")
@@ -69,6 +69,13 @@ class DKKTConfig:
     scale: Literal["none", "floor"] = "none"  # floor: divide each tensor's distance by its floor
     tv_weight: float = 0.0  # weight of the total-variation image prior
     norm_weight: float = 0.0  # weight of the mean squared pixel prior
+    # per-sample term whose λ-weighted gradient must equal -θ*: ce (cross-entropy), or margin
+    # (-(f_y - max_{k≠y} f_k), Haim et al.; it does not vanish on confident images as CE's does)
+    stationarity: Literal["ce", "margin"] = "ce"
+    # > 0: in the DKKT term the edge model's ReLUs get the derivative sigmoid(soft_relu · z)
+    # (forward unchanged; Haim et al. use 19..150), so the double backward reaches the images
+    soft_relu: float = 0.0
+    lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
 
     def __post_init__(self) -> None:
         for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS),
@@ -79,6 +86,9 @@ class DKKTConfig:
             raise ConfigError("DKKTConfig weights (alpha, tv_weight, norm_weight) must be >= 0")
         if not self.lambda_init > 0:
             raise ConfigError(f"DKKTConfig.lambda_init must be > 0, got {self.lambda_init}")
+        if self.stationarity not in ("ce", "margin") or self.soft_relu < 0 or self.lambda_min < 0:
+            raise ConfigError(f"DKKTConfig: stationarity must be ce or margin, soft_relu and lambda_min >= 0; "
+                              f"got {self.stationarity!r}, {self.soft_relu}, {self.lambda_min}")
 
     @property
     def resolved_alpha(self) -> float:
@@ -159,6 +169,7 @@ class DKKTLoss(nn.Module):
         self.param_names = select_parameters(model, config.params, param_filter)
         init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
+        self._model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         # Per-tensor floors D(θ*_k, 0), fixed for a frozen model.
         theta = dict(model.named_parameters())
         self._floors = [self._dist(theta[n].detach(), torch.zeros_like(theta[n])).item()
@@ -217,10 +228,12 @@ class DKKTLoss(nn.Module):
         """Evaluate every part of the loss for ``images`` (all N, or the rows ``indices``)."""
         lam = self._check(images, labels, indices)
         x = self.augment(images) if self.augment is not None else images
+        x = x.to(self.rho.dtype if not self._model_dtype else self._model_dtype)  # e.g. a float64 model
         theta = {n: p.detach().requires_grad_(n in self.param_names)
                  for n, p in self.model.named_parameters()}
         params = {**theta, **dict(self.model.named_buffers())}
-        logits = functional_call(self.model, params, (x,))  # (B, K)
+        with soft_relu_backward(self.model, self.config.soft_relu):
+            logits = functional_call(self.model, params, (x,))  # (B, K)
         losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
         correct = logits.argmax(1) == labels  # (B,)
         if self.config.primal == "boundary":
@@ -228,8 +241,9 @@ class DKKTLoss(nn.Module):
         else:
             primal = losses.mean()
         if self.config.resolved_alpha > 0:
+            per_sample = losses if self.config.stationarity == "ce" else -margin_logits(logits, labels)  # (B,)
             # Σ λ_i ∇θ ℓ_i as one backward, kept in the graph for the images' double backward.
-            grads = torch.autograd.grad((lam * losses).sum(), [theta[n] for n in self.param_names],
+            grads = torch.autograd.grad((lam * per_sample).sum(), [theta[n] for n in self.param_names],
                                         create_graph=True)
             thetas = [theta[n].detach() for n in self.param_names]
             # the gradient's overall scale relative to the weights: round-off gradients (a bias in
@@ -245,6 +259,8 @@ class DKKTLoss(nn.Module):
         norm = images.pow(2).mean()
         cfg = self.config
         total = primal + cfg.resolved_alpha * stat + cfg.tv_weight * tv + cfg.norm_weight * norm
+        if cfg.lambda_min > 0:
+            total = total + 5.0 * (cfg.lambda_min - self.multipliers).clamp(min=0).pow(2).sum()
         return DKKTTerms(total, primal, stat, tv, norm, self.floor, float(correct.float().mean()))
 
     # -- helpers -------------------------------------------------------------------------------

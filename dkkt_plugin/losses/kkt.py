@@ -3,7 +3,8 @@
 - which parameters enter the stationarity condition,
 - per-sample gradients (``torch.func``, chunked) for fitting multipliers,
 - the non-negative least-squares fit of ``θ* ≈ -Σ λ_i g_i``,
-- the classification margin of a sample (support vectors have a small one).
+- the classification margin of a sample (support vectors have a small one),
+- a ReLU whose backward is soft (Haim et al. 2022), so a double backward reaches the images.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -13,7 +14,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -122,3 +124,55 @@ def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y[:, None])[:, 0]
     other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
     return true - other
+
+
+def margin_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Differentiable ``f_y - max_{k≠y} f_k`` of ``logits`` ``(N, K)``, shape ``(N,)``."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return true - other
+
+
+class _SoftReLU(torch.autograd.Function):
+    """ReLU forward; backward multiplies by ``sigmoid(a z)`` instead of the step ``[z > 0]``.
+
+    The backward is written in differentiable torch ops, so a double backward (the images'
+    gradient of the stationarity term) sees ``a · sigmoid'(a z)`` instead of zero almost everywhere.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, slope: float) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.slope = slope
+        return z.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (z,) = ctx.saved_tensors
+        return grad * torch.sigmoid(ctx.slope * z), None
+
+
+def soft_relu(z: torch.Tensor, slope: float) -> torch.Tensor:
+    """``relu(z)`` whose derivative is ``sigmoid(slope * z)``.
+
+    Example:
+        >>> z = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+        >>> y = soft_relu(z, 4.0); y.sum().backward()
+        >>> y.tolist(), [round(g, 3) for g in z.grad.tolist()]
+        ([0.0, 0.0, 2.0], [0.018, 0.5, 1.0])
+    """
+    return _SoftReLU.apply(z, slope)
+
+
+@contextlib.contextmanager
+def soft_relu_backward(model: nn.Module, slope: float) -> Iterator[nn.Module]:
+    """Within the block, every ``nn.ReLU`` of ``model`` computes :func:`soft_relu` (same forward,
+    soft derivative); ``slope <= 0`` changes nothing. The modules are restored on exit."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)] if slope > 0 else []
+    for m in relus:
+        m.forward = lambda z, _s=slope: soft_relu(z, _s)  # instance attribute shadows the class's
+    try:
+        yield model
+    finally:
+        for m in relus:
+            del m.forward

@@ -120,12 +120,22 @@ class Method(ABC):
         self.real_labels = data.real_labels.to(self.device)
         self._by_class = [(self.real_labels == c).nonzero().flatten() for c in range(data.num_classes)]
         empty = [c for c, idx in enumerate(self._by_class) if idx.numel() == 0]
-        if empty:
+        if empty and self.uses_real_images:
             raise ConfigError(f"the practical subset has no image of classes {empty}")
         images, labels = self.initial_images()
         self.images = images.detach().to(self.device).requires_grad_(True)  # (K * ipc, C, H, W)
         self.labels = labels.to(self.device)  # (K * ipc,)
         self.setup()
+
+    @property
+    def uses_real_images(self) -> bool:
+        """Whether this run reads the practical subset (DSV from noise does not)."""
+        return True
+
+    @property
+    def init_name(self) -> str:
+        """The initializer in force: ``config.init``, or the method's default for ``auto``."""
+        return self.default_init if self.config.init == "auto" else self.config.init
 
     # -- to implement --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -145,8 +155,7 @@ class Method(ABC):
     def initial_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Initial synthetic set from the configured (or the method's default) initializer."""
         cfg = self.config
-        name = self.default_init if cfg.init == "auto" else cfg.init
-        init = registry.load("initializers", name)
+        init = registry.load("initializers", self.init_name)
         return init(cfg.ipc, num_classes=self.data.num_classes, image_shape=self.data.image_shape,
                     dataset=(self.real, self.real_labels), model=self.data.edge_model,
                     generator=self.generator, device=self.device)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 
+from .. import registry
 from ..errors import ConfigError
 from ..losses.dkkt import DKKTConfig
 from .base import AugmentedConfig, Method, check_finite
@@ -45,17 +47,34 @@ class DSVMethodConfig(AugmentedConfig):
     # learning rate of the images' SGD; auto: 100 for DSV, 1/β for DM+DKKT (so that its β·L_DM
     # part moves the images as plain DM with lr 1 does)
     lr_img: Optional[float] = None
+    image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum)
     dkkt: DKKTConfig = field(default_factory=DKKTConfig)  # the DKKT loss
     dkkt_loss: str = "dkkt"  # registered loss (group dkkt_plugin.losses) built as DKKTLoss is
-    lr_multiplier: float = 0.01  # Adam learning rate of the multipliers' parameters
+    lr_multiplier: float = 0.01  # learning rate of the multipliers' own optimiser
+    multiplier_optimizer: Literal["adam", "sgd"] = "adam"  # the multipliers' optimiser (Haim et al.: sgd)
     refit_every: int = 0  # refit λ by NNLS every k iterations (and at the start); 0: never
-    dkkt_augment: bool = False  # score augmented copies in the DKKT term (the manifold condition)
+    # η: add η·L_DKKT(A(X)) over augmented copies, the manifold condition (the DSV authors use 5)
+    manifold_weight: float = 0.0
+    # the manifold term's augmentation strategy (registered augment.name, one draw per image)
+    manifold_strategy: str = "crop_flip_scale_rotate"
+    # synthesise at these square sides first (e.g. 7,14), each for upscale_every iterations, then at
+    # full size: the images are projected onto the upsampled low-resolution ones after every step
+    resolutions: tuple[int, ...] = ()
+    upscale_every: int = 0  # iterations per entry of resolutions
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.refit_every < 0 or not self.lr_multiplier > 0:
-            raise ConfigError(f"need refit_every >= 0 and lr_multiplier > 0; got {self.refit_every}, "
-                              f"{self.lr_multiplier}")
+        if self.refit_every < 0 or not self.lr_multiplier > 0 or self.manifold_weight < 0:
+            raise ConfigError(f"need refit_every >= 0, lr_multiplier > 0, manifold_weight >= 0; got "
+                              f"{self.refit_every}, {self.lr_multiplier}, {self.manifold_weight}")
+        if self.resolutions and (self.upscale_every < 1 or min(self.resolutions) < 1):
+            raise ConfigError(f"resolutions {self.resolutions} need upscale_every >= 1 and sides >= 1 "
+                              f"(got upscale_every={self.upscale_every})")
+
+    def side_at(self, iteration: int) -> Optional[int]:
+        """The low-resolution side in force at ``iteration`` (None: full resolution)."""
+        stage = iteration // self.upscale_every if self.resolutions else len(self.resolutions)
+        return self.resolutions[stage] if stage < len(self.resolutions) else None
 
     def dkkt_config(self) -> DKKTConfig:
         """``dkkt`` with α resolved: 1.0 for cos, the paper's value for this pipc with l1 / l2."""
@@ -96,6 +115,10 @@ class DSV(Method):
         return 0.0
 
     @property
+    def uses_real_images(self) -> bool:
+        return self.beta > 0 or self.init_name == "real"
+
+    @property
     def image_lr(self) -> float:
         if self.config.lr_img is not None:
             return self.config.lr_img
@@ -104,13 +127,46 @@ class DSV(Method):
     def setup(self) -> None:
         super().setup()
         cfg = self.config
+        if cfg.image_optimizer == "adam":
+            self.optimizer = torch.optim.Adam([self.images], lr=self.image_lr)
         augment = self.augmenter()
-        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config(),
-                              augment=augment if cfg.dkkt_augment else None)
-        self.multiplier_optimizer = torch.optim.Adam(self.dkkt.parameters(), lr=cfg.lr_multiplier)
+        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config())
+        opt = torch.optim.Adam if cfg.multiplier_optimizer == "adam" else torch.optim.SGD
+        self.multiplier_optimizer = opt(self.dkkt.parameters(), lr=cfg.lr_multiplier)
+        self.manifold = None
+        if cfg.manifold_weight > 0:
+            make = registry.load("augmentations", cfg.augment.name)
+            self.manifold = make(cfg.manifold_strategy, generator=self.generator)
         self.setup_data_term(augment)
+        self._project(0)
         if cfg.refit_every:
             self.dkkt.fit_multipliers(self.images.detach(), self.labels)
+
+    @torch.no_grad()
+    def _project(self, iteration: int) -> None:
+        """Keep the images upsampled low-resolution ones while a low resolution is in force."""
+        side = self.config.side_at(iteration)
+        if side is None:
+            return
+        full = self.images.shape[-2:]
+        low = F.interpolate(self.images, size=(side, side), mode="area")  # (N, C, side, side)
+        self.images.copy_(F.interpolate(low, size=full, mode="bilinear", align_corners=False))
+
+    def dkkt_terms(self):
+        """The DKKT loss of this step (plus η times its value on augmented copies) and its terms."""
+        terms = self.dkkt.terms(self.images, self.labels)
+        loss = terms.total
+        if self.manifold is not None:
+            n = self.images.shape[0]
+            draw = self.manifold.sample(n, device=self.images.device)
+            aug = self.dkkt.terms(self.manifold(self.images, draw, torch.arange(n, device=self.images.device)),
+                                  self.labels)
+            loss = loss + self.config.manifold_weight * (aug.total - self.dkkt_priors(aug))
+        return loss, terms
+
+    def dkkt_priors(self, terms) -> torch.Tensor:
+        cfg = self.dkkt.config
+        return cfg.tv_weight * terms.tv + cfg.norm_weight * terms.norm
 
     def setup_data_term(self, augment) -> None:
         """Build the data term added to the DKKT loss (none for DSV)."""
@@ -120,8 +176,7 @@ class DSV(Method):
         return None
 
     def step(self, iteration: int) -> dict[str, float]:
-        terms = self.dkkt.terms(self.images, self.labels)
-        loss = terms.total
+        loss, terms = self.dkkt_terms()
         log = {}
         data = self.data_term()
         if data is not None:
@@ -134,6 +189,7 @@ class DSV(Method):
         self.optimizer.step()
         self.multiplier_optimizer.step()
         self.dkkt.project_()
+        self._project(iteration)
         k = self.config.refit_every
         if k and (iteration + 1) % k == 0:
             self.dkkt.fit_multipliers(self.images.detach(), self.labels)

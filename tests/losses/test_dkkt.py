@@ -177,3 +177,59 @@ def test_bad_inputs_give_clear_errors():
         DKKTConfig(distance="l3")
     with pytest.raises(ConfigError, match="num_images"):
         DKKTLoss(tiny_net(), 0)
+
+
+@pytest.mark.parametrize("stationarity", ["ce", "margin"])
+def test_gradcheck_margin_stationarity_and_multiplier_floor(stationarity):
+    net = tiny_net(torch.float64)
+    x, y = data(dtype=torch.float64)
+    loss = DKKTLoss(net, 6, DKKTConfig(distance="l2", params="all", stationarity=stationarity,
+                                       multiplier="projected", lambda_min=0.4))
+    rho = torch.linspace(0.1, 0.9, 6, dtype=torch.float64)  # some below lambda_min: the penalty is active
+
+    def f(images, r):
+        return functional_call(loss, {"rho": r}, (images, y))
+
+    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(), rho.requires_grad_()),
+                                    eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_margin_stationarity_uses_the_margin_gradient():
+    net = tiny_net()
+    x, y = data()
+    loss = DKKTLoss(net, 6, DKKTConfig(distance="l2", params="classifier", stationarity="margin"))
+    got = loss.terms(x, y).stationarity
+    w = dict(net.named_parameters())
+    names = loss.param_names
+    params = {n: p.detach().clone().requires_grad_(n in names) for n, p in net.named_parameters()}
+    logits = functional_call(net, params, (x,))
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    grads = torch.autograd.grad(-(true - other).sum(), [params[n] for n in names])  # λ = 1
+    expect = torch.stack([(w[n].detach() + g).pow(2).mean() for n, g in zip(names, grads)]).mean()
+    assert torch.allclose(got, expect, rtol=1e-5)
+
+
+def test_lambda_min_penalty_value():
+    loss = DKKTLoss(tiny_net(), 3, DKKTConfig(multiplier="projected", lambda_min=0.5, alpha=0.0))
+    loss.set_multipliers(torch.tensor([0.1, 0.5, 2.0]))
+    x, y = data(n=3)
+    t = loss.terms(x, y)
+    assert torch.allclose(t.total - t.primal, torch.tensor(5 * 0.4 ** 2), atol=1e-6)
+
+
+def test_soft_relu_keeps_the_forward_and_predictions():
+    net = ConvNet(1, 3, 8, width=4, depth=2, generator=torch.Generator().manual_seed(0))
+    x, y = data()
+    soft = DKKTLoss(net, 6, DKKTConfig(soft_relu=20.0, params="all"))
+    hard = DKKTLoss(net, 6, DKKTConfig(params="all"))
+    ts, th = soft.terms(x, y), hard.terms(x, y)
+    assert ts.accuracy == th.accuracy and torch.equal(ts.primal, th.primal)  # same forward
+    with torch.no_grad():
+        before = net(x)
+    assert torch.equal(net(x), before) and "forward" not in vars(net.features[2])  # ReLUs restored
+    xs = x.clone().requires_grad_()
+    xh = x.clone().requires_grad_()
+    soft.terms(xs, y).stationarity.backward()
+    hard.terms(xh, y).stationarity.backward()
+    assert not torch.allclose(xs.grad, xh.grad)  # the double backward now sees sigmoid'(a z)

@@ -73,3 +73,24 @@ def test_margins():
         net.weight.copy_(torch.eye(3, 2))
     m = margins(net, torch.tensor([[2.0, 1.0]]), torch.tensor([0]))
     assert float(m) == pytest.approx(1.0)
+
+
+def test_soft_relu_forward_and_its_differentiable_backward():
+    from dkkt_plugin.losses.kkt import soft_relu, soft_relu_backward
+
+    z = torch.linspace(-2, 2, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(soft_relu(z, 5.0), z.clamp(min=0))
+    (g,) = torch.autograd.grad(soft_relu(z, 5.0).sum(), z, create_graph=True)
+    assert torch.allclose(g, torch.sigmoid(5.0 * z))
+
+    def first_derivative(t):  # the surrogate derivative as a function: its own gradient must be exact
+        (d,) = torch.autograd.grad(soft_relu(t, 5.0).sum(), t, create_graph=True)
+        return d
+
+    assert torch.autograd.gradcheck(first_derivative, (z.detach().clone().requires_grad_(),))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU())
+    with soft_relu_backward(net, 0.0):
+        assert "forward" not in vars(net[1])  # slope 0: nothing changes
+    with soft_relu_backward(net, 3.0):
+        assert "forward" in vars(net[1])
+    assert "forward" not in vars(net[1])
