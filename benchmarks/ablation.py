@@ -61,6 +61,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                          "dkkt.lambda_min": 0.05, "multiplier_optimizer": "sgd", "lr_multiplier": 0.01}),
     "dsv_lowres": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
                            "resolutions": (7, 14), "upscale_every": 300}),
+    "dsv_adam_manifold_cropflip": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                           "manifold_strategy": "crop_flip"}),
+    "dsv_adam_manifold1_cropflip": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 1.0,
+                                            "manifold_strategy": "crop_flip"}),
+    "dsv_adam_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "dkkt.stationarity": "margin"}),
+    "dsv_adam_lr0.01": ("dsv", {"image_optimizer": "adam", "lr_img": 0.01}),
     "dsv_lowres_tv": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
                               "resolutions": (7, 14), "upscale_every": 300, "dkkt.tv_weight": 0.3}),
 }
