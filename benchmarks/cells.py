@@ -45,6 +45,10 @@ class Context:
     edge_model: Optional[Path] = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for worker processes without the loaded datasets (each worker loads its own)."""
+        return {**self.__dict__, "_cache": {k: v for k, v in self._cache.items() if k == "edge_meta"}}
+
     @property
     def runs_dir(self) -> Path:
         """``out/runs/<preset>``: a modified preset (``smoke[iterations=1]``) gets its own folder."""

@@ -14,12 +14,14 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import IO, Iterable, Iterator, Optional, Sequence
 
 from dkkt_plugin.errors import ConfigError
 
@@ -137,8 +139,8 @@ def record_key(rec: dict) -> Key:
     return (rec["dataset"], rec["preset"], rec["column"], int(rec["ipc"]), str(rec["pipc"]), int(rec["seed"]))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of one JSONL file; a line cut short by a crash is skipped with a warning."""
+def read_jsonl(path: Path, fmt: str = FORMAT) -> list[dict]:
+    """Records of format ``fmt`` in one JSONL file; a line cut short by a crash is skipped with a warning."""
     records = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -149,7 +151,7 @@ def read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 print(f"warning: {path}:{n} is not valid JSON (a write cut short?); skipped", file=sys.stderr)
                 continue
-            if isinstance(rec, dict) and rec.get("format") == FORMAT:
+            if isinstance(rec, dict) and rec.get("format") == fmt:
                 records.append(rec)
     return records
 
@@ -163,13 +165,32 @@ def finished_keys(folder: Path) -> set[Key]:
     return {record_key(r) for path in results_files(folder) for r in read_jsonl(path)}
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one record as a line and flush it to disk (a crash loses at most this line)."""
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[IO[str]]:
+    """``path`` opened for appending under an exclusive ``flock``, flushed to disk before unlocking.
+
+    Processes that append through it (grid workers, SLURM tasks on a shared filesystem) never
+    interleave or lose lines; a reader needs no lock (a line is written whole or not at all).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"format": FORMAT, **record}, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_line(fh: IO[str], record: dict, fmt: str = FORMAT) -> None:
+    fh.write(json.dumps({"format": fmt, **record}, default=str) + "\n")
+
+
+def append_jsonl(path: Path, record: dict, fmt: str = FORMAT) -> None:
+    """Append one record as a line, under the file lock and flushed to disk."""
+    with locked(path) as fh:
+        write_line(fh, record, fmt)
 
 
 def merge(inputs: Sequence[Path], out: Path) -> tuple[int, int]:

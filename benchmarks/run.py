@@ -3,15 +3,19 @@
 Usage (from the repository root)::
 
     python -m benchmarks.run [--dataset fashion_mnist|cifar10] [--preset paper|cpu|smoke] [options]
+    python -m benchmarks.run ... --executor local --workers N     # N worker processes (submitit)
+    python -m benchmarks.run ... --executor slurm --partition P   # one SLURM job array (submitit)
+    python -m benchmarks.run status [same options]     # done / running / failed cells
     python -m benchmarks.run blend [same options]      # evaluate (DSV+DM)/2 of finished rows
     python -m benchmarks.run merge [--out FILE] INPUT...   # combine shard JSONL files
 
 Finished cells (keyed by dataset/preset/column/ipc/pipc/seed in any ``results*.jsonl`` of the
-output folder) are skipped; a cell interrupted during distillation resumes from its checkpoint.
-``--shard i/n`` runs every n-th cell (``--shard env`` reads torchrun's RANK/WORLD_SIZE or a SLURM
-array's task id / count) and writes ``results.shard-i-of-n.jsonl``; ``merge`` combines them.
-Errors are one line on stderr with exit status 2; a failed cell is reported and the grid goes
-on (exit status 1 at the end).
+output folder) are skipped, so rerunning a command runs only what is missing or failed; a cell
+interrupted during distillation resumes from its checkpoint. Every cell's start and end (with a
+failure's reason) goes to ``status.jsonl`` (``benchmarks.worker``). ``--shard i/n`` runs every
+n-th cell (``--shard env`` reads torchrun's RANK/WORLD_SIZE or a SLURM array's task id / count)
+and writes ``results.shard-i-of-n.jsonl``; ``merge`` combines them. Errors are one line on
+stderr with exit status 2; a failed cell is reported and the grid goes on (exit status 1).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import argparse
 import os
 import shlex
 import sys
+import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,19 +33,22 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` i
 import torch  # noqa: E402
 
 from dkkt_plugin.engine import method_class  # noqa: E402
-from dkkt_plugin.errors import CheckpointError, DatasetError, DkktError  # noqa: E402
+from dkkt_plugin.errors import ConfigError, DatasetError, DkktError  # noqa: E402
 from dkkt_plugin.provenance import resolve_device  # noqa: E402
 
-from benchmarks.cells import Context, blend_sources, run_blend, run_cell  # noqa: E402
-from benchmarks.grid import (Cell, append_jsonl, blend_cells, build_cells, finished_keys, merge,  # noqa: E402
-                             parse_shard, shard, shard_file)
-from benchmarks.presets import COLUMN_METHODS, COLUMNS, DEFAULT_PRESET, PRESETS, get_preset, parse_pipc  # noqa: E402
+from benchmarks import executors  # noqa: E402
+from benchmarks.cells import Context  # noqa: E402
+from benchmarks.grid import Cell, blend_cells, build_cells, finished_keys, merge, parse_shard, shard, shard_file  # noqa: E402
+from benchmarks.presets import BLEND_COLUMN, DEFAULT_PRESET, PRESETS, get_preset, parse_pipc  # noqa: E402
+from benchmarks.worker import cell_states, work  # noqa: E402
 
 PROG = "python -m benchmarks.run"
 DATASETS = {"fashion_mnist": "fashion_mnist", "fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist",
             "cifar10": "cifar10", "cifar-10": "cifar10"}
 DATA_ENV = {"cifar10": "DKKT_CIFAR10_ROOT", "fashion_mnist": "DKKT_FASHION_MNIST_ROOT"}
 RESULTS_ROOT = Path("benchmarks") / "results"
+COMMANDS = ("grid", "blend", "merge", "status")
+EXECUTORS = ("process", "local", "slurm")
 
 
 def _grid_options(p: argparse.ArgumentParser) -> None:
@@ -53,7 +61,7 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th cell from the i-th; 'env': torchrun / SLURM")
     p.add_argument("--ipc", type=int, nargs="+", default=None, help="ipc rows (default: the preset's)")
     p.add_argument("--pipc", type=parse_pipc, nargs="+", default=None, help="pipc rows, e.g. 10 all")
-    p.add_argument("--columns", nargs="+", choices=COLUMNS, default=None, help="methods (default: all)")
+    p.add_argument("--columns", nargs="+", default=None, help="columns (methods or ablation variants; default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the preset's)")
     p.add_argument("--iterations", type=int, default=None, help="override every column's iterations")
     p.add_argument("--eval-epochs", type=int, default=None, help="override the evaluation epochs")
@@ -63,6 +71,11 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
+    if command == "status":
+        p = argparse.ArgumentParser(prog=f"{PROG} status", description="done / running / failed cells of a grid")
+        _grid_options(p)
+        p.add_argument("--no-blend", action="store_true", help="leave the blend cells out")
+        return p
     if command == "merge":
         p = argparse.ArgumentParser(prog=f"{PROG} merge", description="combine JSONL results, one line per key")
         p.add_argument("inputs", nargs="+", help="JSONL files or folders (their results*.jsonl)")
@@ -76,6 +89,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--pretrain-only", action="store_true", help="only make sure the edge model exists")
         p.add_argument("--no-blend", action="store_true", help="skip the (DSV+DM)/2 blend evaluations")
         p.add_argument("--no-report", action="store_true", help="do not write report.md at the end")
+        _executor_options(p)
     return p
 
 
@@ -118,56 +132,76 @@ def _header(ctx: Context, todo: int, total: int, where: tuple[int, int]) -> None
           flush=True)
 
 
-def _run(ctx: Context, cells: Sequence[Cell], results: Path, runner, label: str) -> int:
-    done, failed = finished_keys(ctx.out), 0
-    for i, cell in enumerate(cells, 1):
-        head = f"[{label} {i}/{len(cells)}] {cell}"
-        if cell.key in done:
-            print(f"{head}: finished, skipped", flush=True)
-            continue
-        try:
-            rec = runner(ctx, cell)
-        except CheckpointError as exc:
-            failed += 1
-            print(f"{head}: FAILED: {exc}", file=sys.stderr, flush=True)
-            continue
-        except DkktError as exc:  # e.g. a non-finite loss: this cell fails, the grid goes on
-            failed += 1
-            print(f"{head}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            continue
-        append_jsonl(results, rec)
-        print(f"{head}: {100 * rec['mean']:.2f} % (distill {rec['distill_seconds']:.1f} s, "
-              f"{rec['seconds_per_iteration']:.3f} s/it; eval {rec['eval_seconds']:.1f} s) "
-              f"[{ctx.preset.tag}]", flush=True)
-    return failed
+def _executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("executors (submitit: pip install \"dkkt-plugin[cluster]\")")
+    g.add_argument("--executor", choices=EXECUTORS, default="process",
+                   help="process: cells one after another here (default); local: --workers processes on this "
+                        "machine; slurm: one job array, one task per pending cell")
+    g.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU cores)")
+    g.add_argument("--time", type=int, default=24 * 60, help="minutes per worker / task before requeue (default 1440)")
+    g.add_argument("--partition", default=None, help="slurm partition")
+    g.add_argument("--gpus-per-task", type=int, default=None, help="slurm GPUs per task")
+    g.add_argument("--array-parallelism", type=int, default=256, help="slurm array tasks running at once")
+    g.add_argument("--account", default=None, help="slurm account")
+    g.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch option, e.g. --slurm qos=high --slurm mem-per-gpu=40G")
 
 
 def cmd_grid(args: argparse.Namespace, command_line: str) -> int:
     ctx = _context(args, command_line, check_data=not args.list)
     cells, (index, count) = _cells(args, ctx)
     mine = shard(cells, index, count)
-    blends = [] if args.no_blend else shard(blend_cells(ctx.preset, cells), index, count)
+    blends = [] if args.no_blend or args.executor == "slurm" else shard(blend_cells(ctx.preset, cells), index, count)
     if args.list:
         print(f"{ctx.dataset}, {ctx.preset.label}: shard {index}/{count}")
         for cell in [*mine, *blends]:
             print(f"  {cell}")
         return 0
-    done = finished_keys(ctx.out)
-    _header(ctx, sum(c.key not in done for c in mine), len(mine), (index, count))
-    needs_edge = any(method_class(COLUMN_METHODS[c.column][0]).needs_edge_model for c in mine)
+    if args.executor != "process" and count != 1:
+        raise ConfigError("--shard is for your own scheduler; --executor local/slurm runs the whole grid")
+    states = {c.key: s for c, s, _ in cell_states(ctx.out, [*mine, *blends])}
+    _header(ctx, sum(states[c.key] != "done" for c in mine), len(mine), (index, count))
+    queue = []
+    for i, cell in enumerate([*mine, *blends], 1):
+        if states[cell.key] in ("done", "running"):
+            what = "finished, skipped" if states[cell.key] == "done" else "running in another process, skipped"
+            print(f"[cell {i}/{len(mine) + len(blends)}] {cell}: {what}", flush=True)
+        else:
+            queue.append(cell)
+    needs_edge = any(method_class(ctx.preset.method_overrides(c.column, c.ipc)[0]).needs_edge_model
+                     for c in queue if c.column != BLEND_COLUMN)
+    run = uuid.uuid4().hex[:12]
+    results = shard_file(ctx.out, index, count)
+    if args.executor == "slurm" and not args.pretrain_only:
+        if not queue:
+            print("nothing to submit: every cell is finished or running")
+            return 0
+        pretrain_first = needs_edge and not args.edge_model and not (ctx.out / "edge_model.pt").exists()
+        if needs_edge and not pretrain_first:
+            ctx.ensure_edge_model(args.edge_model)
+        params = executors.slurm_parameters(
+            partition=args.partition, gpus_per_task=args.gpus_per_task, time_min=args.time,
+            array_parallelism=args.array_parallelism, account=args.account, threads=args.threads,
+            extra=executors.parse_slurm_options(args.slurm))
+        executors.submit_slurm(ctx, queue, results, params=params, run=run, threads=args.threads or 1,
+                               edge_model=args.edge_model, needs_edge=needs_edge, pretrain_first=pretrain_first)
+        return 0
     if needs_edge or args.pretrain_only or args.edge_model:
         ctx.ensure_edge_model(args.edge_model)
     if args.pretrain_only:
         print(f"edge model ready: {ctx.edge_model}")
         return 0
-    results = shard_file(ctx.out, index, count)
-    failed = _run(ctx, mine, results, run_cell, "cell")
-    done = finished_keys(ctx.out)
-    ready = [b for b in blends if b.key in done or _ready(ctx, b)]
-    if len(ready) < len(blends):
-        print(f"{len(blends) - len(ready)} blend cell(s) wait for their dm / dsv_noise runs: run "
-              f"`{PROG} blend` with the same options once every shard has finished", flush=True)
-    failed += _run(ctx, ready, results, run_blend, "blend")
+    if args.executor == "local":
+        workers = args.workers or os.cpu_count() or 1
+        threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+        failed = executors.run_local(ctx, queue, results, workers=workers, threads=threads, time_min=args.time,
+                                     run=run, edge_model=args.edge_model, needs_edge=needs_edge)
+    else:
+        failed = work(ctx, queue, results, run=run)[1]
+    left = [b for b in blends if b.key not in finished_keys(ctx.out)]
+    if left:
+        print(f"{len(left)} blend cell(s) wait for their dm / dsv_noise runs: run `{PROG} blend` with the same "
+              "options once every shard has finished", flush=True)
     print(f"results: {results} ({ctx.preset.label})")
     if count == 1 and not args.no_report:
         from benchmarks import report
@@ -176,21 +210,20 @@ def cmd_grid(args: argparse.Namespace, command_line: str) -> int:
     return 1 if failed else 0
 
 
-def _ready(ctx: Context, cell: Cell) -> bool:
-    try:
-        blend_sources(ctx, cell)
-        return True
-    except CheckpointError:
-        return False
-
-
 def cmd_blend(args: argparse.Namespace, command_line: str) -> int:
     ctx = _context(args, command_line)
     cells, (index, count) = _cells(args, ctx)
     blends = shard(blend_cells(ctx.preset, cells), index, count)
     print(f"dkkt benchmark blend (DSV+DM)/2: {ctx.dataset}, {ctx.preset.label}: {len(blends)} cell(s)", flush=True)
-    failed = _run(ctx, blends, shard_file(ctx.out, index, count), run_blend, "blend")
+    failed = work(ctx, blends, shard_file(ctx.out, index, count), run=uuid.uuid4().hex[:12], label="blend")[1]
     return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace, command_line: str) -> int:
+    ctx = _context(args, command_line, check_data=False)
+    cells, _ = _cells(args, ctx)
+    every = [*cells, *([] if args.no_blend else blend_cells(ctx.preset, cells))]
+    return executors.print_status(ctx.out, every, f"{ctx.dataset}, {ctx.preset.label}, {ctx.out}")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -209,7 +242,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 on a clear error, 1 when a cell failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in ("grid", "blend", "merge") else "grid"
+    command = argv[0] if argv and argv[0] in COMMANDS else "grid"
     if argv and argv[0] == command:
         argv = argv[1:]
     args = build_parser(command).parse_args(argv)
@@ -217,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if command == "merge":
             return cmd_merge(args)
-        return (cmd_grid if command == "grid" else cmd_blend)(args, command_line)
+        return {"grid": cmd_grid, "blend": cmd_blend, "status": cmd_status}[command](args, command_line)
     except DkktError as exc:
         print(f"benchmarks.run: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
