@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from dkkt_plugin import registry
-from dkkt_plugin.data.practical import PracticalSubset
+from dkkt_plugin.data.practical import PracticalSubset, validation_indices
 from dkkt_plugin.engine import (append_evaluation, build_config, load_distill_data, load_synthetic,
                                 method_class, run_distillation, save_synthetic)
 from dkkt_plugin.errors import CheckpointError, ConfigError
@@ -43,11 +43,12 @@ class Context:
     device: str = "cpu"
     command: str = ""
     edge_model: Optional[Path] = None
+    transfer_model: Optional[str] = None  # an independent classifier read into each record's "fidelity"
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for worker processes without the loaded datasets (each worker loads its own)."""
-        return {**self.__dict__, "_cache": {k: v for k, v in self._cache.items() if k == "edge_meta"}}
+        return {**self.__dict__, "_cache": {k: v for k, v in self._cache.items() if k in ("edge_meta", "val")}}
 
     @property
     def runs_dir(self) -> Path:
@@ -94,13 +95,26 @@ class Context:
         return {"preset_label": self.preset.label, "cpu_sized": self.preset.cpu_sized,
                 **provenance(command=self.command, device=self.device), "edge_model": edge}
 
+    def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(M, C, H, W)`` and labels ``(M,)`` of the preset's evaluation split: the test
+        set, or (``val``) the held-out training images of :func:`dkkt_plugin.data.validation_indices`."""
+        if self.preset.evaluation.split == "val":
+            train = self.data(train=True)
+            if "val" not in self._cache:
+                self._cache["val"] = validation_indices(train)
+            return train.images[self._cache["val"]], train.targets[self._cache["val"]]
+        test = self.data(train=False)
+        return test.images, test.targets
+
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> EvalResult:
-        """The preset's evaluation; evaluation run r of distillation seed s uses seed 1000 s + r,
-        so the columns of one seed are evaluated with the same networks' initialisations."""
-        spec, test = self.preset.evaluation, self.data(train=False)
+        """The preset's evaluation; evaluation run r of distillation seed s uses seed
+        ``seed_stride * s + r`` (1000 s + r: the columns of one seed are evaluated with the same
+        networks' initialisations)."""
+        spec = self.preset.evaluation
         protocol = get_protocol(spec.protocol, spec.epochs)
-        result = evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol,
-                                    num_eval=spec.num_eval, seed=1000 * seed, device=self.device,
+        x, y = self.eval_set()
+        result = evaluate_synthetic(images, labels, x, y, protocol=protocol,
+                                    num_eval=spec.num_eval, seed=spec.seed_stride * seed, device=self.device,
                                     width=spec.width, num_classes=self.data(train=True).num_classes)
         if spec.width != 128:
             result.protocol += f"; evaluation ConvNet width {spec.width} (standard: 128)"
@@ -135,7 +149,8 @@ def _pretrain_once(path: Path, ctx: Context) -> None:
 
 def _base_record(ctx: Context, cell: Cell, access_ratio: float) -> dict[str, Any]:
     return {"dataset": cell.dataset, "preset": cell.preset, "column": cell.column, "ipc": cell.ipc,
-            "pipc": cell.pipc, "access_ratio": access_ratio, "seed": cell.seed}
+            "pipc": cell.pipc, "access_ratio": access_ratio, "seed": cell.seed,
+            "split": ctx.preset.evaluation.split}
 
 
 def _eval_fields(ev: EvalResult, seconds: float) -> dict[str, Any]:
@@ -153,15 +168,17 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     needs_edge = method_class(method).needs_edge_model
     if needs_edge and ctx.edge_model is None:
         raise ConfigError(f"{cell}: the edge model is not ready (call ensure_edge_model first)")
-    cfg = build_config(method, dataset=ctx.dataset, data_root=ctx.data_root, ipc=cell.ipc, pipc=cell.pipc,
-                       seed=cell.seed, edge_model=str(ctx.edge_model) if needs_edge else None, **overrides)
+    cfg = build_config(method, overrides, dataset=ctx.dataset, data_root=ctx.data_root, ipc=cell.ipc,
+                       pipc=cell.pipc, seed=cell.seed, edge_model=str(ctx.edge_model) if needs_edge else None)
     train = ctx.data(train=True)
     data = load_distill_data(cfg, ctx.device, train=train)  # a fresh edge-model copy per cell
     access_ratio = 100.0 * data.real.shape[0] / len(train)
     run_dir = ctx.runs_dir / cell.run_name
     resumed = (run_dir / "checkpoint.pt").exists()
+    transfer = load_edge_model(ctx.transfer_model, device=ctx.device)[0] if ctx.transfer_model else None
     result = run_distillation(method, cfg, run_dir, device=ctx.device, resume=resumed,
-                              checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command)
+                              checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command,
+                              transfer_model=transfer)
     t0 = time.perf_counter()
     ev = ctx.evaluate(result.images, result.labels, cell.seed)
     eval_seconds = time.perf_counter() - t0
@@ -170,7 +187,9 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     return {**_base_record(ctx, cell, access_ratio), "method": method, "config": dataclasses.asdict(cfg),
             **_eval_fields(ev, eval_seconds), "distill_seconds": rec["seconds"],
             "seconds_per_iteration": rec["seconds_per_iteration"], "iterations": cfg.iterations,
-            "resumed": resumed, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}
+            "final": rec["history"][-1] if rec.get("history") else {}, "fidelity": rec.get("fidelity"),
+            "transfer_model": ctx.transfer_model, "resumed": resumed, "run_dir": str(run_dir.relative_to(ctx.out)),
+            **ctx.provenance()}
 
 
 def blend_sources(ctx: Context, cell: Cell) -> list[Path]:

@@ -63,8 +63,12 @@ def build_cells(preset: Preset, dataset: str, *, ipcs: Optional[Sequence[int]] =
     """The preset's cells, restricted by the given filters, in a fixed order (row, column, seed).
 
     Raises:
-        ConfigError: a filter names an ipc the preset lacks, or selects nothing.
+        ConfigError: a filter names an ipc or a column the preset lacks, or selects nothing.
     """
+    unknown = [c for c in columns or () if c not in preset.columns]
+    if unknown:
+        raise ConfigError(f"preset {preset.name!r} has no column(s) {', '.join(unknown)}; its columns: "
+                          f"{', '.join(preset.columns)}")
     ipcs = list(ipcs) if ipcs else list(preset.default_ipcs)
     for ipc in ipcs:
         preset.pipcs(ipc)  # raises for an ipc without a row
@@ -87,6 +91,8 @@ def build_cells(preset: Preset, dataset: str, *, ipcs: Optional[Sequence[int]] =
 def blend_cells(preset: Preset, cells: Iterable[Cell]) -> list[Cell]:
     """One blend cell per (ipc, pipc, seed) of ``cells`` that holds both source columns
     (dsv_noise and dm), i.e. only where the row has a DSV column."""
+    if not preset.blend:
+        return []
     cells = list(cells)
     have = {(c.ipc, str(c.pipc), c.seed, c.column) for c in cells}
     seen, out = set(), []

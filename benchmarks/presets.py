@@ -8,9 +8,12 @@ A cell is one column (method) at one ``(ipc, pipc)`` row for one seed. Three pre
 - ``cpu``: the same grid shape, scaled so that the Fashion-MNIST ipc 1 and ipc 10 rows (its
   default rows) finish in about two hours on 2 CPU cores. CPU-sized: NOT the paper's protocol.
 - ``smoke``: one tiny cell per method (ipc 1, pipc 10, one seed), minutes on a laptop; CI runs it.
+- ``ablation``: the DKKT ablation on Fashion-MNIST; its columns are variants (DM, DM+DKKT with the
+  defaults and with one option switched, DSV alone) from :data:`ABLATION_VARIANTS`, evaluated on
+  the validation split of the training set (the settings are chosen there, never on the test set).
 
-DSV columns exist only where the paper has them: at the smallest pipc of each ipc row group
-(pipc 10 for ipc 1/3/10, pipc 50 for ipc 50), see :meth:`Preset.columns_for`.
+In the paper's table DSV columns exist only at the smallest pipc of each ipc row group (pipc 10
+for ipc 1/3/10, pipc 50 for ipc 50), see :meth:`Preset.columns_for`.
 """
 from __future__ import annotations
 
@@ -41,6 +44,63 @@ COLUMN_TITLES = {"dm": "DM", "dm_star": "DM*", "dc": "DC", "dsa": "DSA", "dsv_no
                  "dsv_real": "DSV(real)", "dm_dkkt": "DM+DKKT", BLEND_COLUMN: "(DSV+DM)/2"}
 GM_COLUMNS = ("dc", "dsa")
 
+# The ablation's columns: variant -> (method, config overrides, dotted keys as build_config takes
+# them). The ONE place where the DKKT options appear as override keys. "dkkt_default" is DM+DKKT
+# with the package defaults (cos distance, alpha 1, boundary primal, classifier parameters, log
+# multipliers, noise init at ipc 1, image lr 1/beta); every other dm_dkkt variant switches one
+# option away from them; the dsv_* variants make Deep Support Vectors as the papers do, one
+# ingredient at a time.
+ABLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dm": ("dm", {}),
+    "dkkt_default": ("dm_dkkt", {}),
+    "init_real": ("dm_dkkt", {"init": "real"}),
+    "paper_l1": ("dm_dkkt", {"dkkt.distance": "l1"}),  # the paper read literally: L1, alpha 0.1/0.01/0.001
+    "l2_floor_nnls": ("dm_dkkt", {"dkkt.distance": "l2", "dkkt.scale": "floor", "refit_every": 20}),
+    "alpha_0.1": ("dm_dkkt", {"dkkt.alpha": 0.1}),
+    "primal_ce": ("dm_dkkt", {"dkkt.primal": "ce"}),
+    "params_all": ("dm_dkkt", {"dkkt.params": "all"}),
+    "params_weights": ("dm_dkkt", {"dkkt.params": "weights"}),
+    "alpha_3": ("dm_dkkt", {"dkkt.alpha": 3.0}),
+    "alpha_0.01": ("dm_dkkt", {"dkkt.alpha": 0.01}),
+    "dkkt_manifold": ("dm_dkkt", {"manifold_weight": 5.0}),
+    "dkkt_margin": ("dm_dkkt", {"dkkt.stationarity": "margin"}),
+    "dkkt_margin_manifold": ("dm_dkkt", {"dkkt.stationarity": "margin", "manifold_weight": 5.0}),
+    "dkkt_margin_softrelu_weights": ("dm_dkkt", {"dkkt.stationarity": "margin", "dkkt.soft_relu": 20.0,
+                                                 "dkkt.params": "weights"}),
+    "multiplier_projected": ("dm_dkkt", {"dkkt.multiplier": "projected"}),
+    "nnls_refit": ("dm_dkkt", {"refit_every": 20}),
+    "dsv_noise": ("dsv", {}),
+    "dsv_real": ("dsv", {"init": "real"}),
+    # Deep Support Vectors as the papers make them (issue 9): DSV alone, one ingredient at a time
+    "dsv_adam": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05}),
+    "dsv_adam_manifold": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0}),
+    "dsv_adam_manifold_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                         "dkkt.stationarity": "margin"}),
+    "dsv_adam_manifold_softrelu": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                           "dkkt.soft_relu": 20.0}),
+    "dsv_adam_manifold_l1_all": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                         "dkkt.distance": "l1", "dkkt.params": "all"}),
+    "dsv_haim": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                         "dkkt.stationarity": "margin", "dkkt.soft_relu": 20.0, "dkkt.multiplier": "projected",
+                         "dkkt.lambda_min": 0.05, "multiplier_optimizer": "sgd", "lr_multiplier": 0.01}),
+    "dsv_lowres": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                           "resolutions": (7, 14), "upscale_every": 300}),
+    "dsv_adam_manifold_cropflip": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                                           "manifold_strategy": "crop_flip"}),
+    "dsv_adam_manifold1_cropflip": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 1.0,
+                                            "manifold_strategy": "crop_flip"}),
+    "dsv_adam_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "dkkt.stationarity": "margin"}),
+    "dsv_adam_lr0.01": ("dsv", {"image_optimizer": "adam", "lr_img": 0.01}),
+    "dsv_lowres_tv": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
+                              "resolutions": (7, 14), "upscale_every": 300, "dkkt.tv_weight": 0.3}),
+}
+SPLITS = ("test", "val")
+
+
+def column_title(column: str) -> str:
+    """The paper's name of a column (an ablation variant is its own name)."""
+    return COLUMN_TITLES.get(column, column)
+
 PAPER_ROWS: tuple[tuple[int, tuple[Pipc, ...]], ...] = (
     (1, (10, 50, "all")), (3, (10, 50, "all")), (10, (10, 50, "all")), (50, (50, "all")))
 
@@ -68,6 +128,8 @@ class EvalSpec:
     epochs: Optional[int] = None  # None: the protocol's own count; else the protocol SCALED to it
     num_eval: int = 5  # fresh ConvNets trained per synthetic set
     width: int = 128  # ConvNet width of the evaluation networks (128 = the standard ConvNet)
+    split: str = "test"  # "test", or "val": held-out training images (dkkt_plugin.data.validation_indices)
+    seed_stride: int = 1000  # evaluation run r of distillation seed s uses seed seed_stride * s + r
 
 
 @dataclass(frozen=True)
@@ -88,6 +150,11 @@ class Preset:
         evaluation: the evaluation spec.
         pretrain: the edge model's training (``dataset`` and ``data_root`` are set per grid).
         checkpoint_every: distillation iterations between checkpoints.
+        columns: column -> ``(method, fixed config overrides)``; the paper's methods by default.
+        dsv_at_smallest_pipc: DSV columns only at the smallest pipc of each ipc (the paper's table).
+        blend: whether the (DSV+DM)/2 blend is evaluated where a row has both sets.
+        reference: None for the paper's layout (DM+DKKT against each row's best baseline); else
+            the column every other column is compared with (an ablation: one row per variant).
     """
 
     name: str
@@ -103,6 +170,10 @@ class Preset:
     iterations_by_ipc: dict[int, dict[str, int]] = field(default_factory=dict)
     gm_loops: dict[int, tuple[int, int]] = field(default_factory=dict)
     checkpoint_every: int = 50
+    columns: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=lambda: dict(COLUMN_METHODS))
+    dsv_at_smallest_pipc: bool = True
+    blend: bool = True
+    reference: Optional[str] = None
 
     # -- grid shape --------------------------------------------------------------------------
     @property
@@ -120,20 +191,20 @@ class Preset:
         return min(self.pipcs(ipc), key=pipc_order)
 
     def columns_for(self, ipc: int, pipc: Pipc) -> tuple[str, ...]:
-        """Columns with a cell at ``(ipc, pipc)``: DSV only at :meth:`dsv_pipc`."""
-        dsv = pipc == self.dsv_pipc(ipc)
-        return tuple(c for c in COLUMNS if dsv or c not in DSV_COLUMNS)
+        """Columns with a cell at ``(ipc, pipc)``: DSV only at :meth:`dsv_pipc` (the paper's table)."""
+        dsv = not self.dsv_at_smallest_pipc or pipc == self.dsv_pipc(ipc)
+        return tuple(c for c in self.columns if dsv or c not in DSV_COLUMNS)
 
     def has_blend(self, ipc: int, pipc: Pipc) -> bool:
-        """Whether the (DSV+DM)/2 blend exists at this row (it needs the dsv_noise cell)."""
-        return "dsv_noise" in self.columns_for(ipc, pipc)
+        """Whether the (DSV+DM)/2 blend exists at this row (it needs the dsv_noise and dm cells)."""
+        return self.blend and all(c in self.columns_for(ipc, pipc) for c in BLEND_SOURCES)
 
     # -- one cell ----------------------------------------------------------------------------
     def method_overrides(self, column: str, ipc: int) -> tuple[str, dict[str, Any]]:
         """``(method, config overrides)`` of ``column`` at ``ipc`` (without ipc/pipc/seed/data)."""
-        if column not in COLUMN_METHODS:
-            raise ConfigError(f"unknown column {column!r}; columns: {', '.join(COLUMNS)}")
-        method, fixed = COLUMN_METHODS[column]
+        if column not in self.columns:
+            raise ConfigError(f"preset {self.name!r} has no column {column!r}; its columns: {', '.join(self.columns)}")
+        method, fixed = self.columns[column]
         iterations = {**self.iterations, **self.iterations_by_ipc.get(ipc, {})}[column]
         overrides = {**self.common, **fixed, "iterations": iterations}
         if column in GM_COLUMNS and ipc in self.gm_loops:
@@ -154,19 +225,20 @@ class Preset:
         return f"CPU-sized preset '{self.name}'" if self.cpu_sized else f"preset '{self.name}'"
 
     def modified(self, **changes: Any) -> "Preset":
-        """A copy with ``iterations`` (all columns), ``eval_epochs``, ``num_eval`` or ``seeds``
-        changed; the name records the change (``smoke[iterations=1]``) so results never mix."""
+        """A copy with ``iterations`` (all columns), ``eval_epochs``, ``num_eval`` or the evaluation
+        ``split`` changed; the name records the change (``smoke[iterations=1]``) so results never mix."""
+        if changes.get("split") not in (None, *SPLITS):
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {changes['split']!r}")
+        if changes.get("split") == self.evaluation.split:  # the preset's own split: no change
+            changes.pop("split")
         changes = {k: v for k, v in changes.items() if v is not None}
+        evaluation = {{"eval_epochs": "epochs"}.get(k, k): v for k, v in changes.items() if k != "iterations"}
         if not changes:
             return self
-        new = self
+        new = dataclasses.replace(self, evaluation=dataclasses.replace(self.evaluation, **evaluation))
         if "iterations" in changes:
             new = dataclasses.replace(new, iterations={c: changes["iterations"] for c in self.iterations},
                                       iterations_by_ipc={})
-        if "eval_epochs" in changes:
-            new = dataclasses.replace(new, evaluation=dataclasses.replace(new.evaluation, epochs=changes["eval_epochs"]))
-        if "num_eval" in changes:
-            new = dataclasses.replace(new, evaluation=dataclasses.replace(new.evaluation, num_eval=changes["num_eval"]))
         tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
         return dataclasses.replace(new, name=f"{self.name}[{tag}]")
 
@@ -241,7 +313,28 @@ SMOKE = Preset(
     checkpoint_every=1,
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE)}
+# The DKKT ablation (Fashion-MNIST, CPU-sized): what `benchmarks/ablation.py` ran before it became a
+# preset. ipc 1 (ipc 10 with --ipc 10), pipc 10 and 50, 200 iterations for every variant, batch_real and widths at the
+# methods' own defaults, evaluation by the dm protocol SCALED to 300 epochs, 2 runs, evaluation
+# seed = distillation seed, on the validation split. The edge model as the packaged demo model's
+# (3 epochs, weight decay 5e-3, seed 0); the committed results passed --edge-model.
+ABLATION = Preset(
+    name="ablation",
+    summary="DKKT ablation: DM vs DM+DKKT with one option switched at a time, DSV alone (ipc 1, validation split)",
+    cpu_sized=True,
+    rows=((1, (10, 50)), (10, (10, 50))),
+    default_ipcs=(1,),
+    seeds=(0, 1, 2),
+    iterations={v: 200 for v in ABLATION_VARIANTS},
+    evaluation=EvalSpec(protocol="dm", epochs=300, num_eval=2, split="val", seed_stride=1),
+    pretrain=PretrainConfig(epochs=3, weight_decay=5e-3),
+    columns=dict(ABLATION_VARIANTS),
+    dsv_at_smallest_pipc=False,
+    blend=False,
+    reference="dm",
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION)}
 DEFAULT_PRESET = {"fashion_mnist": "cpu", "cifar10": "paper"}
 
 

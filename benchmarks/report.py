@@ -7,9 +7,13 @@ Usage::
 ``RESULTS`` are JSONL files or result folders (their ``results*.jsonl``). Writes ``report.md``,
 ``report.json`` and ``figures/*.png`` into ``--out-dir`` (default: the first input's folder).
 
-Per cell, a value is mean ± std over seeds of each seed's mean test accuracy over its evaluation
-runs (population std, ddof 0, as DatasetCondensation reports). Per row, DM+DKKT is compared with
-the best baseline of that row (highest mean) by Welch's t-test on those per-seed means.
+Per cell, a value is mean ± std over seeds of each seed's mean accuracy over its evaluation runs
+(population std, ddof 0, as DatasetCondensation reports) on the evaluation split (the test set,
+or held-out training images for ``val``). The paper's presets: one row per (ipc, pipc), DM+DKKT
+compared with the best baseline of that row (highest mean) by Welch's t-test on those per-seed
+means. An ablation preset (one with a ``reference`` column): one row per variant, each compared
+with the reference (DM), with the final stationarity / floor ratio of its DKKT runs and, where the
+run folders exist, their diagnostics over the iterations (``figures/curves-*.png``).
 """
 from __future__ import annotations
 
@@ -28,13 +32,16 @@ from scipy import stats  # noqa: E402
 
 from dkkt_plugin.errors import ConfigError, DkktError  # noqa: E402
 
-from benchmarks.grid import read_jsonl, results_files  # noqa: E402
+from benchmarks.grid import read_jsonl, record_key, results_files  # noqa: E402
 from benchmarks.paper_numbers import published  # noqa: E402
-from benchmarks.presets import BLEND_COLUMN, COLUMN_TITLES, COLUMNS, PRESETS, pipc_order  # noqa: E402
+from benchmarks.presets import BLEND_COLUMN, COLUMNS, PRESETS, Preset, column_title, pipc_order  # noqa: E402
 
 TABLE_COLUMNS = (*COLUMNS, BLEND_COLUMN)
+SPLIT_NOTES = {"test": "test (the dataset's test set)",
+               "val": ("val: 200 held-out TRAINING images per class (seed 999, disjoint from the practical "
+                       "subsets of seeds 0-4), used to choose settings; not the test set")}
 OURS = "dm_dkkt"
-STD_NOTE = ("mean ± std over seeds of each seed's mean test accuracy (population std, ddof 0, "
+STD_NOTE = ("mean ± std over seeds of each seed's mean accuracy (population std, ddof 0, "
             "as DatasetCondensation); n = seeds")
 
 
@@ -48,8 +55,7 @@ def load(inputs: Sequence[Path]) -> list[tuple[dict, Path]]:
         files = results_files(p) if p.is_dir() else [p]
         for f in files:
             for rec in read_jsonl(f):
-                key = (rec["dataset"], rec["preset"], rec["column"], int(rec["ipc"]), str(rec["pipc"]), int(rec["seed"]))
-                found[key] = (rec, f.parent)
+                found[record_key(rec)] = (rec, f.parent)
     if not found:
         raise ConfigError(f"report: no benchmark records in {', '.join(map(str, inputs))}")
     return list(found.values())
@@ -59,18 +65,42 @@ def _pipc(value: Any) -> Any:
     return "all" if str(value) == "all" else int(value)
 
 
+def _preset(name: str) -> Optional[Preset]:
+    """The preset a (possibly modified, ``cpu[iterations=5]``) preset name derives from."""
+    return PRESETS.get(name.split("[")[0])
+
+
+def table_columns(preset: str, records: Sequence[dict]) -> list[str]:
+    """The preset's columns in its order (plus the blend where it has one), then any other column found."""
+    p = _preset(preset)
+    known = [*p.columns, *([BLEND_COLUMN] if p.blend else [])] if p else list(TABLE_COLUMNS)
+    return known + sorted({r["column"] for r in records} - set(known))
+
+
 def summarise(records: Sequence[dict]) -> dict[tuple[int, Any], dict[str, dict]]:
-    """``{(ipc, pipc): {column: {"seeds", "means" (per seed, %), "mean", "std", "n", "access_ratio"}}}``."""
+    """``{(ipc, pipc): {column: {"seeds", "means" (per seed, %), "mean", "std", "n", "access_ratio",
+    "stat_ratio" (per seed, DKKT runs only)}}}``."""
     table: dict[tuple[int, Any], dict[str, dict]] = defaultdict(dict)
     for rec in sorted(records, key=lambda r: r["seed"]):
         row = table[(int(rec["ipc"]), _pipc(rec["pipc"]))]
-        cell = row.setdefault(rec["column"], {"seeds": [], "means": [], "access_ratio": rec.get("access_ratio")})
+        cell = row.setdefault(rec["column"], {"seeds": [], "means": [], "stat_ratio": [],
+                                              "access_ratio": rec.get("access_ratio")})
         cell["seeds"].append(int(rec["seed"]))
         cell["means"].append(100.0 * float(np.mean(rec["accuracies"])))
+        if (rec.get("final") or {}).get("stat_ratio") is not None:
+            cell["stat_ratio"].append(float(rec["final"]["stat_ratio"]))
     for row in table.values():
         for cell in row.values():
             cell.update(mean=float(np.mean(cell["means"])), std=float(np.std(cell["means"])), n=len(cell["means"]))
     return dict(sorted(table.items(), key=lambda kv: (kv[0][0], pipc_order(kv[0][1]))))
+
+
+def _ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Welch's t and p of per-seed means (nan with fewer than 2 seeds on a side)."""
+    if len(a) >= 2 and len(b) >= 2:
+        res = stats.ttest_ind(a, b, equal_var=False)
+        return float(res.statistic), float(res.pvalue)
+    return float("nan"), float("nan")
 
 
 def welch(row: dict[str, dict]) -> Optional[dict[str, Any]]:
@@ -82,13 +112,35 @@ def welch(row: dict[str, dict]) -> Optional[dict[str, Any]]:
         return None
     best = max(baselines, key=lambda c: baselines[c]["mean"])
     a, b = row[OURS]["means"], baselines[best]["means"]
-    if len(a) >= 2 and len(b) >= 2:
-        res = stats.ttest_ind(a, b, equal_var=False)
-        t, p = float(res.statistic), float(res.pvalue)
-    else:
-        t = p = float("nan")
+    t, p = _ttest(a, b)
     return {"baseline": best, "ours_mean": float(np.mean(a)), "baseline_mean": float(np.mean(b)),
             "difference": float(np.mean(a) - np.mean(b)), "t": t, "p": p, "n_ours": len(a), "n_baseline": len(b)}
+
+
+def variant_table(table: dict, columns: Sequence[str], reference: str) -> tuple[list[str], list[dict]]:
+    """An ablation: one line per variant; per (ipc, pipc): accuracy, Welch's p against ``reference``
+    and the mean final stationarity / floor ratio (DKKT runs)."""
+    head = ["variant"] + [f"{h} (ipc {i} pipc {p})" for (i, p) in table
+                          for h in ("acc (%)", f"p vs {column_title(reference)}", "final stat/floor")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    tests = []
+    for column in [c for c in columns if any(c in row for row in table.values())]:
+        cells = []
+        for (ipc, pipc), row in table.items():
+            cell, ref = row.get(column), row.get(reference)
+            if cell is None:
+                cells += ["", "", ""]
+                continue
+            t, p = _ttest(cell["means"], ref["means"]) if ref and column != reference else (float("nan"),) * 2
+            if ref and column != reference:
+                tests.append({"ipc": ipc, "pipc": pipc, "column": column, "reference": reference,
+                              "mean": cell["mean"], "reference_mean": ref["mean"], "t": t, "p": p,
+                              "n": cell["n"], "n_reference": ref["n"]})
+            ratio = f"{np.mean(cell['stat_ratio']):.3f}" if cell["stat_ratio"] else ""
+            cells += [f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})",
+                      "" if not np.isfinite(p) else f"{p:.3g}", ratio]
+        lines.append(f"| {column} | " + " | ".join(cells) + " |")
+    return lines, tests
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -107,7 +159,7 @@ def _cell_text(dataset: str, ipc: int, pipc: Any, column: str, cell: Optional[di
 
 def _structural(preset_name: str, ipc: int, pipc: Any, column: str) -> bool:
     """Whether the preset's grid has this cell (so a missing value means 'not run yet')."""
-    preset = PRESETS.get(preset_name.split("[")[0])
+    preset = _preset(preset_name)
     if preset is None or ipc not in preset.ipcs or pipc not in preset.pipcs(ipc):
         return True
     if column == BLEND_COLUMN:
@@ -115,13 +167,14 @@ def _structural(preset_name: str, ipc: int, pipc: Any, column: str) -> bool:
     return column in preset.columns_for(ipc, pipc)
 
 
-def markdown_table(dataset: str, preset: str, table: dict, n_seeds: int) -> list[str]:
-    head = ["ipc", "pipc", "access %", *[COLUMN_TITLES[c] for c in TABLE_COLUMNS]]
+def markdown_table(dataset: str, preset: str, table: dict, n_seeds: int,
+                   columns: Sequence[str] = TABLE_COLUMNS) -> list[str]:
+    head = ["ipc", "pipc", "access %", *[column_title(c) for c in columns]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (ipc, pipc), row in table.items():
         ratio = next((c["access_ratio"] for c in row.values() if c.get("access_ratio") is not None), None)
         cells = [_cell_text(dataset, ipc, pipc, c, row.get(c), _structural(preset, ipc, pipc, c), n_seeds)
-                 for c in TABLE_COLUMNS]
+                 for c in columns]
         lines.append("| " + " | ".join([str(ipc), str(pipc), _fmt(ratio, 3 if ratio and ratio < 1 else 1), *cells]) + " |")
     return lines
 
@@ -136,7 +189,7 @@ def welch_table(table: dict) -> tuple[list[str], list[dict]]:
             continue
         out.append({"ipc": ipc, "pipc": pipc, **w})
         p = "n/a" if not np.isfinite(w["p"]) else f"{w['p']:.3g}"
-        lines.append(f"| {ipc} | {pipc} | {w['ours_mean']:.2f} | {COLUMN_TITLES[w['baseline']]} | "
+        lines.append(f"| {ipc} | {pipc} | {w['ours_mean']:.2f} | {column_title(w['baseline'])} | "
                      f"{w['baseline_mean']:.2f} | {w['difference']:+.2f} | {_fmt(w['t'])} | {p} | "
                      f"{w['n_ours']}, {w['n_baseline']} |")
     return lines, out
@@ -159,7 +212,9 @@ def header(dataset: str, preset: str, records: Sequence[dict]) -> list[str]:
                   "published values in brackets.", ""]
     lines += [f"- dataset: {dataset}; preset: `{preset}` ({'CPU-sized' if cpu_sized else 'not CPU-sized'})",
               f"- seeds: {', '.join(map(str, seeds))}; {len(records)} result line(s), dated {dates[0]} … {dates[-1]}",
-              f"- values: test accuracy %, {STD_NOTE}; [brackets]: published values (see benchmarks/paper_numbers.py)",
+              f"- values: accuracy % on the evaluation split, {STD_NOTE}; [brackets]: published values "
+              "(see benchmarks/paper_numbers.py)",
+              *[f"- evaluation split: {SPLIT_NOTES.get(x, x)}" for x in sorted({r.get('split', 'test') for r in records})],
               *[f"- evaluation: {p}" for p in _unique(records, "eval_protocol")],
               *[f"- machine: {m}" for m in _unique(records, "machine")],
               f"- device(s): {', '.join(_unique(records, 'device'))}; versions: {'; '.join(_unique(records, 'versions'))}",
@@ -168,7 +223,7 @@ def header(dataset: str, preset: str, records: Sequence[dict]) -> list[str]:
 
 
 def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table: dict, out: Path,
-             cell: Optional[tuple[int, Any, int]]) -> tuple[list[str], dict]:
+             cell: Optional[tuple[int, Any, int]], columns: Sequence[str]) -> tuple[list[str], dict]:
     from benchmarks import figures
 
     from dkkt_plugin.engine import load_synthetic
@@ -183,14 +238,14 @@ def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table:
         return found
 
     lines, extra = [], {}
-    rows = [(k, row) for k, row in table.items() if any(c in row for c in TABLE_COLUMNS)]
+    rows = [(k, row) for k, row in table.items() if any(c in row for c in columns)]
     if cell is None and rows:  # the row with most columns, its lowest seed
         (ipc, pipc), row = max(rows, key=lambda kv: len(kv[1]))
         cell = (ipc, pipc, min(min(c["seeds"]) for c in row.values()))
     if cell is not None:
         ipc, pipc, seed = cell
-        sets = {c: v[0] for c, v in sets_of(ipc, pipc, seed).items() if c in TABLE_COLUMNS}
-        sets = {c: sets[c] for c in TABLE_COLUMNS if c in sets}
+        found = sets_of(ipc, pipc, seed)
+        sets = {c: found[c][0] for c in columns if found.get(c)}
         if sets:
             name = f"synthetic_ipc{ipc}_pipc{pipc}_seed{seed}.png"
             figures.plot_synthetic_sets(sets, out / "figures" / name, f"{dataset} ipc {ipc} pipc {pipc} seed {seed} ({preset})")
@@ -203,13 +258,43 @@ def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table:
             extra["high_frequency_share"] = {c: figures.high_frequency_share(np.concatenate(v)) for c, v in spectra.items()}
             lines.append(f"![power spectra](figures/{name})")
             lines.append("Share of the radially averaged power above 0.25 cycles/pixel (white noise: ~50 %): " + ", ".join(
-                f"{COLUMN_TITLES[c]} {100 * v:.1f} %" for c, v in extra["high_frequency_share"].items()))
+                f"{column_title(c)} {100 * v:.1f} %" for c, v in extra["high_frequency_share"].items()))
     blend_rows = [(f"ipc {i} pipc {p}", {c: (row[c]["mean"], row[c]["std"]) for c in ("dm", "dsv_noise", BLEND_COLUMN, OURS) if c in row})
                   for (i, p), row in table.items() if BLEND_COLUMN in row]
     if blend_rows:
         figures.plot_blend(blend_rows, out / "figures" / "blend_accuracy.png", f"(DSV+DM)/2 blend, {dataset} ({preset})")
         lines.append("![blend accuracy](figures/blend_accuracy.png)")
+    for (ipc, pipc), name in _curves(dataset, preset, entries, table, out):
+        lines.append(f"![DKKT diagnostics, ipc {ipc} pipc {pipc}](figures/{name})")
     return lines, extra
+
+
+def _curves(dataset: str, preset: str, entries: list[tuple[dict, Path]], table: dict,
+            out: Path) -> list[tuple[tuple[int, Any], str]]:
+    """Per row, the DKKT diagnostics over iterations of every column's runs whose folder is still
+    there (``record.json``'s history; DM runs have none): ``figures/curves-<split>-ipc<I>-pipc<P>.png``."""
+    from benchmarks import figures
+
+    written = []
+    for ipc, pipc in table:
+        histories: dict[str, list] = defaultdict(list)
+        splits = set()
+        for rec, base in sorted(entries, key=lambda e: e[0]["seed"]):
+            path = base / str(rec.get("run_dir", "")) / "record.json"
+            if (int(rec["ipc"]), _pipc(rec["pipc"])) != (ipc, pipc) or not rec.get("run_dir") or not path.is_file():
+                continue
+            history = json.loads(path.read_text(encoding="utf-8")).get("history") or []
+            if history and "stat_ratio" in history[0]:
+                histories[rec["column"]].append(history)
+                splits.add(rec.get("split", "test"))
+        if histories:
+            split = "-".join(sorted(splits))
+            name = f"curves-{split}-ipc{ipc}-pipc{pipc}.png"
+            figures.plot_diagnostics(histories, out / "figures" / name,
+                                     f"DKKT diagnostics, {dataset} ipc {ipc} pipc {pipc} ({split} runs, {preset}); "
+                                     "band: min-max over seeds")
+            written.append(((ipc, pipc), name))
+    return written
 
 
 def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool = True,
@@ -223,18 +308,26 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
         records = [r for r, _ in items]
         table = summarise(records)
         n_seeds = len({int(r["seed"]) for r in records})
+        columns = table_columns(preset, records)
+        reference = getattr(_preset(preset), "reference", None)
         md += header(dataset, preset, records)
-        md += ["## Accuracy (%)", "", *markdown_table(dataset, preset, table, n_seeds), "",
-               "– : not run (yet); empty: no such cell in this grid (DSV only at the smallest pipc of each ipc). "
-               "(DSV+DM)/2: pixel-wise mean of the DSV(noise) and DM sets of the same seed, evaluated alike.", ""]
-        wl, tests = welch_table(table)
-        md += ["## DM+DKKT vs the best baseline per row (Welch's t-test on per-seed means)", "", *wl, ""]
+        if reference:
+            wl, tests = variant_table(table, columns, reference)
+            md += [f"## Accuracy (%) per variant, Welch's t-test against {column_title(reference)} on per-seed means",
+                   "", *wl, "", "final stat/floor: the DKKT stationarity term over its floor (its value with a zero "
+                   "gradient sum) at the last iteration, mean over seeds; 1 = the term did nothing.", ""]
+        else:
+            md += ["## Accuracy (%)", "", *markdown_table(dataset, preset, table, n_seeds, columns), "",
+                   "– : not run (yet); empty: no such cell in this grid (DSV only at the smallest pipc of each ipc). "
+                   "(DSV+DM)/2: pixel-wise mean of the DSV(noise) and DM sets of the same seed, evaluated alike.", ""]
+            wl, tests = welch_table(table)
+            md += ["## DM+DKKT vs the best baseline per row (Welch's t-test on per-seed means)", "", *wl, ""]
         group = {"dataset": dataset, "preset": preset, "welch": tests,
                  "table": [{"ipc": k[0], "pipc": k[1], "cells": v} for k, v in table.items()]}
         if figures:
             try:
-                fig_lines, extra = _figures(dataset, preset, items, table, out, cell)
-                md += ["## Figures", "", *fig_lines, ""]
+                fig_lines, extra = _figures(dataset, preset, items, table, out, cell, columns)
+                md += ["## Figures", "", *fig_lines, ""] if fig_lines else []
                 group.update(extra)
             except ImportError as exc:
                 md += [f"Figures skipped: {exc} (install matplotlib).", ""]

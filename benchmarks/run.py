@@ -39,7 +39,7 @@ from dkkt_plugin.provenance import resolve_device  # noqa: E402
 from benchmarks import executors  # noqa: E402
 from benchmarks.cells import Context  # noqa: E402
 from benchmarks.grid import Cell, blend_cells, build_cells, finished_keys, merge, parse_shard, shard, shard_file  # noqa: E402
-from benchmarks.presets import BLEND_COLUMN, DEFAULT_PRESET, PRESETS, get_preset, parse_pipc  # noqa: E402
+from benchmarks.presets import BLEND_COLUMN, DEFAULT_PRESET, PRESETS, SPLITS, get_preset, parse_pipc  # noqa: E402
 from benchmarks.worker import cell_states, work  # noqa: E402
 
 PROG = "python -m benchmarks.run"
@@ -58,6 +58,8 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset folder (cifar10: else $DKKT_CIFAR10_ROOT)")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<dataset>-<preset>)")
     p.add_argument("--edge-model", default=None, help="reuse this edge model instead of pretraining one")
+    p.add_argument("--transfer-model", default=None,
+                   help="an independent classifier whose accuracy on each synthetic set goes into its record's fidelity")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th cell from the i-th; 'env': torchrun / SLURM")
     p.add_argument("--ipc", type=int, nargs="+", default=None, help="ipc rows (default: the preset's)")
     p.add_argument("--pipc", type=parse_pipc, nargs="+", default=None, help="pipc rows, e.g. 10 all")
@@ -66,6 +68,9 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, help="override every column's iterations")
     p.add_argument("--eval-epochs", type=int, default=None, help="override the evaluation epochs")
     p.add_argument("--num-eval", type=int, default=None, help="override the evaluation runs per cell")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="evaluate on the test set or on 'val', held-out training images (default: the preset's; "
+                        "ablation: val)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (auto: cuda:$LOCAL_RANK or cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
@@ -98,12 +103,14 @@ def _context(args: argparse.Namespace, command_line: str, check_data: bool = Tru
     if dataset is None:
         raise DkktError(f"unknown dataset {args.dataset!r}; choose fashion_mnist or cifar10")
     base = get_preset(args.preset or DEFAULT_PRESET[dataset])
-    preset = base.modified(iterations=args.iterations, eval_epochs=args.eval_epochs, num_eval=args.num_eval)
+    preset = base.modified(iterations=args.iterations, eval_epochs=args.eval_epochs, num_eval=args.num_eval,
+                           split=args.split)
     root = args.data_root or (os.environ.get(DATA_ENV[dataset]) if dataset == "cifar10" else None)
     out = Path(args.out) if args.out else RESULTS_ROOT / f"{dataset}-{base.name}"
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = Context(preset, dataset, root, out, device=resolve_device(args.device), command=command_line)
+    ctx = Context(preset, dataset, root, out, device=resolve_device(args.device), command=command_line,
+                  transfer_model=args.transfer_model)
     if not check_data:
         return ctx
     try:
@@ -127,8 +134,8 @@ def _header(ctx: Context, todo: int, total: int, where: tuple[int, int]) -> None
     print(f"dkkt benchmark: {ctx.dataset}, {ctx.preset.label}", flush=True)
     print(f"  {ctx.preset.summary}; shard {where[0]}/{where[1]}: {total} cells, {total - todo} finished, "
           f"{todo} to run")
-    print(f"  evaluation: {spec.protocol} protocol, {spec.epochs or 'its own'} epochs, {spec.num_eval} run(s), "
-          f"width {spec.width}; out {ctx.out}; device {ctx.device}, {torch.get_num_threads()} torch thread(s)",
+    print(f"  evaluation on the {spec.split} split: {spec.protocol} protocol, {spec.epochs or 'its own'} epochs, "
+          f"{spec.num_eval} run(s), width {spec.width}; out {ctx.out}; device {ctx.device}, {torch.get_num_threads()} torch thread(s)",
           flush=True)
 
 

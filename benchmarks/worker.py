@@ -63,9 +63,12 @@ def event(cell: Cell, state: str, run: str, worker: int, reason: Optional[str] =
 
 
 def alive(ev: dict) -> bool:
-    """Whether the process of a ``running`` event may still run it (unknown on another host: yes)."""
+    """Whether the process of a ``running`` event may still run it (unknown on another host: yes;
+    the calling process itself: no, it is asking because it is not running that cell now)."""
     if ev.get("host") != socket.gethostname():
         return True
+    if ev.get("pid") == os.getpid():
+        return False
     try:
         os.kill(int(ev["pid"]), 0)
     except ProcessLookupError:
@@ -132,9 +135,8 @@ class _Queue:
                 if cell.key in done or (ev and (ev["state"] != "running" or ev["worker"] != self.worker)):
                     continue  # finished, ended in this run, or another worker's
                 ok = ready(cell)
-                if ok:
-                    if ev is None:  # a cell of my own (after a requeue) is resumed without a new claim
-                        write_line(fh, event(cell, "running", self.run, self.worker), STATUS_FORMAT)
+                if ok:  # (a cell of my own again after a requeue: claimed anew, from this process)
+                    write_line(fh, event(cell, "running", self.run, self.worker), STATUS_FORMAT)
                     return cell, False
                 wait = wait or ok is None
             return None, wait

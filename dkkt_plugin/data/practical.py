@@ -233,3 +233,40 @@ class PracticalSubset(Dataset):
             raise ConfigError(f"class {c!r} is not among this subset's classes "
                               f"{sorted(self.class_counts)}")
         return self._stack(torch.nonzero(self.targets == c).flatten())
+
+
+def validation_indices(train, per_class: int = 200, seed: int = 999, avoid_seeds: int = 5,
+                       avoid_pipc: int = 50) -> Tensor:
+    """Held-out training images for choosing settings without the test set.
+
+    Per class, ``per_class`` images from a ``seed``-seeded permutation of the class, skipping
+    every image of the practical subsets of seeds ``0 … avoid_seeds - 1`` at ``avoid_pipc`` (which
+    contain those at smaller pipc): a distillation of those seeds never sees a validation image.
+
+    Args:
+        train: the training set (an :class:`~dkkt_plugin.data.ImageDataset` or anything
+            :class:`PracticalSubset` reads labels from) with ``num_classes`` classes.
+
+    Returns:
+        int64 indices into ``train``, ``(num_classes * per_class,)``, grouped by class.
+
+    Example:
+        >>> from dkkt_plugin.data import ImageDataset
+        >>> y = torch.arange(10).repeat_interleave(300)
+        >>> train = ImageDataset(torch.zeros(3000, 1, 2, 2), y, classes=tuple("abcdefghij"), mean=(0.0,),
+        ...                      std=(1.0,), name="toy")
+        >>> val = validation_indices(train, per_class=20)
+        >>> torch.bincount(y[val]).tolist() == [20] * 10
+        True
+    """
+    taken: set[int] = set()
+    for s in range(avoid_seeds):
+        taken |= set(PracticalSubset(train, avoid_pipc, seed=s).indices.tolist())
+    gen = torch.Generator().manual_seed(seed)
+    labels = dataset_labels(train)
+    chosen = []
+    for c in range(getattr(train, "num_classes", int(labels.max()) + 1)):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=gen)].tolist()
+        chosen += [i for i in idx if i not in taken][:per_class]
+    return torch.tensor(chosen)

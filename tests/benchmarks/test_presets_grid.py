@@ -1,10 +1,11 @@
 """Presets follow the paper's table; cells, keys, shards and JSONL merging behave."""
+import functools
 import json
 
 import pytest
 
 from benchmarks import grid
-from benchmarks.presets import COLUMNS, CPU, DSV_COLUMNS, PAPER, PRESETS, SMOKE, get_preset
+from benchmarks.presets import ABLATION, ABLATION_VARIANTS, COLUMNS, CPU, DSV_COLUMNS, PAPER, PRESETS, SMOKE, get_preset
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.evaluation import get_protocol
 
@@ -22,7 +23,10 @@ def test_paper_preset_is_table_1():
     assert get_protocol(PAPER.evaluation.protocol).train.optimizer == "sam"
 
 
-@pytest.mark.parametrize("preset", list(PRESETS.values()), ids=list(PRESETS))
+TABLE_PRESETS = [p for p in PRESETS.values() if p.reference is None]
+
+
+@pytest.mark.parametrize("preset", TABLE_PRESETS, ids=[p.name for p in TABLE_PRESETS])
 def test_dsv_columns_only_at_the_smallest_pipc_of_each_ipc(preset):
     for ipc, pipcs in preset.rows:
         for pipc in pipcs:
@@ -100,3 +104,41 @@ def test_merge_dedupes_by_key_keeping_the_latest(tmp_path):
     assert [r["accuracies"] for r in merged if r["column"] == "dm" and r["seed"] == 0] == [[0.9]]
     assert json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])["format"] == grid.FORMAT
     assert grid.merge([tmp_path], tmp_path / "m.jsonl")[1] == 3  # merging again changes nothing
+
+
+@pytest.mark.parametrize("preset", list(PRESETS.values()), ids=list(PRESETS))
+def test_every_column_of_every_preset_builds_its_config(preset):
+    from dkkt_plugin.engine import build_config
+
+    for ipc, pipcs in preset.rows:
+        for pipc in pipcs:
+            for column in preset.columns_for(ipc, pipc):
+                method, overrides = preset.method_overrides(column, ipc)
+                cfg = build_config(method, overrides, ipc=ipc, pipc=pipc)
+                for key, value in overrides.items():  # dotted keys: "dkkt.distance" is cfg.dkkt.distance
+                    assert functools.reduce(getattr, key.split("."), cfg) == value, (preset.name, column, key)
+
+
+def test_ablation_preset_is_the_old_runners_protocol():
+    assert list(ABLATION.columns) == list(ABLATION_VARIANTS) and ABLATION.reference == "dm"
+    assert ABLATION.rows == ((1, (10, 50)), (10, (10, 50))) and ABLATION.default_ipcs == (1,)
+    assert ABLATION.seeds == (0, 1, 2) and ABLATION.cpu_sized
+    spec = ABLATION.evaluation
+    assert (spec.protocol, spec.epochs, spec.num_eval, spec.width, spec.split, spec.seed_stride) == (
+        "dm", 300, 2, 128, "val", 1)
+    assert all(ABLATION.method_overrides(v, 1)[1]["iterations"] == 200 for v in ABLATION_VARIANTS)
+    assert "batch_real" not in ABLATION.method_overrides("dm", 1)[1]  # the methods' own default, as before
+    cells = grid.build_cells(ABLATION, "fashion_mnist")
+    assert len(cells) == 2 * len(ABLATION_VARIANTS) * 3  # every variant at pipc 10 and 50 (DSV included)
+    assert grid.blend_cells(ABLATION, cells) == []
+    with pytest.raises(ConfigError, match="has no column.*dm_star"):
+        grid.build_cells(ABLATION, "fashion_mnist", columns=["dm_star"])
+
+
+def test_split_override_renames_the_preset_unless_it_is_the_presets_own():
+    assert ABLATION.modified(split="val") is ABLATION
+    test = ABLATION.modified(split="test")
+    assert test.name == "ablation[split=test]" and test.evaluation.split == "test"
+    assert CPU.modified(split="val").evaluation.split == "val"
+    with pytest.raises(ConfigError, match="split"):
+        CPU.modified(split="train")

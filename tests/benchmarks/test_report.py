@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks import figures, grid, report
+from benchmarks import grid, report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADER = "| ipc | pipc | access % | DM | DM* | DC | DSA | DSV(noise) | DSV(real) | DM+DKKT | (DSV+DM)/2 |"
@@ -105,7 +105,8 @@ def test_figures_from_a_smoke_run_are_pngs(smoke_run, tmp_path):
     _, _, out = smoke_run
     assert report.main([str(out), "--out-dir", str(tmp_path)]) == 0
     pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    assert pngs == ["blend_accuracy.png", "spectrum_ipc1_pipc10.png", "synthetic_ipc1_pipc10_seed0.png"]
+    assert pngs == ["blend_accuracy.png", "curves-test-ipc1-pipc10.png",  # curves: the DKKT runs' diagnostics
+                    "spectrum_ipc1_pipc10.png", "synthetic_ipc1_pipc10_seed0.png"]
     for name in pngs:
         path = tmp_path / "figures" / name
         assert path.read_bytes()[:8] == PNG
@@ -114,3 +115,44 @@ def test_figures_from_a_smoke_run_are_pngs(smoke_run, tmp_path):
     assert all(f"figures/{name}" in md for name in pngs)
     summary = json.loads((tmp_path / "report.json").read_text())["groups"][0]
     assert set(summary["high_frequency_share"]) == {"dsv_noise", "dsv_real", "dm", "dm_dkkt"}
+
+
+def _ablation_records(path, tmp_path):
+    """Ablation-preset records: dm and dkkt_default at pipc 10 (3 seeds); dkkt_default's run folders
+    hold a DKKT history, dm's none (DM has no diagnostics)."""
+    accs = {"dm": [0.60, 0.62, 0.61], "dkkt_default": [0.65, 0.66, 0.64]}
+    for column, values in accs.items():
+        for seed, acc in enumerate(values):
+            run_dir = f"runs/ablation/{column}/ipc1-pipc10-seed{seed}"
+            history = ([{"iteration": i, "stat_ratio": (seed + 1) / (i + 1), "primal": 0.0, "edge_accuracy": 1.0,
+                         "lambda_median": 1.0} for i in range(5)] if column != "dm" else [{"iteration": 0, "loss": 1.0}])
+            (tmp_path / run_dir).mkdir(parents=True)
+            (tmp_path / run_dir / "record.json").write_text(json.dumps({"history": history}))
+            grid.append_jsonl(path, {
+                "dataset": "fashion_mnist", "preset": "ablation", "column": column, "ipc": 1, "pipc": 10,
+                "seed": seed, "split": "val", "accuracies": [acc, acc], "mean": acc, "cpu_sized": True,
+                "final": history[-1], "run_dir": run_dir, "date": "2026-01-01T00:00:00"})
+
+
+def test_ablation_report_has_a_row_per_variant_welch_against_dm_the_split_and_curves(tmp_path):
+    _ablation_records(tmp_path / "results.jsonl", tmp_path)
+    assert report.main([str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    p = stats.ttest_ind([65, 66, 64], [60, 62, 61], equal_var=False).pvalue
+    row = next(r for r in text.splitlines() if r.startswith("| dkkt_default |"))
+    assert row == f"| dkkt_default | 65.00 ± 0.82 (n=3) | {p:.3g} | 0.400 |"  # stat/floor: mean of 1/5, 2/5, 3/5
+    assert next(r for r in text.splitlines() if r.startswith("| dm |")) == "| dm | 61.00 ± 0.82 (n=3) |  |  |"
+    assert "evaluation split: val: 200 held-out TRAINING images" in text
+    assert "| ipc | pipc |" not in text  # not the paper's layout
+    (test,) = json.loads((tmp_path / "report.json").read_text())["groups"][0]["welch"]
+    assert test["column"] == "dkkt_default" and test["p"] == pytest.approx(p)
+    assert (tmp_path / "figures" / "curves-val-ipc1-pipc10.png").read_bytes()[:8] == PNG
+    assert "figures/curves-val-ipc1-pipc10.png" in text
+
+
+def test_no_curves_without_dkkt_run_folders(tmp_path):
+    _ablation_records(tmp_path / "results.jsonl", tmp_path)
+    for record in tmp_path.glob("runs/ablation/dkkt_default/*/record.json"):
+        record.unlink()
+    assert report.main([str(tmp_path)]) == 0
+    assert not (tmp_path / "figures").exists() and "curves" not in (tmp_path / "report.md").read_text()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from dkkt_plugin.data import ImageDataset, PracticalSubset, practical
+from dkkt_plugin.data import ImageDataset, PracticalSubset, practical, validation_indices
 from dkkt_plugin.errors import ConfigError, DatasetError
 
 
@@ -197,3 +197,16 @@ def test_num_classes():
         PracticalSubset(ds, pipc=1, num_classes=1)
     integral_floats = TensorDataset(torch.zeros(4, 1), torch.tensor([0.0, 1.0, 0.0, 1.0]))
     assert PracticalSubset(integral_floats, 2).class_counts == {0: 2, 1: 2}
+
+
+def test_validation_split_is_balanced_reproducible_and_disjoint_from_practical_subsets():
+    y = torch.arange(10).repeat_interleave(300)
+    ds = ImageDataset(torch.zeros(len(y), 1, 2, 2), y, classes=tuple(map(str, range(10))), mean=(0.0,),
+                      std=(1.0,), name="toy")
+    val = validation_indices(ds, per_class=20)
+    assert torch.bincount(ds.targets[val]).tolist() == [20] * 10
+    for seed in range(5):
+        for pipc in (10, 50):
+            assert not set(val.tolist()) & set(PracticalSubset(ds, pipc, seed=seed).indices.tolist())
+    assert torch.equal(val, validation_indices(ds, per_class=20))
+    assert not torch.equal(val, validation_indices(ds, per_class=20, seed=1))
