@@ -166,6 +166,8 @@ def cmd_grid(args: argparse.Namespace, command_line: str) -> int:
         return 0
     if args.executor != "process" and count != 1:
         raise ConfigError("--shard is for your own scheduler; --executor local/slurm runs the whole grid")
+    if args.executor != "process":
+        executors.import_submitit()  # a missing optional dependency is said before any work starts
     states = {c.key: s for c, s, _ in cell_states(ctx.out, [*mine, *blends])}
     _header(ctx, sum(states[c.key] != "done" for c in mine), len(mine), (index, count))
     queue = []
@@ -198,8 +200,12 @@ def cmd_grid(args: argparse.Namespace, command_line: str) -> int:
     if args.pretrain_only:
         print(f"edge model ready: {ctx.edge_model}")
         return 0
-    if args.executor == "local":
+    if not queue:
+        failed = 0
+    elif args.executor == "local":
         workers = args.workers or os.cpu_count() or 1
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
         threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
         failed = executors.run_local(ctx, queue, results, workers=workers, threads=threads, time_min=args.time,
                                      run=run, edge_model=args.edge_model, needs_edge=needs_edge)
