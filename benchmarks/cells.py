@@ -72,7 +72,7 @@ class Context:
                 raise ConfigError(f"--edge-model {path} was trained on {meta.get('dataset')!r}, not {self.dataset!r}")
         else:
             path = self.out / "edge_model.pt"
-            _pretrain_once(path, self)
+            _pretrain_once(path, self, self.pretrain_config(), "the edge model")
             _, meta = load_edge_model(path)
             want = dataclasses.asdict(self.pretrain_config())
             got = meta.get("config", {})
@@ -83,6 +83,16 @@ class Context:
         self.edge_model = path
         self._cache["edge_meta"] = meta
         return path
+
+    def ensure_transfer_model(self) -> Optional[str]:
+        """The independent classifier of the fidelity measures: ``--transfer-model``, else
+        ``out/transfer_model.pt`` trained once by the preset's ``transfer`` recipe (None: none)."""
+        if self.transfer_model is None and self.preset.transfer is not None:
+            path = self.out / "transfer_model.pt"
+            cfg = dataclasses.replace(self.preset.transfer, dataset=self.dataset, data_root=self.data_root)
+            _pretrain_once(path, self, cfg, "the transfer model (an independent classifier)")
+            self.transfer_model = str(path)
+        return self.transfer_model
 
     def pretrain_config(self) -> PretrainConfig:
         """The preset's edge-model training on this grid's dataset."""
@@ -121,7 +131,7 @@ class Context:
         return result
 
 
-def _pretrain_once(path: Path, ctx: Context) -> None:
+def _pretrain_once(path: Path, ctx: Context, cfg: PretrainConfig, what: str) -> None:
     lock = path.with_name(path.name + ".lock")
     told = False
     while not path.exists():
@@ -137,10 +147,10 @@ def _pretrain_once(path: Path, ctx: Context) -> None:
             continue
         try:
             if not path.exists():
-                cfg = ctx.pretrain_config()
-                print(f"pretraining the edge model ({cfg.epochs} epochs, width {cfg.width}) -> {path}", flush=True)
+                print(f"pretraining {what} ({cfg.epochs} epochs, width {cfg.width}, seed {cfg.seed}) -> {path}",
+                      flush=True)
                 meta = pretrain(cfg, path, device=ctx.device, command=ctx.command)
-                print(f"edge model: test accuracy {100 * meta['test_accuracy']:.2f} % "
+                print(f"{what}: test accuracy {100 * meta['test_accuracy']:.2f} % "
                       f"({meta['train_seconds']:.0f} s)", flush=True)
         finally:
             os.close(fd)
@@ -175,7 +185,8 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     access_ratio = 100.0 * data.real.shape[0] / len(train)
     run_dir = ctx.runs_dir / cell.run_name
     resumed = (run_dir / "checkpoint.pt").exists()
-    transfer = load_edge_model(ctx.transfer_model, device=ctx.device)[0] if ctx.transfer_model else None
+    transfer_path = ctx.ensure_transfer_model()
+    transfer = load_edge_model(transfer_path, device=ctx.device)[0] if transfer_path else None
     result = run_distillation(method, cfg, run_dir, device=ctx.device, resume=resumed,
                               checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command,
                               transfer_model=transfer)

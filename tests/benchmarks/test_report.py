@@ -115,6 +115,10 @@ def test_figures_from_a_smoke_run_are_pngs(smoke_run, tmp_path):
     assert all(f"figures/{name}" in md for name in pngs)
     summary = json.loads((tmp_path / "report.json").read_text())["groups"][0]
     assert set(summary["high_frequency_share"]) == {"dsv_noise", "dsv_real", "dm", "dm_dkkt"}
+    assert "## Fidelity of the synthetic sets" in md  # beside the accuracy table
+    fid = {row["column"]: row for row in summary["fidelity"]}
+    assert {"dm", "dsv_noise", "dm_dkkt"} <= set(fid) and 0 <= fid["dsv_noise"]["transfer_accuracy"] <= 1
+    assert "edge_accuracy" in fid["dsv_noise"] and "edge_accuracy" not in fid["dm"]
 
 
 def _ablation_records(path, tmp_path):

@@ -37,6 +37,11 @@ def _check_smoke_records(records, dataset, access_ratio):
     assert by["dm"]["config"]["iterations"] == 2 and by["dc"]["config"]["iterations"] == 1
     assert by["dm"]["config"]["edge_model"] is None and by["dm_dkkt"]["config"]["edge_model"]
     assert by["dm"]["seconds_per_iteration"] > 0 and by[BLEND_COLUMN]["method"] == "blend"
+    for column in ("dm", "dsv_noise", "dm_dkkt"):  # fidelity measures, the transfer model trained once
+        fid = by[column]["fidelity"]
+        assert 0.0 <= fid["high_frequency_share"] <= 1.0 and 0.0 <= fid["transfer_accuracy"] <= 1.0
+        assert by[column]["transfer_model"].endswith("transfer_model.pt")
+    assert "edge_accuracy" in by["dsv_noise"]["fidelity"] and "edge_accuracy" not in by["dm"]["fidelity"]
 
 
 def test_smoke_end_to_end_on_cifar_format(smoke_run):
