@@ -91,6 +91,9 @@ ABLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                                             "manifold_strategy": "crop_flip"}),
     "dsv_adam_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "dkkt.stationarity": "margin"}),
     "dsv_adam_lr0.01": ("dsv", {"image_optimizer": "adam", "lr_img": 0.01}),
+    "dkkt_init_dsv": ("dm_dkkt", {"init": "dsv"}),  # DM+DKKT started from the default DSVs (1000 DSV steps)
+    "dsv_lowres_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "dkkt.stationarity": "margin",
+                                  "resolutions": (7, 14), "upscale_every": 300}),
     "dsv_lowres_tv": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
                               "resolutions": (7, 14), "upscale_every": 300, "dkkt.tv_weight": 0.3}),
 }

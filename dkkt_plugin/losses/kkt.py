@@ -59,8 +59,9 @@ def select_parameters(model: nn.Module, params: str = "weights",
 
 
 def per_sample_grads(model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor,
-                     chunk_size: int = 64) -> list[torch.Tensor]:
-    """Per-sample gradients of the cross-entropy w.r.t. the named parameters.
+                     chunk_size: int = 64, loss: str = "ce") -> list[torch.Tensor]:
+    """Per-sample gradients w.r.t. the named parameters of the cross-entropy (``loss="ce"``) or
+    of the negative margin ``-(f_y - max_{k≠y} f_k)`` (``loss="margin"``).
 
     Returns one tensor per name, shape ``(N, *param.shape)``. Needs a model whose outputs are
     per-sample (eval-mode BN or instance norm), which holds for the frozen edge model.
@@ -72,6 +73,8 @@ def per_sample_grads(model: nn.Module, names: Sequence[str], x: torch.Tensor, y:
 
     def loss_one(w: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, {**rest, **w, **buffers}, (xi.unsqueeze(0),))  # (1, K)
+        if loss == "margin":
+            return -margin_logits(out, yi.unsqueeze(0))[0]
         return F.cross_entropy(out, yi.unsqueeze(0))
 
     g = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size)(wanted, x, y)

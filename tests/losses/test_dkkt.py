@@ -22,13 +22,14 @@ def data(n=6, classes=3, dtype=torch.float32, seed=0):
 @pytest.mark.parametrize("distance", ["l1", "l2", "cos"])
 @pytest.mark.parametrize("params", ["all", "weights", "classifier"])
 @pytest.mark.parametrize("scale", ["none", "floor"])
-def test_stationarity_equals_per_sample_formulation(distance, params, scale):
+@pytest.mark.parametrize("stationarity", ["ce", "margin"])
+def test_stationarity_equals_per_sample_formulation(distance, params, scale, stationarity):
     net = tiny_net()
     x, y = data()
-    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, params=params, scale=scale))
+    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, params=params, scale=scale, stationarity=stationarity))
     loss.set_multipliers(torch.linspace(0.5, 3.0, 6))
     got = loss.terms(x, y).stationarity
-    grads = per_sample_grads(net, loss.param_names, x, y)
+    grads = per_sample_grads(net, loss.param_names, x, y, loss=stationarity)
     theta = dict(net.named_parameters())
     lam = loss.multipliers.detach()
     parts = []

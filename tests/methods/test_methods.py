@@ -100,7 +100,13 @@ def test_paper_defaults():
     assert m.default_init == "noise"
     assert m.image_lr == 1000.0 and m.optimizer.param_groups[0]["lr"] == 1000.0  # 1/β
     assert method_class("dm_dkkt")(config("dm_dkkt", lr_img=3.0), tiny_data()).image_lr == 3.0
-    assert method_class("dsv")(config("dsv"), tiny_data()).image_lr == 100.0
+    dsv = method_class("dsv")(config("dsv"), tiny_data())
+    assert dsv.image_lr == 0.05 and isinstance(dsv.optimizer, torch.optim.Adam)  # DSV: Adam at 0.05
+    assert method_class("dsv")(config("dsv", image_optimizer="sgd"), tiny_data()).image_lr == 100.0
+    assert build_config("dm_dkkt", ipc=1).dkkt_config().alpha == 1.0
+    assert build_config("dm_dkkt", ipc=10).dkkt_config().alpha == 0.01  # measured: no harm at ipc 10
+    assert build_config("dsv", ipc=10).dkkt_config().alpha == 1.0
+    assert build_config("dm_dkkt").dkkt.stationarity == "margin"
 
 
 def test_errors():
