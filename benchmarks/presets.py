@@ -84,7 +84,7 @@ ABLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                          "dkkt.stationarity": "margin", "dkkt.soft_relu": 20.0, "dkkt.multiplier": "projected",
                          "dkkt.lambda_min": 0.05, "multiplier_optimizer": "sgd", "lr_multiplier": 0.01}),
     "dsv_lowres": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
-                           "resolutions": (7, 14), "upscale_every": 300}),
+                           "downscale": (4, 2), "upscale_every": 300}),
     "dsv_adam_manifold_cropflip": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
                                            "manifold_strategy": "crop_flip"}),
     "dsv_adam_manifold1_cropflip": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 1.0,
@@ -92,10 +92,14 @@ ABLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dsv_adam_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "dkkt.stationarity": "margin"}),
     "dsv_adam_lr0.01": ("dsv", {"image_optimizer": "adam", "lr_img": 0.01}),
     "dkkt_init_dsv": ("dm_dkkt", {"init": "dsv"}),  # DM+DKKT started from the default DSVs (1000 DSV steps)
+    "dsv_full_res": ("dsv", {"downscale": ()}),  # the default DSV recipe at full resolution only
+    # the low-frequency recipe: 1/4 then 1/2 of the side, never full size
+    "dsv_lowfreq": ("dsv", {"downscale": (4, 2), "upscale_every": 500}),
+    "dkkt_coarse_to_fine": ("dm_dkkt", {"downscale": (4, 2), "upscale_every": 50}),  # DM+DKKT, 7 -> 14 -> 28 px
     "dsv_lowres_margin": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "dkkt.stationarity": "margin",
-                                  "resolutions": (7, 14), "upscale_every": 300}),
+                                  "downscale": (4, 2), "upscale_every": 300}),
     "dsv_lowres_tv": ("dsv", {"image_optimizer": "adam", "lr_img": 0.05, "manifold_weight": 5.0,
-                              "resolutions": (7, 14), "upscale_every": 300, "dkkt.tv_weight": 0.3}),
+                              "downscale": (4, 2), "upscale_every": 300, "dkkt.tv_weight": 0.3}),
 }
 SPLITS = ("test", "val")
 

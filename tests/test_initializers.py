@@ -84,7 +84,7 @@ def test_dsvs_are_correctly_classified_support_vectors():
     assert (model(x).argmax(1) == y).float().mean() > 0.95
     # the authors' stationarity (L1 over every parameter) with Adam on the images
     cfg = build(DSVMethodConfig, {"iterations": 200, "image_optimizer": "adam", "lr_img": 0.05,
-                                  "dkkt.distance": "l1", "dkkt.params": "all"})
+                                  "dkkt.distance": "l1", "dkkt.params": "all", "downscale": ()})  # 4x4 "images"
     images, labels = dsv_init(5, num_classes=2, image_shape=(1, 4, 4), model=model,
                               generator=torch.Generator().manual_seed(0), config=cfg)
     with torch.no_grad():

@@ -61,24 +61,26 @@ class DSVMethodConfig(AugmentedConfig):
     manifold_weight: float = 0.0
     # the manifold term's augmentation strategy (registered augment.name, one draw per image)
     manifold_strategy: str = "crop_flip_scale_rotate"
-    # synthesise at these square sides first (e.g. 7,14), each for upscale_every iterations, then at
-    # full size: the images are projected onto the upsampled low-resolution ones after every step
-    resolutions: tuple[int, ...] = ()
-    upscale_every: int = 0  # iterations per entry of resolutions
+    # synthesise at 1/f of the image side for each factor f first (4,2: 7 then 14 px for 28 px),
+    # upscale_every iterations each, then at full size: the images are projected onto upsampled
+    # low-resolution ones after every step. DSV default 4,2 (61.6 % vs 60.1 % at full resolution
+    # on the validation split, and smoother: high-frequency share 0.12 vs 0.23); none: full size only
+    downscale: tuple[int, ...] = (4, 2)
+    upscale_every: int = 300  # iterations per entry of downscale
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.refit_every < 0 or not self.lr_multiplier > 0 or self.manifold_weight < 0:
             raise ConfigError(f"need refit_every >= 0, lr_multiplier > 0, manifold_weight >= 0; got "
                               f"{self.refit_every}, {self.lr_multiplier}, {self.manifold_weight}")
-        if self.resolutions and (self.upscale_every < 1 or min(self.resolutions) < 1):
-            raise ConfigError(f"resolutions {self.resolutions} need upscale_every >= 1 and sides >= 1 "
+        if self.downscale and (self.upscale_every < 1 or min(self.downscale) < 1):
+            raise ConfigError(f"downscale {self.downscale} needs upscale_every >= 1 and factors >= 1 "
                               f"(got upscale_every={self.upscale_every})")
 
-    def side_at(self, iteration: int) -> Optional[int]:
-        """The low-resolution side in force at ``iteration`` (None: full resolution)."""
-        stage = iteration // self.upscale_every if self.resolutions else len(self.resolutions)
-        return self.resolutions[stage] if stage < len(self.resolutions) else None
+    def factor_at(self, iteration: int) -> Optional[int]:
+        """The downscale factor in force at ``iteration`` (None: full resolution)."""
+        stage = iteration // self.upscale_every if self.downscale else 0
+        return self.downscale[stage] if stage < len(self.downscale) else None
 
     def dkkt_config(self) -> DKKTConfig:
         """``dkkt`` with α resolved: 1.0 for cos, the paper's value for this pipc with l1 / l2."""
@@ -98,6 +100,7 @@ class DKKTMethodConfig(DSVMethodConfig):
     beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 at ipc 50, 0.001 otherwise
     dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
     image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
+    downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,11 +165,12 @@ class DSV(Method):
     @torch.no_grad()
     def _project(self, iteration: int) -> None:
         """Keep the images upsampled low-resolution ones while a low resolution is in force."""
-        side = self.config.side_at(iteration)
-        if side is None:
+        factor = self.config.factor_at(iteration)
+        if factor is None or factor == 1:
             return
         full = self.images.shape[-2:]
-        low = F.interpolate(self.images, size=(side, side), mode="area")  # (N, C, side, side)
+        side = (max(full[0] // factor, 1), max(full[1] // factor, 1))
+        low = F.interpolate(self.images, size=side, mode="area")  # (N, C, H / f, W / f)
         self.images.copy_(F.interpolate(low, size=full, mode="bilinear", align_corners=False))
 
     def dkkt_terms(self):

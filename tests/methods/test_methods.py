@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_before_the_update():
 
 DSV_RECIPES = {
     "manifold": dict(manifold_weight=5.0, manifold_strategy="crop_flip"),
-    "lowres": dict(resolutions=(2, 4), upscale_every=2, image_optimizer="adam", lr_img=0.05),
+    "lowres": dict(downscale=(4, 2), upscale_every=2, image_optimizer="adam", lr_img=0.05),
     "haim": {"dkkt.stationarity": "margin", "dkkt.soft_relu": 20.0, "dkkt.multiplier": "projected",
              "dkkt.lambda_min": 0.1, "multiplier_optimizer": "sgd"},
 }
@@ -159,11 +159,12 @@ def test_dsv_recipes_keep_shapes_labels_and_resume_exactly(recipe):
 def test_low_resolution_stages_give_low_frequency_images():
     from dkkt_plugin.fidelity import high_frequency_share
 
-    lowres = method_class("dsv")(config("dsv", resolutions=(2,), upscale_every=10, iterations=4), tiny_data())
-    plain = method_class("dsv")(config("dsv", iterations=4), tiny_data())
+    lowres = method_class("dsv")(config("dsv", downscale=(4,), upscale_every=10, iterations=4), tiny_data())
+    plain = method_class("dsv")(config("dsv", downscale=(), iterations=4), tiny_data())
     for i in range(4):
         lowres.step(i), plain.step(i)
-    assert lowres.config.side_at(3) == 2 and lowres.config.side_at(10) is None
+    assert lowres.config.factor_at(3) == 4 and lowres.config.factor_at(10) is None
+    assert build_config("dsv").downscale == (4, 2) and build_config("dm_dkkt").downscale == ()
     assert high_frequency_share(lowres.images) < 0.5 * high_frequency_share(plain.images)
 
 
