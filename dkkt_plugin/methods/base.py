@@ -37,6 +37,9 @@ class DistillConfig:
     edge_model: Optional[str] = None  # checkpoint written by `dkkt pretrain` (methods that need one)
     net_width: int = 128  # ConvNet width of the embedding / matching networks
     net_depth: int = 3
+    # DM's real-image embedding: "auto" (bf16 where the hardware computes bf16 natively; faster
+    # per DM step, benchmarks/results/speed-cpu), "bf16" or "fp32" (exact); see DMLoss
+    real_precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:

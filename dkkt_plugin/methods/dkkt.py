@@ -104,7 +104,8 @@ class DMDKKT(Method):
         self.multiplier_optimizer = torch.optim.Adam(self.dkkt.parameters(), lr=cfg.lr_multiplier)
         if self.beta > 0:
             net = self.fresh_net()
-            self.dm = DMLoss(net, augment=augment, generator=self.generator)
+            self.dm = DMLoss(net, augment=augment, generator=self.generator,
+                             real_precision=self.config.real_precision)
         if cfg.refit_every:
             self.dkkt.fit_multipliers(self.images.detach(), self.labels)
 

@@ -24,7 +24,7 @@ class DM(Method):
         super().setup()
         reinit = not self.needs_edge_model
         self.dm = DMLoss(self.embedding_net(), augment=self.augmenter(), reinit=reinit,
-                         generator=self.generator)
+                         generator=self.generator, real_precision=self.config.real_precision)
 
     def step(self, iteration: int) -> dict[str, float]:
         real, real_labels = self.sample_real()
