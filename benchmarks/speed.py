@@ -20,7 +20,8 @@ Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 syntheti
 DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
 
 - ``eval_reference``: a re-statement of the reference ``evaluate_synset`` / ``epoch('train')``
-  loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier``.
+  loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` (fp32);
+  ``eval_bf16``: the same with ``TrainConfig(precision="bf16")``.
 
 Per variant: median seconds over ``--rounds`` timed runs (after one warm-up), the conv/linear
 FLOPs one run does (``torch.utils.flop_counter``, forward and backward as executed; bf16 FLOPs
@@ -67,7 +68,7 @@ SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DM_VARIANTS = ("reference", "dm", "dm_fp32", "dm_dkkt")
-EVAL_VARIANTS = ("eval_reference", "eval")
+EVAL_VARIANTS = ("eval_reference", "eval", "eval_bf16")
 PEAK_FP32_PER_CORE = 83.0  # GFLOP/s: AMD EPYC Zen 4, AVX-512 (DESIGN.md §9); see --peak-gflops
 
 
@@ -189,7 +190,8 @@ def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0) -> 
     if name == "eval_reference":
         return lambda: reference_train(images, labels, epochs, gen, width)
     cfg = TrainConfig(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                      lr_schedule="step", augment=DSA_STRATEGY)
+                      lr_schedule="step", augment=DSA_STRATEGY,
+                      precision="bf16" if name == "eval_bf16" else "fp32")
     return lambda: train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen),
                                     images, labels, cfg, generator=gen)
 
@@ -387,13 +389,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     flops_cache[(v, "eval")] = count_flops(eval_variant(v, args.eval_epochs, width=args.width, seed=1))
             cell = {"threads": threads,
                     "variants": {v: summarise(runs[v], flops_cache[(v, "eval")], peak) for v in variants},
-                    "ratios": {"eval/eval_reference": paired_ratio(runs, "eval", "eval_reference")},
-                    "cpu_ratios": {"eval/eval_reference": paired_ratio(runs, "eval", "eval_reference", "cpu_seconds")},
+                    "ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference")
+                               for v in variants if v != "eval_reference"},
+                    "cpu_ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference", "cpu_seconds")
+                                   for v in variants if v != "eval_reference"},
                     "runs": runs}
             eval_cells.append(cell)
             print(f"threads {threads} evaluation ({args.eval_epochs} epochs): " + ", ".join(
                 f"{v} {s['seconds']:.2f} s" for v, s in cell["variants"].items())
-                + f" | eval/eval_reference {cell['ratios']['eval/eval_reference']:.2f}"
+                + " | " + ", ".join(f"{k} {r:.2f}" for k, r in cell["ratios"].items())
                 + f" | load {os.getloadavg()[0]:.2f}", flush=True)
     report = {"device": "cpu", "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                                            "platform": platform.platform(), "host": platform.node()},
