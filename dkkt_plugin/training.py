@@ -7,7 +7,7 @@ same SGD. Minibatch order and augmentation draws come from an explicit generator
 Speed: a network whose samples are independent (``per_sample``: instance norm, as the
 DatasetCondensation ConvNet) runs each minibatch's forward and backward in chunks of
 ``TrainConfig.chunk_size`` images with summed gradients, the same gradient as one pass up to
-float rounding; on the CPU 16-image chunks (``nets.CPU_CHUNK``) keep the activations in the
+float rounding; on one CPU thread 16-image chunks (``nets.default_chunk_size``) keep the activations in the
 caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under bf16 autocast. The loss is summed on the device and read once per epoch.
 
 Example:
@@ -48,7 +48,7 @@ class TrainConfig:
     lr_schedule: str = "step"  # "step": lr × 0.1 at half the epochs (DM protocol); "cosine"; "none"
     augment: str = ""  # DSA strategy applied per minibatch ("" = none)
     # images per forward/backward inside a minibatch (per-sample networks only; gradients are
-    # summed, so the step is unchanged); None: nets.CPU_CHUNK (16) on the CPU, else the minibatch
+    # summed, so the step is unchanged); None: nets.default_chunk_size
     chunk_size: Optional[int] = None
     # "fp32", or "bf16": forward/backward under bf16 autocast (weights, optimiser and loss stay
     # fp32); the default stays fp32 until bf16's accuracy is shown to be within seed noise
@@ -178,7 +178,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: Optional[int] = None) -> float:
     """Fraction of ``images`` that ``model`` (in eval mode) assigns to ``labels``.
 
-    ``batch_size`` images per forward; ``None``: ``nets.CPU_CHUNK`` on the CPU, 1024 elsewhere.
+    ``batch_size`` images per forward; ``None``: ``nets.default_chunk_size`` (at most 1024).
     """
     if batch_size is None:
         batch_size = min(default_chunk_size(images.device), 1024)

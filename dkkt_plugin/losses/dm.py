@@ -8,9 +8,9 @@ DM*), and ``A_c`` one Siamese augmentation draw shared by class c's real and syn
 All classes are augmented together, then embedded in chunks of ``chunk_size`` images (the real
 batch without autograd: it is a constant); class means come from ``index_add``. With a
 per-sample network (instance norm, eval-mode batch norm) this equals the per-class loop of the
-reference code. On the CPU, chunks of ``nets.CPU_CHUNK`` (16) images keep each layer's activations
-in the caches: on a 2-core Zen 4 one forward of 2 560 images ran at about half the FLOP rate of
-16- to 32-image chunks.
+reference code. On the CPU with one thread, chunks of ``nets.CPU_CHUNK`` (16) images keep each
+layer's activations in the caches; with more threads chunks are larger
+(``nets.default_chunk_size``).
 
 The real embedding needs no gradient and only its class means, so by default it runs in bf16
 (autocast) where the hardware computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX); the
@@ -58,8 +58,8 @@ class DMLoss(nn.Module):
         real_precision: precision of the real images' embedding in the batched path: ``"fp32"``
             (exact), ``"bf16"`` (autocast; class sums in fp32) or ``"auto"``: bf16 on CUDA and on
             CPUs with native bf16 dot products, else fp32. Only float32 inputs are affected.
-        chunk_size: images per forward in the batched path; ``None``: ``nets.CPU_CHUNK`` (16) on
-            the CPU, the whole batch on other devices.
+        chunk_size: images per forward in the batched path; ``None``:
+            ``nets.default_chunk_size`` (16 on one CPU thread, the whole batch on GPUs).
 
     Shape:
         - real: ``(R, C, H, W)`` with real_labels ``(R,)``; syn: ``(S, C, H, W)`` with syn_labels ``(S,)``.
