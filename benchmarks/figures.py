@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from dkkt_plugin.fidelity import high_frequency_share, radial_power_spectrum
+from dkkt_plugin.fidelity import radial_power_spectrum
 from dkkt_plugin.viz import image_grid
 
 from .presets import COLUMN_TITLES

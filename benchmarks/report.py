@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from dkkt_plugin.errors import ConfigError, DkktError  # noqa: E402
+from dkkt_plugin.fidelity import high_frequency_share  # noqa: E402
 
 from benchmarks.grid import read_jsonl, record_key, results_files  # noqa: E402
 from benchmarks.paper_numbers import published  # noqa: E402
@@ -281,7 +282,7 @@ def _figures(dataset: str, preset: str, entries: list[tuple[dict, Path]], table:
         if spectra:
             name = f"spectrum_ipc{ipc}_pipc{pipc}.png"
             figures.plot_spectra(spectra, out / "figures" / name, f"radially averaged power spectrum, {dataset} ipc {ipc} pipc {pipc}")
-            extra["high_frequency_share"] = {c: figures.high_frequency_share(np.concatenate(v)) for c, v in spectra.items()}
+            extra["high_frequency_share"] = {c: high_frequency_share(np.concatenate(v)) for c, v in spectra.items()}
             lines.append(f"![power spectra](figures/{name})")
             lines.append("Share of the radially averaged power at or above 0.25 cycles/pixel (white noise: ~56 %): " + ", ".join(
                 f"{column_title(c)} {100 * v:.1f} %" for c, v in extra["high_frequency_share"].items()))

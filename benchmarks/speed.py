@@ -1,31 +1,45 @@
-"""Speed benchmark: seconds per iteration and peak memory of one step of each method.
+"""Speed benchmark: our DM, DM+DKKT and evaluation steps against the reference's loops.
 
-Steps (one ``Method.step()`` each, on generated data, so no dataset is needed):
+Everything is measured in ONE process, interleaved (reference, ours, reference, ours, ...), so
+a busy shared machine slows every variant alike; the ratios of adjacent measurements are the
+numbers to read.
 
-- ``dm``: DM with the batched all-class forward (``DMLoss(batched=True)``, the default);
-- ``dm_per_class``: the same step with the reference's per-class loop (``DMLoss(batched=False)``);
-- ``dkkt``: the DKKT loss alone (method ``dsv``); ``dm_dkkt``: DM+DKKT;
-- ``dc``: one gradient-matching outer step (method ``dc`` with outer_loop 1: no inner training).
+DM steps (Fashion-MNIST shape ``1x28x28``, 10 classes, ``--batch-real`` real images per class,
+the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
 
-Shapes: Fashion-MNIST-like ``1x28x28`` and CIFAR-like ``3x32x32``, 10 classes, ``--batch-real``
-real images per class (all of them used every step), a random width-``--width`` edge ConvNet.
-Time: median of ``--repeats`` steps after ``--warmup`` (``torch.cuda.synchronize`` around each on
-GPU). Memory: on GPU ``torch.cuda.max_memory_allocated`` above what was allocated before the
-timed steps; on CPU the peak resident set size sampled by a psutil thread when psutil is
-installed, else the increase of ``ru_maxrss`` (a high-water mark: 0 when an earlier step peaked
-higher). Output: ``speed.json`` and ``speed.md`` with the batched / per-class speed-up and the
-DM+DKKT / DM cost ratio.
+- ``reference``: a re-statement of DatasetCondensation's ``main_DM.py`` ConvNet branch (see
+  :class:`ReferenceDM`): a fresh ConvNet with the reference's layers per iteration, then per
+  class one real forward (``batch_real`` images, no gradient) and one synthetic forward, each
+  class's real and synthetic batch sharing one DSA draw, fp32;
+- ``dm``: ``dkkt distill --method dm``'s step with its defaults (chunked batched forward, real
+  embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``);
+- ``dm_fp32``: the same with ``real_precision="fp32"`` (exact);
+- ``dm_dkkt``: a DM+DKKT step (DKKT defaults, a random width-128 edge ConvNet).
+
+Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 synthetic images with
+DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
+
+- ``eval_reference``: a re-statement of the reference ``evaluate_synset`` / ``epoch('train')``
+  loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` (fp32);
+  ``eval_bf16``: the same with ``TrainConfig(precision="bf16")``.
+
+Per variant: median seconds over ``--rounds`` timed runs (after one warm-up), the conv/linear
+FLOPs one run does (``torch.utils.flop_counter``, forward and backward as executed; bf16 FLOPs
+count the same), the achieved GFLOP/s against the machine's peak, and the peak resident memory
+above the process's RSS before the run (psutil, sampled every 2 ms). Every measurement records
+the 1-minute load average before and after it.
 
 Usage::
 
-    python -m benchmarks.speed [--ipc 1 10 50] [--shapes fmnist cifar] [--device auto] [--out DIR]
+    python -m benchmarks.speed [--ipc 1 10 50] [--threads 1 2] [--rounds 3] [--eval-epochs 10] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
-import resource
+import os
+import platform
 import shlex
 import statistics
 import sys
@@ -38,57 +52,162 @@ if __package__ in (None, ""):  # `python benchmarks/speed.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from dkkt_plugin.augment import DSA  # noqa: E402
 from dkkt_plugin.engine import build_config, method_class  # noqa: E402
-from dkkt_plugin.errors import DkktError  # noqa: E402
 from dkkt_plugin.methods.base import DistillData  # noqa: E402
-from dkkt_plugin.nets import ConvNet  # noqa: E402
+from dkkt_plugin.nets import AvgPool2x2, ConvNet  # noqa: E402
+from dkkt_plugin.training import TrainConfig, train_classifier  # noqa: E402
 
-from dkkt_plugin.provenance import machine_info, versions  # noqa: E402
+from dkkt_plugin.provenance import versions  # noqa: E402
 
-SHAPES = {"fmnist": (1, 28, 28), "cifar": (3, 32, 32)}
-STEPS = ("dm", "dm_per_class", "dkkt", "dm_dkkt", "dc")
-STEP_METHOD = {"dm": ("dm", {}), "dm_per_class": ("dm", {}), "dkkt": ("dsv", {}),
-               "dm_dkkt": ("dm_dkkt", {}), "dc": ("dc", {"outer_loop": 1, "inner_loop": 1})}
+SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+DM_VARIANTS = ("reference", "dm", "dm_fp32", "dm_dkkt")
+EVAL_VARIANTS = ("eval_reference", "eval", "eval_bf16")
+PEAK_FP32_PER_CORE = 83.0  # GFLOP/s: AMD EPYC Zen 4, AVX-512 (DESIGN.md §9); see --peak-gflops
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ---- the reference's loops, re-stated ----------------------------------------------------------
+def reference_convnet(generator: torch.Generator, width: int = 128) -> ConvNet:
+    """A fresh ConvNet with the reference's layers: nn.AvgPool2d instead of our faster pool."""
+    net = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=generator)
+    for i, m in enumerate(net.features):
+        if isinstance(m, AvgPool2x2):
+            net.features[i] = nn.AvgPool2d(2)
+    return net
 
 
-class _PeakMemory:
-    """Peak memory of a block, in MiB, by the best means available on the device."""
+class ReferenceDM:
+    """DatasetCondensation ``main_DM.py``, ConvNet branch, one iteration per :meth:`step`.
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        try:
-            import psutil
+    Per iteration: a fresh network (``get_network``; parameters frozen, train mode), then for each
+    class c: ``batch_real`` random real images of c (``get_images``), its ``ipc`` synthetic
+    images, one Siamese DSA draw shared by both (``DiffAugment(..., seed=s)`` twice; here our DSA
+    with one group), ``embed(real).detach()`` and ``embed(syn)``, and the squared distance of the
+    means added to the loss; then SGD (lr 1, momentum 0.5) on the images. All fp32.
+    """
 
-            self._proc = psutil.Process()
-        except ImportError:
-            self._proc = None
-        if device.type == "cuda":
-            self.method = "torch.cuda.max_memory_allocated above the allocation before the timed steps"
-        elif self._proc is not None:
-            self.method = "psutil RSS sampled every 2 ms, peak above the RSS before the timed steps"
-        else:
-            self.method = ("ru_maxrss increase (psutil not installed): a high-water mark of the process, "
-                           "0 when an earlier measurement peaked higher")
+    def __init__(self, real: torch.Tensor, labels: torch.Tensor, ipc: int, batch_real: int,
+                 generator: torch.Generator, width: int = 128) -> None:
+        self.real, self.batch_real, self.ipc, self.width = real, batch_real, ipc, width
+        self.gen = generator
+        self.indices_class = [(labels == c).nonzero().flatten() for c in range(NUM_CLASSES)]
+        self.image_syn = torch.randn(NUM_CLASSES * ipc, *SHAPE, generator=generator).requires_grad_()
+        self.optimizer = torch.optim.SGD([self.image_syn], lr=1.0, momentum=0.5)
+        self.dsa = DSA(DSA_STRATEGY, generator=generator)
 
-    def __enter__(self) -> "_PeakMemory":
-        self.peak_mb = 0.0
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        elif self._proc is not None:
-            self._base = self._peak = self._proc.memory_info().rss
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        else:
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    def step(self, iteration: int = 0) -> dict[str, float]:
+        net = reference_convnet(self.gen, self.width).train().requires_grad_(False)
+        loss = torch.tensor(0.0)
+        for c in range(NUM_CLASSES):
+            idx = self.indices_class[c]
+            img_real = self.real[idx[torch.randperm(idx.numel(), generator=self.gen)[: self.batch_real]]]
+            img_syn = self.image_syn[c * self.ipc:(c + 1) * self.ipc]
+            draw = self.dsa.sample(1)  # one draw, both batches (the reference's shared seed)
+            img_real, img_syn = self.dsa(img_real, draw), self.dsa(img_syn, draw)
+            output_real = net.embed(img_real).detach()  # (batch_real, 2048)
+            output_syn = net.embed(img_syn)  # (ipc, 2048)
+            loss = loss + ((output_real.mean(0) - output_syn.mean(0)) ** 2).sum()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+
+def reference_train(images: torch.Tensor, labels: torch.Tensor, epochs: int, generator: torch.Generator,
+                    width: int = 128) -> float:
+    """DatasetCondensation ``evaluate_synset`` training (without its final test), re-stated.
+
+    A fresh ConvNet; SGD lr 0.01, momentum 0.9, weight decay 5e-4; per epoch a shuffled
+    DataLoader of batch 256; each minibatch augmented by unseeded DSA (per-image parameters,
+    one family per call); forward, cross-entropy, the accuracy through ``.cpu().numpy()``,
+    backward, step; lr x0.1 (a new optimiser) after epoch ``epochs // 2 + 1``, all as the
+    reference (which runs ``epochs + 1`` epochs; here exactly ``epochs``, as ours).
+    """
+    net = reference_convnet(generator, width)
+    lr = 0.01
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    dsa = DSA(DSA_STRATEGY, generator=generator)
+    net.train()
+    loss_avg = 0.0
+    for ep in range(epochs):
+        order = torch.randperm(images.shape[0], generator=generator)
+        loss_avg, num = 0.0, 0
+        for start in range(0, images.shape[0], 256):
+            idx = order[start:start + 256]
+            img, lab = images[idx], labels[idx]
+            img = dsa(img, dsa.sample(img.shape[0], shared_family=True), torch.arange(img.shape[0]))
+            output = net(img)
+            loss = F.cross_entropy(output, lab)
+            _ = (output.detach().cpu().numpy().argmax(-1) == lab.cpu().numpy()).sum()
+            loss_avg, num = loss_avg + loss.item() * lab.shape[0], num + lab.shape[0]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if ep == epochs // 2 + 1:
+            lr *= 0.1
+            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+        loss_avg /= num
+    return loss_avg
+
+
+# ---- the measured variants --------------------------------------------------------------------
+def generated_data(real_per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised-looking random images, ``real_per_class`` per class: (K*n, 1, 28, 28), (K*n,)."""
+    gen = torch.Generator().manual_seed(seed)
+    real = torch.randn(NUM_CLASSES * real_per_class, *SHAPE, generator=gen)
+    return real, torch.arange(NUM_CLASSES).repeat_interleave(real_per_class)
+
+
+def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *, batch_real: int,
+               width: int = 128, seed: int = 0) -> Callable[[], Any]:
+    """A callable running one step of the DM variant ``name`` (see the module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    if name == "reference":
+        ref = ReferenceDM(real, labels, ipc, batch_real, gen, width)
+        return ref.step
+    edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen).eval()
+    data = DistillData(real, labels, NUM_CLASSES, (0.2861,), (0.3530,), edge)
+    method = "dm_dkkt" if name == "dm_dkkt" else "dm"
+    extra = {"real_precision": "fp32"} if name == "dm_fp32" else {}
+    cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
+                       iterations=1, init="noise", seed=seed, **extra)
+    m = method_class(method)(cfg, data, device="cpu")
+    counter = iter(range(10 ** 9))
+    return lambda: m.step(next(counter))
+
+
+def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0) -> Callable[[], Any]:
+    """A callable training a fresh ConvNet on 100 synthetic images for ``epochs`` epochs."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(100, *SHAPE, generator=gen)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(10)
+    if name == "eval_reference":
+        return lambda: reference_train(images, labels, epochs, gen, width)
+    cfg = TrainConfig(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
+                      lr_schedule="step", augment=DSA_STRATEGY,
+                      precision="bf16" if name == "eval_bf16" else "fp32")
+    return lambda: train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen),
+                                    images, labels, cfg, generator=gen)
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+class PeakRSS:
+    """Peak resident memory of a block above the RSS at its start, in MiB (psutil, every 2 ms)."""
+
+    def __enter__(self) -> "PeakRSS":
+        import psutil
+
+        self._proc = psutil.Process()
+        self.base = self._peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -96,90 +215,124 @@ class _PeakMemory:
             self._peak = max(self._peak, self._proc.memory_info().rss)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self._proc is not None:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._peak, self._proc.memory_info().rss)
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.peak_mb = max(0.0, (peak - self._base) / 2 ** 20)
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self._peak, self._proc.memory_info().rss)
+        self.above_mb = (self.peak - self.base) / 2 ** 20
+        self.total_mb = self.peak / 2 ** 20
 
 
-def make_step(step: str, shape: tuple[int, int, int], ipc: int, *, batch_real: int, width: int,
-              device: torch.device) -> Callable[[int], dict]:
-    """A ready method whose ``step`` is the measured operation, on generated data."""
-    gen = torch.Generator().manual_seed(0)
-    real = torch.randn(NUM_CLASSES * batch_real, *shape, generator=gen)  # (K * B, C, H, W)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(batch_real)  # (K * B,)
-    edge = ConvNet(shape[0], NUM_CLASSES, shape[1], width=width, generator=gen, device=device).eval()
-    data = DistillData(real, labels, NUM_CLASSES, (0.5,) * shape[0], (0.5,) * shape[0], edge)
-    method, extra = STEP_METHOD[step]
-    cfg = build_config(method, ipc=ipc, pipc=batch_real, batch_real=batch_real, net_width=width,
-                       iterations=1, init="noise", **extra)
-    m = method_class(method)(cfg, data, device=device)
-    if step == "dm_per_class":
-        m.dm.batched = False
-    return m.step
+def timed(run: Callable[[], Any]) -> dict[str, float]:
+    """One timed run: seconds, peak memory and the load average around it."""
+    load_before = os.getloadavg()[0]
+    with PeakRSS() as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb_above": round(mem.above_mb, 1), "peak_rss_mb": round(mem.total_mb, 1),
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
-def measure(step: str, shape_name: str, ipc: int, *, batch_real: int, width: int, device: torch.device,
-            warmup: int, repeats: int) -> dict[str, Any]:
-    run = make_step(step, SHAPES[shape_name], ipc, batch_real=batch_real, width=width, device=device)
-    for i in range(warmup):
-        run(i)
-    times = []
-    with _PeakMemory(device) as mem:
-        for i in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            run(warmup + i)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    return {"shape": shape_name, "ipc": ipc, "step": step, "seconds": statistics.median(times),
-            "all_seconds": times, "peak_memory_mb": round(mem.peak_mb, 1), "memory_method": mem.method}
+def count_flops(run: Callable[[], Any]) -> float:
+    """Conv/linear FLOPs of one run (forward and backward as executed)."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
 
 
-def ratios(results: Sequence[dict]) -> list[dict[str, Any]]:
-    """Per (shape, ipc): per-class / batched DM time, and DM+DKKT, DKKT, DC relative to DM."""
-    by = {(r["shape"], r["ipc"], r["step"]): r["seconds"] for r in results}
-    out = []
-    for shape, ipc in sorted({(r["shape"], r["ipc"]) for r in results}):
-        dm = by.get((shape, ipc, "dm"))
-
-        def rel(step: str) -> Optional[float]:
-            v = by.get((shape, ipc, step))
-            return None if v is None or not dm else v / dm
-
-        out.append({"shape": shape, "ipc": ipc,
-                    "dm_batched_speedup": (by[(shape, ipc, "dm_per_class")] / dm
-                                           if dm and (shape, ipc, "dm_per_class") in by else None),
-                    "dm_dkkt_over_dm": rel("dm_dkkt"), "dkkt_over_dm": rel("dkkt"), "dc_over_dm": rel("dc")})
+def interleave(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[dict[str, float]]]:
+    """One warm-up each, then ``rounds`` rounds; each round runs every variant once, the order
+    rotating by one per round (A B C, B C A, ...), so no variant always follows the same one."""
+    names = list(variants)
+    for n in names:
+        variants[n]()
+    out: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            out[n].append(timed(variants[n]))
     return out
 
 
+def matmul_gflops(seconds: float = 0.5) -> float:
+    """Achieved fp32 GFLOP/s of a 1024x1024 matmul loop, at the current thread count."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024 ** 3 * n / (time.perf_counter() - t0) / 1e9
+
+
+def summarise(runs: list[dict[str, float]], flops: float, peak_gflops: float) -> dict[str, Any]:
+    sec = statistics.median(r["seconds"] for r in runs)
+    return {"seconds": sec, "all_seconds": [r["seconds"] for r in runs],
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs), "gflop": flops / 1e9,
+            "gflops_per_s": flops / sec / 1e9, "fraction_of_peak": flops / sec / 1e9 / peak_gflops,
+            "peak_mb_above": max(r["peak_mb_above"] for r in runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "load": [[r["load_before"], r["load_after"]] for r in runs]}
+
+
+def paired_ratio(runs: dict[str, list[dict]], num: str, den: str, key: str = "seconds") -> float:
+    """Median over rounds of num/den, each round's pair measured back to back (``key``: wall
+    ``seconds`` or the process's ``cpu_seconds``, which a descheduled process does not accrue)."""
+    return statistics.median(a[key] / b[key] for a, b in zip(runs[num], runs[den]))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown(report: dict) -> str:
-    steps = [s for s in STEPS if any(r["step"] == s for r in report["results"])]
-    by = {(r["shape"], r["ipc"], r["step"]): r for r in report["results"]}
-    lines = [f"# Speed: one step per method ({report['device']})", "",
-             f"- torch {report['versions']['torch']}, dkkt_plugin {report['versions']['dkkt_plugin']}, "
-             f"python {report['versions']['python']}; {report['threads']} torch thread(s); date {report['date']}",
-             f"- machine: {json.dumps(report['machine'], sort_keys=True)}",
+    m = report["machine"]
+    lines = [f"# Speed: ours against the reference's loops ({report['device']})", "",
              f"- command: `{report['command']}`",
+             f"- date {report['date']}; machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, "
+             f"{m['platform']}; torch {report['versions']['torch']}, python {report['versions']['python']}",
+             f"- load average (1 min) at start / end: {report['load_start']} / {report['load_end']}; "
+             "each measurement's load is in speed.json",
              f"- settings: {json.dumps(report['settings'], sort_keys=True)}",
-             f"- time: median seconds per step; memory: {report['memory_method']}", "",
-             "| shape | ipc | " + " | ".join(f"{s} ms/it | {s} MiB" for s in steps)
-             + " | batched speed-up (per-class / batched) | DM+DKKT / DM |",
-             "|---|---|" + "---|---|" * len(steps) + "---|---|"]
-    for r in report["ratios"]:
-        cells = []
-        for s in steps:
-            m = by.get((r["shape"], r["ipc"], s))
-            cells += [f"{1000 * m['seconds']:.1f}", f"{m['peak_memory_mb']:.0f}"] if m else ["", ""]
-        fmt = lambda v: "" if v is None else f"{v:.2f}x"  # noqa: E731
-        lines.append(f"| {r['shape']} | {r['ipc']} | " + " | ".join(cells)
-                     + f" | {fmt(r['dm_batched_speedup'])} | {fmt(r['dm_dkkt_over_dm'])} |")
+             f"- peak: {report['settings']['peak_gflops_per_core']} fp32 GFLOP/s per core (DESIGN.md §9 "
+             "estimate); measured 1024² fp32 matmul rate per thread count: "
+             + ", ".join(f"{t} thread(s) {v:.0f}" for t, v in report["matmul_gflops"].items()), "",
+             "Time: median over rounds; ratio: median of the per-round ratios (adjacent runs). "
+             "GFLOP: conv/linear FLOPs of one run; % peak against the fp32 peak x threads.", ""]
+    lines += ["## DM step (Fashion-MNIST shape, batch_real %d, full DSA)" % report["settings"]["batch_real"], "",
+              "| threads | ipc | variant | s/step | ratio to reference | GFLOP | GFLOP/s | % fp32 peak | "
+              "peak MiB (above start) |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in report["dm"]:
+        for v, s in c["variants"].items():
+            ratio = c["ratios"].get(f"{v}/reference", "")
+            lines.append(f"| {c['threads']} | {c['ipc']} | {v} | {s['seconds']:.3f} | "
+                         f"{'' if ratio == '' else f'{ratio:.2f}'} | {s['gflop']:.1f} | {s['gflops_per_s']:.0f} | "
+                         f"{100 * s['fraction_of_peak']:.0f} | {s['peak_mb_above']:.0f} |")
+    lines += ["", "Ratios, wall clock (process CPU time in brackets: robust to being descheduled on a busy "
+              "machine; with 2 threads it sums both):", "",
+              "| threads | ipc | dm / reference | dm_fp32 / reference | dm_dkkt / dm |", "|---|---|---|---|---|"]
+    for c in report["dm"]:
+        r, rc = c["ratios"], c["cpu_ratios"]
+        fmt = lambda k: f"{r[k]:.2f} ({rc[k]:.2f})" if k in r else ""  # noqa: E731
+        lines.append(f"| {c['threads']} | {c['ipc']} | {fmt('dm/reference')} | {fmt('dm_fp32/reference')} | "
+                     f"{fmt('dm_dkkt/dm')} |")
+    if report["eval"]:
+        lines += ["", f"## Evaluation: {report['settings']['eval_epochs']} epochs on 100 images with DSA", "",
+                  "| threads | variant | s/run | s per 100 epochs | ratio to reference (CPU time) | GFLOP/s | "
+                  "% fp32 peak | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+        for c in report["eval"]:
+            for v, s in c["variants"].items():
+                key = f"{v}/eval_reference"
+                ratio = f"{c['ratios'][key]:.2f} ({c['cpu_ratios'][key]:.2f})" if key in c["ratios"] else ""
+                per100 = s["seconds"] * 100 / report["settings"]["eval_epochs"]
+                lines.append(f"| {c['threads']} | {v} | {s['seconds']:.2f} | {per100:.1f} | "
+                             f"{ratio} | {s['gflops_per_s']:.0f} | "
+                             f"{100 * s['fraction_of_peak']:.0f} | {s['peak_mb_above']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,43 +340,76 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
-    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["fmnist", "cifar"])
-    p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--variants", nargs="+", choices=DM_VARIANTS, default=list(DM_VARIANTS))
     p.add_argument("--batch-real", type=int, default=256, help="real images per class and step (DM: 256)")
+    p.add_argument("--real-per-class", type=int, default=1000, help="generated real images per class")
     p.add_argument("--width", type=int, default=128, help="ConvNet width")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results/speed-<device>)")
+    p.add_argument("--rounds", type=int, default=3, help="timed runs per variant (after one warm-up)")
+    p.add_argument("--eval-epochs", type=int, default=10, help="epochs per evaluation run (0: skip)")
+    p.add_argument("--peak-gflops", type=float, default=PEAK_FP32_PER_CORE, help="fp32 GFLOP/s per core")
+    p.add_argument("--out", default="benchmarks/results/speed-cpu", help="output folder")
     args = p.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else Path("benchmarks") / "results" / f"speed-{device.type}"
-    results = []
-    try:
-        for shape in args.shapes:
-            for ipc in sorted(args.ipc):
-                for step in args.steps:
-                    r = measure(step, shape, ipc, batch_real=args.batch_real, width=args.width, device=device,
-                                warmup=args.warmup, repeats=args.repeats)
-                    print(f"{shape} ipc {ipc} {step}: {1000 * r['seconds']:.1f} ms/it, "
-                          f"{r['peak_memory_mb']:.0f} MiB", flush=True)
-                    results.append(r)
-    except DkktError as exc:
-        print(f"benchmarks.speed: error: {exc}", file=sys.stderr)
-        return 2
-    report = {"device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-              "threads": torch.get_num_threads(), "machine": machine_info(), "versions": versions(),
-              "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    real, labels = generated_data(args.real_per_class)
+    start_load = os.getloadavg()[0]
+    dm_cells, eval_cells, matmul, flops_cache = [], [], {}, {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        matmul[threads] = matmul_gflops()
+        peak = args.peak_gflops * threads
+        for ipc in args.ipc:
+            variants = {v: dm_variant(v, ipc, real, labels, batch_real=args.batch_real, width=args.width)
+                        for v in args.variants}
+            runs = interleave(variants, args.rounds)
+            for v in variants:  # counted once per (variant, ipc) on a spare instance, untimed
+                if (v, ipc) not in flops_cache:
+                    flops_cache[(v, ipc)] = count_flops(dm_variant(v, ipc, real, labels, batch_real=args.batch_real,
+                                                                   width=args.width, seed=1))
+            cell = {"threads": threads, "ipc": ipc,
+                    "variants": {v: summarise(runs[v], flops_cache[(v, ipc)], peak) for v in variants},
+                    "ratios": {}, "cpu_ratios": {}, "runs": runs}
+            for v in variants:
+                if v != "reference" and "reference" in variants:
+                    cell["ratios"][f"{v}/reference"] = paired_ratio(runs, v, "reference")
+                    cell["cpu_ratios"][f"{v}/reference"] = paired_ratio(runs, v, "reference", "cpu_seconds")
+            if "dm_dkkt" in variants and "dm" in variants:
+                cell["ratios"]["dm_dkkt/dm"] = paired_ratio(runs, "dm_dkkt", "dm")
+                cell["cpu_ratios"]["dm_dkkt/dm"] = paired_ratio(runs, "dm_dkkt", "dm", "cpu_seconds")
+            dm_cells.append(cell)
+            print(f"threads {threads} ipc {ipc}: " + ", ".join(
+                f"{v} {s['seconds']:.3f} s" for v, s in cell["variants"].items())
+                + " | " + ", ".join(f"{k} {r:.2f}" for k, r in cell["ratios"].items())
+                + f" | load {os.getloadavg()[0]:.2f}", flush=True)
+        if args.eval_epochs > 0:
+            variants = {v: eval_variant(v, args.eval_epochs, width=args.width) for v in EVAL_VARIANTS}
+            runs = interleave(variants, args.rounds)
+            for v in variants:
+                if (v, "eval") not in flops_cache:
+                    flops_cache[(v, "eval")] = count_flops(eval_variant(v, args.eval_epochs, width=args.width, seed=1))
+            cell = {"threads": threads,
+                    "variants": {v: summarise(runs[v], flops_cache[(v, "eval")], peak) for v in variants},
+                    "ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference")
+                               for v in variants if v != "eval_reference"},
+                    "cpu_ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference", "cpu_seconds")
+                                   for v in variants if v != "eval_reference"},
+                    "runs": runs}
+            eval_cells.append(cell)
+            print(f"threads {threads} evaluation ({args.eval_epochs} epochs): " + ", ".join(
+                f"{v} {s['seconds']:.2f} s" for v, s in cell["variants"].items())
+                + " | " + ", ".join(f"{k} {r:.2f}" for k, r in cell["ratios"].items())
+                + f" | load {os.getloadavg()[0]:.2f}", flush=True)
+    report = {"device": "cpu", "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+                                           "platform": platform.platform(), "host": platform.node()},
+              "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python -m benchmarks.speed " + " ".join(shlex.quote(a) for a in argv_list),
-              "settings": {"batch_real": args.batch_real, "width": args.width, "warmup": args.warmup,
-                           "repeats": args.repeats, "classes": NUM_CLASSES},
-              "memory_method": results[0]["memory_method"] if results else "",
-              "results": results, "ratios": ratios(results)}
+              "settings": {"batch_real": args.batch_real, "real_per_class": args.real_per_class, "width": args.width,
+                           "rounds": args.rounds, "eval_epochs": args.eval_epochs, "threads": args.threads,
+                           "ipc": args.ipc, "peak_gflops_per_core": args.peak_gflops, "seeds": [0],
+                           "dsa_strategy": DSA_STRATEGY, "classes": NUM_CLASSES, "shape": list(SHAPE)},
+              "load_start": start_load, "load_end": os.getloadavg()[0], "matmul_gflops": matmul,
+              "dm": dm_cells, "eval": eval_cells}
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "speed.md").write_text(markdown(report), encoding="utf-8")

@@ -28,20 +28,21 @@ from benchmarks.presets import ABLATION  # noqa: E402
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training set: the old lines are all Fashion-MNIST
 
 
-def convert(line: dict) -> dict:
-    """One old ablation line -> one grid record of the ``ablation`` preset."""
+def convert(line: dict, preset: str = ABLATION.name) -> dict:
+    """One old ablation line -> one grid record of the ``ablation`` preset (or of ``preset``, its
+    name with the runner's flags, e.g. ``ablation[iterations=1000]``)."""
     accuracies = [float(a) for a in line["accuracies"]]
     mean = sum(accuracies) / len(accuracies)
     std = (sum((a - mean) ** 2 for a in accuracies) / len(accuracies)) ** 0.5
     pipc = line["pipc"]
     return {
-        "format": FORMAT, "dataset": "fashion_mnist", "preset": ABLATION.name, "column": line["variant"],
-        "ipc": 1, "pipc": pipc, "access_ratio": 100.0 * 10 * pipc / TRAIN_IMAGES, "seed": line["seed"],
+        "format": FORMAT, "dataset": "fashion_mnist", "preset": preset, "column": line["variant"],
+        "ipc": line.get("ipc", 1), "pipc": pipc, "access_ratio": 100.0 * 10 * pipc / TRAIN_IMAGES, "seed": line["seed"],
         "split": line["split"], "method": line["method"], "config": None, "overrides": line["overrides"],
         "accuracies": accuracies, "mean": line["accuracy"], "std_eval": std, "eval_protocol": line["protocol"],
         "eval_seeds": [line["seed"] + r for r in range(len(accuracies))], "eval_seconds": None,
         "distill_seconds": None, "seconds_per_iteration": None, "seconds": line["seconds"],
-        "iterations": line["iterations"], "final": line["final"], "resumed": None,
+        "iterations": line["iterations"], "final": line["final"], "fidelity": line.get("fidelity"), "resumed": None,
         "run_dir": f"runs/{line['split']}/{line['variant']}-{pipc}-{line['seed']}",
         "preset_label": ABLATION.label, "cpu_sized": True, "versions": None, "device": "cpu",
         "machine": line["machine"], "date": line["date"], "command": line["command"],
@@ -55,10 +56,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="the old runner's ablation-<split>.jsonl")
     p.add_argument("--out", required=True, help="the grid results file to write (overwritten)")
+    p.add_argument("--preset", default=ABLATION.name,
+                   help="the preset name the lines belong to (the runner's flags: ablation[iterations=1000])")
     args = p.parse_args(argv)
     try:
         lines = [json.loads(s) for s in Path(args.source).read_text(encoding="utf-8").splitlines() if s.strip()]
-        records = [convert(line) for line in lines]
+        records = [convert(line, args.preset) for line in lines]
     except (OSError, ValueError, KeyError) as exc:
         print(f"convert_ablation_jsonl: error: {args.source}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

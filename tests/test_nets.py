@@ -54,3 +54,33 @@ def test_bad_config():
         ConvNet(norm="layernorm")
     with pytest.raises(ConfigError, match="too small"):
         ConvNet(3, 10, 4, depth=3)
+
+
+def test_fast_pool_matches_avg_pool_with_gradients():
+    from dkkt_plugin.nets import AvgPool2x2
+
+    x = torch.randn(2, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(AvgPool2x2()(x), torch.nn.functional.avg_pool2d(x, 2))
+    assert torch.autograd.gradcheck(AvgPool2x2(), (x,))
+    assert torch.autograd.gradgradcheck(AvgPool2x2(), (x,))  # the DKKT term's double backward
+    odd = torch.randn(2, 3, 7, 7)  # odd sizes go through nn.AvgPool2d (floor)
+    assert torch.equal(AvgPool2x2()(odd), torch.nn.functional.avg_pool2d(odd, 2))
+    grads = torch.func.vmap(torch.func.grad(lambda xi: AvgPool2x2()(xi[None]).pow(2).sum()))(x.detach())
+    x2 = x.detach().requires_grad_()
+    AvgPool2x2()(x2).pow(2).sum().backward()
+    assert torch.allclose(grads, x2.grad)
+
+
+def test_first_conv_in_fp32_under_autocast_with_grad():
+    net = ConvNet(1, 10, 28, width=8)
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    seen = []
+    hook = net.features[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+        with torch.no_grad():
+            net(x)
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -54,7 +54,7 @@ SIGNATURES = {
     'EvalResult': [('protocol', 'POSITIONAL_OR_KEYWORD', ''), ('accuracies', 'POSITIONAL_OR_KEYWORD', '<factory>'), ('seeds', 'POSITIONAL_OR_KEYWORD', '<factory>'), ('seconds', 'POSITIONAL_OR_KEYWORD', '0.0')],
     'TrainConfig': [('epochs', 'POSITIONAL_OR_KEYWORD', '300'), ('batch_size', 'POSITIONAL_OR_KEYWORD', '256'), ('lr', 'POSITIONAL_OR_KEYWORD', '0.01'), ('momentum', 'POSITIONAL_OR_KEYWORD', '0.9'), ('weight_decay', 'POSITIONAL_OR_KEYWORD', '0.0005'), ('optimizer', 'POSITIONAL_OR_KEYWORD', "'sgd'"), ('sam_rho', 'POSITIONAL_OR_KEYWORD', '0.05'), ('lr_schedule', 'POSITIONAL_OR_KEYWORD', "'step'"), ('augment', 'POSITIONAL_OR_KEYWORD', "''"), ('augmentation', 'POSITIONAL_OR_KEYWORD', "'dsa'")],
     'train_classifier': [('model', 'POSITIONAL_OR_KEYWORD', ''), ('images', 'POSITIONAL_OR_KEYWORD', ''), ('labels', 'POSITIONAL_OR_KEYWORD', ''), ('cfg', 'POSITIONAL_OR_KEYWORD', ''), ('generator', 'KEYWORD_ONLY', ''), ('desc', 'KEYWORD_ONLY', "'train'"), ('on_epoch', 'KEYWORD_ONLY', 'None')],
-    'accuracy': [('model', 'POSITIONAL_OR_KEYWORD', ''), ('images', 'POSITIONAL_OR_KEYWORD', ''), ('labels', 'POSITIONAL_OR_KEYWORD', ''), ('batch_size', 'POSITIONAL_OR_KEYWORD', '1024')],
+    'accuracy': [('model', 'POSITIONAL_OR_KEYWORD', ''), ('images', 'POSITIONAL_OR_KEYWORD', ''), ('labels', 'POSITIONAL_OR_KEYWORD', ''), ('batch_size', 'POSITIONAL_OR_KEYWORD', 'None')],
     'provenance': [('command', 'KEYWORD_ONLY', "''"), ('device', 'KEYWORD_ONLY', 'None')],
     'resolve_device': [('name', 'POSITIONAL_OR_KEYWORD', "'auto'")],
     'DkktError': None,

@@ -12,8 +12,10 @@ distance; its floor is 1). With weight decay ``wd`` a trained model satisfies
 training set's gradient at θ*: gradient matching against data the server never sees.
     L_DKKT   = L_primal + α·L_stat + w_tv·TV(x) + w_norm·mean(x²)
 
-``Σ_i λ_i ∇θ ℓ_i`` is computed as ONE backward of ``Σ_i λ_i ℓ_i`` with ``create_graph=True``;
-the images' gradient then goes through the double backward. The multipliers ``λ_i ≥ 0`` (one per
+``Σ_i λ_i ∇θ ℓ_i`` is computed as ONE backward of ``Σ_i λ_i ℓ_i`` with ``create_graph=True``,
+restricted to the selected parameters (only they require a gradient, so with ``params=
+"classifier"`` it never enters the convolutions); the images' gradient then goes through the
+double backward. The multipliers ``λ_i ≥ 0`` (one per
 synthetic image) are parameters of this module, learnt with the images.
 
 The stationarity *floor* is the value of L_stat when the gradient sum is zero (``D(θ*, 0)``): a
@@ -31,6 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
+from ..nets import default_chunk_size
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
@@ -234,8 +237,12 @@ class DKKTLoss(nn.Module):
         theta = {n: p.detach().requires_grad_(n in self.param_names)
                  for n, p in self.model.named_parameters()}
         params = {**theta, **dict(self.model.named_buffers())}
+        # per-sample models (e.g. ConvNet in eval mode) run in cache-sized chunks; the chunks'
+        # graphs stay separate, so both backward passes also run chunk by chunk
+        chunk = default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
         with soft_relu_backward(self.model, self.config.soft_relu):
-            logits = functional_call(self.model, params, (x,))  # (B, K)
+            logits = torch.cat([functional_call(self.model, params, (xc,))
+                                for xc in x.split(max(chunk, 1))])  # (B, K)
         losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
         correct = logits.argmax(1) == labels  # (B,)
         if self.config.primal == "boundary":

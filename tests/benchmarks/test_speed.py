@@ -1,34 +1,55 @@
-"""The speed benchmark runs with tiny settings and writes JSON + Markdown with the ratios."""
+"""The speed benchmark runs with tiny settings, interleaves its variants and writes JSON + Markdown."""
 import json
 
+import torch
+
 from benchmarks import speed
+from dkkt_plugin.nets import AvgPool2x2
 
 
-def test_speed_tiny(tmp_path, capsys):
-    argv = ["--ipc", "1", "2", "--shapes", "fmnist", "--width", "4", "--batch-real", "2", "--repeats", "2",
-            "--warmup", "1", "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
+def test_speed_tiny(tmp_path):
+    argv = ["--ipc", "1", "2", "--threads", "1", "--width", "4", "--batch-real", "2", "--real-per-class", "3",
+            "--rounds", "2", "--eval-epochs", "1", "--out", str(tmp_path)]
     assert speed.main(argv) == 0
     report = json.loads((tmp_path / "speed.json").read_text())
-    steps = {(r["shape"], r["ipc"], r["step"]) for r in report["results"]}
-    assert steps == {("fmnist", ipc, s) for ipc in (1, 2) for s in speed.STEPS}
-    for r in report["results"]:
-        assert r["seconds"] > 0 and len(r["all_seconds"]) == 2 and r["peak_memory_mb"] >= 0
-    by = {(r["shape"], r["ipc"], r["step"]): r["seconds"] for r in report["results"]}
-    for ratio in report["ratios"]:
-        key = (ratio["shape"], ratio["ipc"])
-        assert ratio["dm_batched_speedup"] == by[(*key, "dm_per_class")] / by[(*key, "dm")]
-        assert ratio["dm_dkkt_over_dm"] == by[(*key, "dm_dkkt")] / by[(*key, "dm")]
-        assert ratio["dkkt_over_dm"] > 0 and ratio["dc_over_dm"] > 0
-    assert report["device"] == "cpu" and report["threads"] == 1
-    assert ("psutil" in report["memory_method"]) or ("ru_maxrss" in report["memory_method"])
-    assert set(report["versions"]) == {"torch", "dkkt_plugin", "python"} and report["command"].endswith(str(tmp_path))
+    assert [(c["threads"], c["ipc"]) for c in report["dm"]] == [(1, 1), (1, 2)]
+    for cell in report["dm"] + report["eval"]:
+        for name, runs in cell["runs"].items():
+            assert len(runs) == 2 and all(r["seconds"] > 0 and r["cpu_seconds"] >= 0 for r in runs)
+            assert all(len(pair) == 2 for pair in cell["variants"][name]["load"])
+        for v in cell["variants"].values():
+            assert v["gflop"] > 0 and v["peak_mb_above"] >= 0
+    cell = report["dm"][0]
+    assert set(cell["variants"]) == set(speed.DM_VARIANTS)
+    pairs = zip(cell["runs"]["dm"], cell["runs"]["reference"])
+    expect = sorted(a["seconds"] / b["seconds"] for a, b in pairs)
+    assert cell["ratios"]["dm/reference"] == sum(expect) / 2  # median of two paired ratios
+    assert report["command"].endswith(str(tmp_path)) and report["machine"]["cpu_model"]
+    assert set(report["versions"]) == {"torch", "dkkt_plugin", "python"}
     md = (tmp_path / "speed.md").read_text()
-    assert "batched speed-up (per-class / batched)" in md and "DM+DKKT / DM" in md
-    assert md.count("| fmnist |") == 2
+    assert "dm / reference" in md and "dm_dkkt / dm" in md and "eval_reference" in md
 
 
-def test_per_class_step_really_is_per_class():
-    run = speed.make_step("dm_per_class", speed.SHAPES["cifar"], 1, batch_real=2, width=4, device=speed.torch.device("cpu"))
-    assert run.__self__.dm.batched is False
-    assert speed.make_step("dm", speed.SHAPES["cifar"], 1, batch_real=2, width=4,
-                           device=speed.torch.device("cpu")).__self__.dm.batched is True
+def test_interleave_rotates_the_order():
+    calls = []
+    variants = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    speed.interleave(variants, rounds=3)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+
+
+def test_reference_restatement_uses_the_reference_layers_and_per_class_forwards():
+    net = speed.reference_convnet(torch.Generator().manual_seed(0), width=4)
+    pools = [m for m in net.features if isinstance(m, torch.nn.AvgPool2d)]
+    assert pools and not any(isinstance(m, AvgPool2x2) for m in pools)
+    real, labels = speed.generated_data(3)
+    ref = speed.ReferenceDM(real, labels, ipc=2, batch_real=2, generator=torch.Generator().manual_seed(0), width=4)
+    sizes = []
+    orig = speed.ConvNet.embed
+    speed.ConvNet.embed = lambda self, x: (sizes.append(x.shape[0]), orig(self, x))[1]
+    try:
+        before = ref.image_syn.detach().clone()
+        ref.step()
+    finally:
+        speed.ConvNet.embed = orig
+    assert sizes == [2, 2] * speed.NUM_CLASSES  # one real and one synthetic forward per class
+    assert not torch.equal(before, ref.image_syn.detach())

@@ -234,3 +234,24 @@ def test_soft_relu_keeps_the_forward_and_predictions():
     soft.terms(xs, y).stationarity.backward()
     hard.terms(xh, y).stationarity.backward()
     assert not torch.allclose(xs.grad, xh.grad)  # the double backward now sees sigmoid'(a z)
+
+
+def test_chunked_forward_gives_the_same_loss_and_gradient(monkeypatch):
+    from dkkt_plugin.losses import dkkt as dkkt_module
+    from dkkt_plugin.losses import DKKTLoss
+    from dkkt_plugin.nets import ConvNet
+
+    # float64: conv biases in front of a norm have round-off gradients whose cos direction would
+    # otherwise depend on the summation order
+    net = ConvNet(1, 10, 28, width=8, generator=torch.Generator().manual_seed(0)).double()
+    x = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(10)
+    out = []
+    for chunk in (3, 10 ** 6):
+        monkeypatch.setattr(dkkt_module, "default_chunk_size", lambda device, c=chunk: c)
+        images = x.clone().requires_grad_()
+        loss = DKKTLoss(net, num_images=10, params="all", primal="ce")(images, y)
+        out.append((loss.detach(), torch.autograd.grad(loss, images)[0]))
+    (la, ga), (lb, gb) = out
+    assert torch.allclose(la, lb, rtol=1e-10)
+    assert float((ga - gb).norm()) <= 1e-8 * float(ga.norm())

@@ -15,10 +15,11 @@ def batch(n_real=12, n_syn=6, classes=3, dtype=torch.float32, size=28):
     return real, torch.arange(n_real) % classes, syn, torch.arange(n_syn) % classes
 
 
-def make(batched, augment=True, seed=0, dtype=torch.float32):
+def make(batched, augment=True, seed=0, dtype=torch.float32, **kwargs):
     net = ConvNet(1, 3, 28, width=8).to(dtype)
     dsa = DSA(seed=seed) if augment else None
-    return DMLoss(net, augment=dsa, generator=torch.Generator().manual_seed(seed), batched=batched)
+    kwargs.setdefault("real_precision", "fp32")
+    return DMLoss(net, augment=dsa, generator=torch.Generator().manual_seed(seed), batched=batched, **kwargs)
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -33,6 +34,49 @@ def test_batched_equals_per_class(augment):
     ga, = torch.autograd.grad(a, syn_a)
     gb, = torch.autograd.grad(b, syn_b)
     assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, None])
+def test_chunk_size_does_not_change_the_fp32_loss(chunk_size):
+    real, yr, syn, ys = batch()
+    syn_a, syn_b = syn.clone().requires_grad_(), syn.clone().requires_grad_()
+    a = make(True, chunk_size=chunk_size)(real, yr, syn_a, ys)
+    b = make(False)(real, yr, syn_b, ys)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    ga, = torch.autograd.grad(a, syn_a)
+    gb, = torch.autograd.grad(b, syn_b)
+    assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_real_embedding_within_tolerance_of_fp32():
+    # The reference width (128) and batch shape of DM: bf16 real class means change the loss by
+    # ~1e-4 relative and the image gradient by ~4e-3 (measured); bound them at 1e-3 and 2e-2.
+    g = torch.Generator().manual_seed(0)
+    real, yr = torch.randn(3 * 64, 1, 28, 28, generator=g), torch.arange(3).repeat_interleave(64)
+    syn, ys = torch.randn(6, 1, 28, 28, generator=g), torch.arange(3).repeat_interleave(2)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        dm = DMLoss(ConvNet(1, 3, 28), augment=DSA(seed=0), generator=torch.Generator().manual_seed(0),
+                    real_precision=precision)
+        s = syn.clone().requires_grad_()
+        loss = dm(real, yr, s, ys)
+        out[precision] = (loss.detach(), torch.autograd.grad(loss, s)[0])
+        assert dm.uses_bf16(real) == (precision == "bf16")
+    (l32, g32), (l16, g16) = out["fp32"], out["bf16"]
+    assert not torch.equal(l32, l16)  # bf16 really ran
+    assert abs(float(l16 - l32)) <= 1e-3 * float(l32)
+    assert float((g16 - g32).norm() / g32.norm()) <= 2e-2
+
+
+def test_real_precision_auto_and_other_dtypes():
+    dm = make(True, real_precision="auto")
+    from dkkt_plugin.losses.dm import native_bf16
+    assert dm.uses_bf16(torch.zeros(1)) == native_bf16(torch.device("cpu"))
+    assert not make(True, real_precision="bf16").uses_bf16(torch.zeros(1, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="real_precision"):
+        make(True, real_precision="fp16")
+    with pytest.raises(ConfigError, match="chunk_size"):
+        make(True, chunk_size=0)
 
 
 def test_matches_hand_formula_without_augmentation():

@@ -16,7 +16,7 @@ class MeanL1Loss(nn.Module):
     """A DM-style loss (built as DMLoss is): L1 distance between the class means of the real and
     the synthetic images, after one Siamese augmentation draw per class. ``net`` is not used."""
 
-    def __init__(self, net=None, *, augment=None, reinit=True, generator=None):
+    def __init__(self, net=None, *, augment=None, reinit=True, generator=None, real_precision="auto"):
         super().__init__()
         self.augment = augment
 
