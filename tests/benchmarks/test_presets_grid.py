@@ -55,7 +55,8 @@ def test_cpu_preset_is_scaled_per_ipc():
     assert CPU.method_overrides("dm_dkkt", 10)[1]["iterations"] == 50
     method, over = CPU.method_overrides("dsa", 10)
     assert method == "dsa" and (over["outer_loop"], over["inner_loop"]) == (2, 5) and over["iterations"] == 3
-    assert CPU.method_overrides("dsv_real", 1) == ("dsv", {"batch_real": 16, "init": "real", "iterations": 200})
+    assert CPU.method_overrides("dsv_real", 1) == ("dsv", {"batch_real": 16, "init": "real", "iterations": 1000})
+    assert CPU.method_overrides("dsv_noise", 10)[1]["iterations"] == 50  # DSV gets its 1000 steps at ipc 1 only
 
 
 def test_modified_preset_gets_its_own_name():
