@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nets import check_input
+from .dkkt import check_labels
 
 
 class DMLoss(nn.Module):
@@ -63,12 +65,15 @@ class DMLoss(nn.Module):
 
     def forward(self, real: torch.Tensor, real_labels: torch.Tensor,
                 syn: torch.Tensor, syn_labels: torch.Tensor) -> torch.Tensor:
-        classes = syn_labels.unique()  # (K,) sorted
-        r_idx = torch.searchsorted(classes, real_labels)  # (R,) group of each real image
-        s_idx = torch.searchsorted(classes, syn_labels)  # (S,)
         if real.ndim != 4 or syn.ndim != 4 or real.shape[1:] != syn.shape[1:]:
             raise ConfigError(f"real and synthetic images must be (N, C, H, W) alike; got "
                               f"{tuple(real.shape)} and {tuple(syn.shape)}")
+        check_input(self.net, syn, "DMLoss")
+        check_labels(real_labels, real, "real_labels")
+        check_labels(syn_labels, syn, "syn_labels")
+        classes = syn_labels.unique()  # (K,) sorted
+        r_idx = torch.searchsorted(classes, real_labels)  # (R,) group of each real image
+        s_idx = torch.searchsorted(classes, syn_labels)  # (S,)
         missing = set(classes.tolist()) - set(real_labels.tolist())
         if missing:
             raise ConfigError(f"no real images for synthetic classes {sorted(missing)}: DM needs "
