@@ -23,15 +23,14 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import pytest
 import torch
 
 from dkkt_plugin import ConvNet, DKKTLoss, DMLoss, load_edge_model
 from dkkt_plugin.data import write_cifar10
-from dkkt_plugin.engine import build_config, read_evaluations, run_distillation
+from dkkt_plugin.engine import build_config, run_distillation
 from dkkt_plugin.errors import CheckpointError, ConfigError
 from dkkt_plugin.pretrain import save_edge_model
 
@@ -40,21 +39,6 @@ TINY = ["--ipc", "1", "--pipc", "2", "--iterations", "2", "--net-width", "4", "-
 
 
 # -- the workspace every case reads ---------------------------------------------------------------
-def _idx(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_fashion_mnist(root: Path, per_class: int = 4) -> Path:
-    """A tiny Fashion-MNIST folder in the real IDX format (per_class images of each class)."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for prefix, n in (("train", 10 * per_class), ("t10k", 10 * per_class)):
-        (root / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 256, (n, 28, 28))))
-        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n) % 10))
-    return root
-
-
 BROKEN_DIST = {  # a third-party distribution whose initializer fails at import
     "broken_dkkt_thing-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: broken-dkkt-thing\nVersion: 1.0\n",
     "broken_dkkt_thing-1.0.dist-info/entry_points.txt": textwrap.dedent("""
@@ -86,10 +70,13 @@ def _edge(path: Path, channels=1, classes=10, size=28, dataset="fashion_mnist") 
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Path:
+def ws(tmp_path_factory, tiny_fashion_mnist) -> Path:
     """Data, edge models (good and bad), run directories (finished, corrupt, ...) and plugins."""
+    import shutil
+
     ws = tmp_path_factory.mktemp("ws")
-    fm = write_fashion_mnist(ws / "fmnist")
+    fm = ws / "fmnist"
+    shutil.copytree(tiny_fashion_mnist, fm)
     write_cifar10(ws / "cifar", num_train=40, num_test=20, seed=0)
     (ws / "empty").mkdir()
     (ws / "garbage_data").mkdir()
