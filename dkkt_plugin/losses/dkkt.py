@@ -124,6 +124,11 @@ class DKKTLoss(nn.Module):
           ``(B, C, H, W)`` of the N images.
         - Output: scalar.
 
+    Raises:
+        ConfigError: ``model`` is not a module; or, when called, images whose channels or size
+            do not fit the model, labels that are not integers, not one per image, or outside
+            the model's classes (the message names the shapes).
+
     Example:
         >>> from dkkt_plugin.nets import ConvNet
         >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)

@@ -37,6 +37,11 @@ class DMLoss(nn.Module):
         - real: ``(R, C, H, W)`` with real_labels ``(R,)``; syn: ``(S, C, H, W)`` with syn_labels ``(S,)``.
         - Output: scalar.
 
+    Raises:
+        ConfigError: when called with images whose channels or size do not fit ``net``, real and
+            synthetic images of different shapes, or labels that are not integers, not one per
+            image, or of a class without real images (the message names the shapes).
+
     Example:
         >>> from dkkt_plugin.nets import ConvNet
         >>> dm = DMLoss(ConvNet(channels=1, num_classes=2, image_size=28, width=8))
