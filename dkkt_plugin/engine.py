@@ -207,10 +207,11 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
             at, state = (it - 1, prev) if prev is not None else (it, good)
             history[:] = [h for h in history if h["iteration"] < at]  # iteration `at` runs again
             checkpoint(at, state)
+            lower = _lower_lr(cfg, m.image_lr)
             raise NonFiniteLossError(
-                f"{exc}; the run stopped and {ckpt} holds the state of iteration {at}, before the update "
-                f"that led there. Rerun the same command with `--resume --lr-img {_lower_lr(cfg, m.image_lr):g}` "
-                "(a lower learning rate; lower loss weights help too), or start again with another --out"
+                f"{exc}; the run stopped and {ckpt} holds the state at iteration {at}, before the update that "
+                f"made it non-finite. Rerun the same command with `--resume --lr-img {lower:g}` (a lower "
+                "learning rate; lower loss weights help too), or start again with another --out"
             ) from None
         prev = good
         seconds += time.perf_counter() - t0
