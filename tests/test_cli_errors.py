@@ -3,8 +3,8 @@
 Each CLI case must end with exit status 2, exactly ONE line on stderr that names the bad input
 (and no traceback), and leave every file that existed before byte-identical, with nothing new
 created (no half-made run directory, no temporary file). The cases run as real
-``python -m dkkt_plugin.cli`` processes, two at a time in one batch (each costs a torch import,
-about 3 CPU-seconds; the batch is about 3 CPU-minutes, so about 1.5 minutes on two idle cores).
+``python -m dkkt_plugin.cli`` processes, two at a time in one batch (each pays a torch import of
+about 3 CPU-seconds, so running them two at a time halves the wait on two cores).
 
 Also here: the advice printed after a NaN stop, followed literally; a SIGKILL during ``dkkt
 pretrain`` and ``dkkt evaluate`` leaves nothing half-written; plugin listing and shadowing.
