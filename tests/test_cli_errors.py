@@ -113,8 +113,10 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def run_cli(args: list[str], env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m dkkt_plugin.cli ARGS`` in a fresh interpreter, one torch thread, no progress bars."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "DKKT_PROGRESS": "0", **(env or {})}
+    """``python -m dkkt_plugin.cli ARGS`` in a fresh interpreter, one torch thread, no progress bars,
+    no bytecode caches (a plugin imported from the workspace must not add files to it)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "DKKT_PROGRESS": "0", "PYTHONDONTWRITEBYTECODE": "1",
+                **(env or {})}
     return subprocess.run([sys.executable, "-m", "dkkt_plugin.cli", *args], env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -343,7 +345,8 @@ def _kill_when(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str
 
 
 def _popen(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DKKT_PROGRESS": "1"}  # progress on stderr: work under way
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DKKT_PROGRESS": "1",  # progress on stderr: work under way
+           "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.Popen([sys.executable, "-m", "dkkt_plugin.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
