@@ -87,7 +87,8 @@ class DistillData:
 def check_finite(value: torch.Tensor, what: str) -> None:
     """Raise NonFiniteLossError (before any update is applied) when ``value`` is NaN or inf."""
     if not bool(torch.isfinite(value).all()):
-        raise NonFiniteLossError(f"{what} became {float(value.detach())}")
+        raise NonFiniteLossError(f"{what} became {float(value.detach())}; this update was not applied, so the "
+                                 "images keep their last good state")
 
 
 class Method(ABC):
