@@ -15,7 +15,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__, registry
 from . import config as configs
-from .errors import ConfigError, DkktError
+from .errors import ConfigError, DkktError, UnknownComponentError
 
 DEFAULT_METHOD = "dm_dkkt"
 
@@ -131,13 +131,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .engine import append_evaluation
     from .evaluation import evaluate
-    from .fileio import write_atomic
+    from .fileio import check_writable, write_atomic
     from .provenance import provenance, resolve_device
 
     if args.num_eval < 1:
         raise ConfigError(f"--num-eval must be >= 1, got {args.num_eval}")
     protocol = _protocol(args)
     device = resolve_device(args.device)
+    if args.json:
+        check_writable(args.json, "--json")  # now, not after the evaluation
     ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
                   num_eval=args.num_eval, seed=args.eval_seed, device=device, augmentation=args.augmentation)
     print(f"{args.synthetic}: {ev}")
@@ -158,6 +160,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .provenance import resolve_device
 
     cfg = configs.build(DemoConfig, configs.overrides_from_args(args))
+    for method in cfg.methods:  # every name now, not after the first methods have run
+        registry.get("methods", method)
     run_demo(args.out, cfg, device=resolve_device(args.device), command=args.command_line)
     return 0
 
@@ -217,10 +221,13 @@ def _add_distill(sub, argv: Sequence[str]) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any setting by dotted key, e.g. --set dkkt.alpha=0.1 (third-party methods too)")
     method = _method_in(argv)
-    if method in names:
+    if method in names or (argv and argv[0] == "distill"):
         from .engine import method_class
 
-        cls = method_class(method).config_class
+        try:
+            cls = method_class(method).config_class
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"--method {method}: {exc}") from None
         configs.add_arguments(p, cls, title=f"{method} settings ({cls.__name__})")
     _add_eval_flags(p, num_eval=0)
     _add_device(p)
@@ -271,10 +278,31 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> Callable:
+    """A ``warnings.showwarning`` that prints each distinct warning once, as one line."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"dkkt: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``dkkt`` console script; returns the exit status."""
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), "dkkt")
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings()
+        return _main(argv, command)
+
+
+def _main(argv: list[str], command: str) -> int:
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)

@@ -96,26 +96,43 @@ class RunResult:
     record: dict
 
 
+def safe_on_resume(key: str) -> bool:
+    """Settings a resumed run may change: ``iterations`` (extend or shorten a run) and the
+    learning rates (top-level fields named ``lr_*``, e.g. after a NaN stop). Every other setting
+    must match the checkpoint's; changes are recorded in the record's ``resumes``."""
+    return key == "iterations" or key.startswith("lr_")
+
+
 def _fingerprint(cfg: DistillConfig) -> dict:
-    d = asdict(cfg)
-    d.pop("iterations")  # a resumed run may be extended
-    return d
+    return {k: v for k, v in asdict(cfg).items() if not safe_on_resume(k)}
 
 
-def _load_checkpoint(path: Path, method: str, cfg: DistillConfig) -> dict:
+def _load_checkpoint(path: Path, method: str, cfg: DistillConfig) -> tuple[dict, dict]:
+    """The checkpoint's state and the safe settings changed since (``{key: [old, new]}``)."""
     state = load_torch(path, "run checkpoint", CHECKPOINT_FORMAT,
                        "move it away to start again, or restore a good copy")
     if state["method"] != method:
         raise CheckpointError(f"{path} belongs to a {state['method']!r} run, not {method!r}; "
                               "use another --out or the same --method")
     old, new = state["fingerprint"], _fingerprint(cfg)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not safe_on_resume(k))
     if diff:
         raise CheckpointError(
             f"{path} was written with different settings ("
             + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            + "); resume with the original flags or use another --out")
-    return state
+            + "); resume with the original flags (only --iterations and learning rates may change) "
+              "or use another --out")
+    before, now = state["config"], asdict(cfg)
+    changed = {k: [before.get(k), v] for k, v in now.items() if safe_on_resume(k) and before.get(k) != v}
+    return state, changed
+
+
+def _lower_lr(cfg: DistillConfig, current: float) -> float:
+    """The image learning rate to suggest after a NaN stop: a tenth of ``current``, or the
+    method's default when that is lower still (a far too large --lr-img)."""
+    default = next((f.default for f in dataclasses.fields(cfg) if f.name == "lr_img"), None)
+    lower = current / 10
+    return default if isinstance(default, (int, float)) and default < lower else lower
 
 
 def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike, *,
@@ -137,13 +154,16 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
             the record's ``fidelity`` (with the high-frequency share and the edge model's accuracy).
 
     Raises:
-        CheckpointError: a checkpoint exists without ``resume``, or is corrupt or mismatched.
-        NonFiniteLossError: the loss became NaN/inf; the state before that step is checkpointed.
+        CheckpointError: a checkpoint exists without ``resume``, or is corrupt or mismatched
+            (only ``iterations`` and the learning rates may change on resume: :func:`safe_on_resume`).
+        NonFiniteLossError: the loss became NaN/inf; the state before the update that led to it
+            is checkpointed, and the message says how to resume with a lower learning rate.
     """
     out = Path(out_dir)
     ckpt = out / "checkpoint.pt"
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ConfigError(f"checkpoint_every must be a positive number of iterations, got {checkpoint_every!r}")
+        raise ConfigError(f"checkpoint_every (--checkpoint-every) must be a positive number of iterations, "
+                          f"got {checkpoint_every!r}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file, not a run directory; choose another --out")
     if (out / "synthetic.pt").exists() and not ckpt.exists():
@@ -154,35 +174,50 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
                               "another --out (it is never overwritten silently)")
     if resume and not ckpt.exists():
         raise CheckpointError(f"nothing to resume: {ckpt} does not exist")
-    state = _load_checkpoint(ckpt, method, cfg) if resume else None
+    state, changed = _load_checkpoint(ckpt, method, cfg) if resume else (None, {})
     cls = method_class(method)
     data = data if data is not None else load_distill_data(cfg, device)
     m = cls(cfg, data, device=device)
     history: list[dict] = []
+    resumes: list[dict] = []  # safe settings changed on --resume, with the iteration they apply from
     start, seconds = 0, 0.0
     if state is not None:
-        m.load_state_dict(state["method_state"])
+        m.load_state_dict(state["method_state"])  # keeps this config's learning rates
         start, history, seconds = state["iteration"], state["history"], state["seconds"]
+        resumes = list(state.get("resumes", []))
+        if changed:
+            resumes.append({"iteration": start, "changed": changed, "date": provenance()["date"]})
     out.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "config": asdict(cfg), **provenance(command=command, device=device),
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
+    if resumes:
+        record["resumes"] = resumes
 
     def checkpoint(iteration: int, method_state: dict) -> None:
         save_torch({"format": CHECKPOINT_FORMAT, "method": method, "fingerprint": _fingerprint(cfg),
-                    "config": asdict(cfg), "iteration": iteration, "history": history,
+                    "config": asdict(cfg), "iteration": iteration, "history": history, "resumes": resumes,
                     "seconds": seconds, "method_state": method_state}, ckpt)
 
     log_every = max(1, cfg.iterations // 500)
     bar = progress_bar(range(start, cfg.iterations), desc=f"distill {method}", unit="it",
                        initial=start, total=cfg.iterations)
+    prev = None  # the state before the previous step: a non-finite loss undoes the update that led to it
     for it in bar:
-        good = m.state_dict()  # the state before this step, kept if the step turns non-finite
+        good = m.state_dict()  # the state before this step
         t0 = time.perf_counter()
         try:
             log = m.step(it)
-        except NonFiniteLossError:
-            checkpoint(it, good)
-            raise
+        except NonFiniteLossError as exc:
+            at, state = (it - 1, prev) if prev is not None else (it, good)
+            history[:] = [h for h in history if h["iteration"] < at]  # iteration `at` runs again
+            checkpoint(at, state)
+            lower = _lower_lr(cfg, m.image_lr)
+            raise NonFiniteLossError(
+                f"{exc}; the run stopped and {ckpt} holds the state at iteration {at}, before the update that "
+                f"made it non-finite. Rerun the same command with `--resume --lr-img {lower:g}` (a lower "
+                "learning rate; lower loss weights help too), or start again with another --out"
+            ) from None
+        prev = good
         seconds += time.perf_counter() - t0
         if it % log_every == 0 or it == cfg.iterations - 1:
             history.append({"iteration": it, **log})

@@ -253,6 +253,7 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
     from . import registry
     from .provenance import resolve_device
 
+    source = None  # the dataset the set was distilled from, when it says
     if torch.is_tensor(synthetic):
         if labels is None or dataset is None:
             raise ConfigError("evaluate(images, ...) needs labels=... and dataset=... as well")
@@ -263,11 +264,17 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
         syn = load_synthetic(synthetic)
         images, labels = syn["images"], syn["labels"]
         cfg = syn.get("config") or {}
-        dataset = dataset or cfg.get("dataset")
-        data_root = data_root or cfg.get("data_root")
+        source = cfg.get("dataset")
+        if dataset is None or dataset == source:
+            data_root = data_root or cfg.get("data_root")
+        dataset = dataset or source
         if not dataset:
             raise ConfigError(f"{synthetic} does not name its dataset: pass dataset=... (--dataset)")
     test = registry.load("datasets", dataset)(data_root, train=False)
+    if tuple(images.shape[1:]) != tuple(test.image_shape):
+        raise ConfigError(f"the synthetic images are {tuple(images.shape[1:])} but {dataset}'s test images are "
+                          f"{tuple(test.image_shape)}; evaluate the set on the dataset it was distilled from"
+                          + (f" ({source})" if source else ""))
     return evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol, epochs=epochs,
                               num_eval=num_eval, seed=seed, device=resolve_device(device),
                               num_classes=test.num_classes, augmentation=augmentation)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -52,9 +52,29 @@ def load_torch(path: str | os.PathLike, what: str, fmt: str, fix: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{what} {path} is corrupt or not a torch file ({exc}); it was left "
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{what} {path} is corrupt or not a torch file ({first}); it was left "
                               f"as it is; {fix}") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a {what} (format {found!r}, expected {fmt!r}); {fix}")
+        raise CheckpointError(f"{path} is not a dkkt-plugin {what} (format {found!r}, expected {fmt!r}); {fix}")
     return payload
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """ConfigError now, before any work, when the file ``path`` cannot be written (a missing
+    parent that cannot be created, a read-only folder, a file in the way, or a folder in its place).
+
+    Creates the missing parent folders (the file will go there); ``flag`` names the setting in
+    the message.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file path such as {path / 'out.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write {flag} {path} ({exc.strerror or exc}); choose a writable {flag}") from None

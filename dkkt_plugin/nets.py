@@ -214,3 +214,26 @@ def default_chunk_size(device: torch.device | str) -> int:
 def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator) -> None:
     # Draw on the generator's device, then copy: a CPU generator also initialises CUDA models.
     t.copy_(torch.empty(t.shape, device=generator.device).uniform_(-bound, bound, generator=generator))
+
+
+def check_input(model: nn.Module, images: torch.Tensor, who: str) -> None:
+    """ConfigError naming the shapes when ``images`` cannot go through ``model``.
+
+    Checks what is known without running the model: ``(N, C, H, W)``, C against the model's input
+    channels (``config["channels"]`` of a :class:`ConvNet`, else its first ``nn.Conv2d``), and
+    H, W against a ConvNet's ``image_size``. Shapes only: no host synchronisation.
+    """
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        raise ConfigError(f"{who} expects images of shape (N, C, H, W), got {shape}")
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, dict) else {}
+    channels = config.get("channels")
+    if channels is None:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = conv.in_channels if conv is not None else None
+    size = config.get("image_size")
+    if (channels is not None and shape[1] != channels) or (size is not None and shape[2:] != (size, size)):
+        takes = f"{channels} channel(s)" + (f" of {size}x{size}" if size is not None else "")
+        raise ConfigError(f"{who} got images of shape {shape} ({shape[1]} channels, {shape[2]}x{shape[3]}), "
+                          f"but its network takes {takes}; give images shaped like the network's data")

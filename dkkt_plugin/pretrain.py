@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from . import registry
 from .errors import CheckpointError, ConfigError
-from .fileio import load_torch, save_torch
+from .fileio import check_writable, load_torch, save_torch
 from .provenance import provenance
 from .nets import ConvNet
 from .training import TrainConfig, accuracy, train_classifier
@@ -83,21 +81,6 @@ def load_edge_model(path: str | os.PathLike, device: Any = None) -> tuple[ConvNe
     return model.eval(), meta
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """ConfigError now, before any work, when ``path`` cannot be written (a missing or read-only
-    folder, or an existing folder in its place)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder; give a file path such as {path / 'edge.pt'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.probe")
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --out") from None
-
-
 @torch.no_grad()
 def _features(model: ConvNet, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     model.eval()
@@ -134,10 +117,10 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, *, device: Any = "cpu"
 
     Returns the metadata written beside the weights (including ``test_accuracy``).
     """
-    check_writable(out)
     load = registry.load("datasets", cfg.dataset)
     train = load(cfg.data_root, train=True)
     test = load(cfg.data_root, train=False)
+    check_writable(out)  # after the data (a bad --dataset leaves no folder), before the training
     gen = torch.Generator().manual_seed(cfg.seed)
     c, h, _ = train.image_shape
     model = ConvNet(c, train.num_classes, h, width=cfg.width, depth=cfg.depth, generator=gen, device=device)

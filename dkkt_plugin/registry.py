@@ -121,6 +121,14 @@ PROTOCOLS: dict[str, Callable[[Any], Optional[str]]] = {
 }
 
 
+# What to do instead when a name of the second group is asked for in the first.
+WRONG_GROUP = {
+    ("datasets", "subsets"): "a subset wrapper restricts a dataset to a few images per class instead of "
+                             "loading one; pass a dataset (--dataset cifar10 or fashion_mnist) and the "
+                             "number of real images per class with --pipc N",
+}
+
+
 def _check_group(group: str) -> str:
     if group not in GROUPS:
         raise UnknownComponentError(f"unknown component group {group!r}; known groups: {', '.join(GROUPS)}")
@@ -172,10 +180,15 @@ def get(group: str, name: str) -> Component:
     found = discover(group)
     if name not in found:
         known = ", ".join(sorted(found)) or "none"
-        raise UnknownComponentError(
-            f"no component {name!r} in group {PREFIX + group!r}; known names: {known}. "
-            "Check the spelling, or install the distribution that provides it."
-        )
+        elsewhere = [g for g in GROUPS if g != group and name in discover(g)]
+        if elsewhere:
+            hint = (f"{name!r} is a {elsewhere[0][:-1]} component (group {PREFIX + elsewhere[0]!r}), not a "
+                    f"{group[:-1]} one" + (f": {WRONG_GROUP[group, elsewhere[0]]}"
+                                           if (group, elsewhere[0]) in WRONG_GROUP else ""))
+        else:
+            hint = "check the spelling, or install the distribution that provides it"
+        raise UnknownComponentError(f"no component {name!r} in group {PREFIX + group!r} (known names: {known}); "
+                                    f"{hint}.")
     return found[name]
 
 

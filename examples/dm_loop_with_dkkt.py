@@ -5,8 +5,9 @@ embedding network, per class the squared distance between mean real and mean syn
 embeddings, SGD on the images. dkkt-plugin enters at two places only: building ``DKKTLoss`` from
 the pretrained edge model, and the marked line that adds its term to the loss.
 
-Run (needs Fashion-MNIST and an edge model from `dkkt pretrain`):
-    python examples/dm_loop_with_dkkt.py --edge-model edge.pt --dkkt-weight 1.0
+Run (needs Fashion-MNIST; the edge model defaults to the packaged one), then evaluate the result:
+    python examples/dm_loop_with_dkkt.py --out /tmp/dm_dkkt_example --dkkt-weight 1.0
+    dkkt evaluate --synthetic /tmp/dm_dkkt_example --num-eval 2 --eval-epochs 100
 """
 from __future__ import annotations
 
@@ -67,22 +68,30 @@ def distill(real: torch.Tensor, real_labels: torch.Tensor, num_classes: int, *, 
 
 
 def main(argv=None) -> int:
-    from dkkt_plugin.data import PracticalSubset, load_fashion_mnist
-    from dkkt_plugin.pretrain import load_edge_model
+    from pathlib import Path
+
+    from dkkt_plugin import PracticalSubset, load_edge_model, load_fashion_mnist, packaged_edge_model, save_synthetic
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--edge-model", required=True)
+    p.add_argument("--out", required=True, help="folder for synthetic.pt (then: dkkt evaluate --synthetic OUT)")
+    p.add_argument("--edge-model", default=None, help="from `dkkt pretrain` (default: the packaged one)")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the loader's)")
     p.add_argument("--dkkt-weight", type=float, default=1.0)
     p.add_argument("--pipc", type=int, default=10)
     p.add_argument("--iterations", type=int, default=100)
     args = p.parse_args(argv)
-    subset = PracticalSubset(load_fashion_mnist(), args.pipc, seed=0)
-    real, labels = subset.tensors()
-    edge, _ = load_edge_model(args.edge_model)
+    train = load_fashion_mnist(args.data_root)
+    real, labels = PracticalSubset(train, args.pipc, seed=0).tensors()
+    edge, _ = load_edge_model(args.edge_model or packaged_edge_model())
     images = distill(real, labels, 10, iterations=args.iterations, edge_model=edge,
                      dkkt_weight=args.dkkt_weight)
-    torch.save({"images": images, "labels": torch.arange(10)}, "dm_dkkt_example.pt")
-    print(f"wrote dm_dkkt_example.pt: {tuple(images.shape)}")
+    # a synthetic set `dkkt evaluate` reads: its dataset, settings and normalisation go with it
+    config = {"dataset": "fashion_mnist", "data_root": args.data_root, "ipc": 1, "pipc": args.pipc,
+              "iterations": args.iterations, "dkkt_weight": args.dkkt_weight}
+    out = Path(args.out) / "synthetic.pt"
+    save_synthetic(out, images, torch.arange(10), method="dm_loop_with_dkkt", config=config,
+                   mean=train.mean, std=train.std)
+    print(f"wrote {out}: {tuple(images.shape)}")
     return 0
 
 

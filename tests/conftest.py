@@ -1,8 +1,33 @@
-"""Shared fixtures: a fake third-party distribution for plugin tests."""
+"""Shared fixtures: a fake third-party distribution for plugin tests, a tiny Fashion-MNIST."""
 import sys
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion_mnist(root: Path, per_class: int = 4) -> Path:
+    """A tiny Fashion-MNIST folder in the real IDX format: per_class random images of each class,
+    in the training and in the test split."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        n = 10 * per_class
+        (root / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 256, (n, 28, 28))))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n) % 10))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist(tmp_path_factory) -> Path:
+    """A Fashion-MNIST folder (4 images per class in each split) for fast command-line runs."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("data") / "fashion-mnist")
 
 
 @pytest.fixture

@@ -38,16 +38,16 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
-_FMNIST_FIX = ("install it with `apt-get install -y dataset-fashion-mnist`, or pass root=... "
-               "(or set DKKT_FASHION_MNIST_ROOT) to a folder with the IDX files")
+_FMNIST_FIX = ("install it with `apt-get install -y dataset-fashion-mnist`, or point --data-root "
+               "(root=... in Python, or DKKT_FASHION_MNIST_ROOT) to a folder with the IDX files")
 
 
 def _cifar_fix(root: Path, downloading: bool = False) -> str:
     if downloading:
         return (f"check the network and retry, or place torchvision's `{BATCHES_DIR}` folder "
                 f"under {root} yourself")
-    return (f"place torchvision's `{BATCHES_DIR}` folder under {root} or pass download=True "
-            "where a network exists")
+    return (f"place torchvision's `{BATCHES_DIR}` folder under {root}, or point --data-root (root=... "
+            "in Python, or DKKT_CIFAR10_ROOT) to its folder, or pass download=True where a network exists")
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -298,9 +298,9 @@ def load_cifar10(root: str | os.PathLike | None = None, train: bool = True, *,
     if root is None:
         root = os.environ.get("DKKT_CIFAR10_ROOT")
         if not root:
-            raise DatasetError("load_cifar10: no root given and DKKT_CIFAR10_ROOT is not set; "
-                               "pass root=... (the folder holding cifar-10-batches-py) or set "
-                               "DKKT_CIFAR10_ROOT")
+            raise DatasetError("CIFAR-10: no folder given and DKKT_CIFAR10_ROOT is not set; pass "
+                               "--data-root DIR (root=... in Python), the folder holding "
+                               "cifar-10-batches-py, or set DKKT_CIFAR10_ROOT")
     root = Path(root)
     try:
         return _read_cifar(root, train)

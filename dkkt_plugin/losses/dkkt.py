@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import default_chunk_size
+from ..nets import check_input, default_chunk_size
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
@@ -137,6 +137,11 @@ class DKKTLoss(nn.Module):
           ``(B, C, H, W)`` of the N images.
         - Output: scalar.
 
+    Raises:
+        ConfigError: ``model`` is not a module; or, when called, images whose channels or size
+            do not fit the model, labels that are not integers, not one per image, or outside
+            the model's classes (the message names the shapes).
+
     Example:
         >>> from dkkt_plugin.nets import ConvNet
         >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)
@@ -164,6 +169,9 @@ class DKKTLoss(nn.Module):
             config = DKKTConfig(**overrides)
         elif overrides:
             config = DKKTConfig(**{**vars(config), **overrides})
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"DKKTLoss: model must be a torch.nn.Module (the frozen edge classifier), got "
+                              f"{model!r}; e.g. load_edge_model(packaged_edge_model())[0]")
         if not isinstance(num_images, int) or num_images < 1:
             raise ConfigError(f"num_images must be a positive int, got {num_images!r}")
         self.config = config
@@ -243,6 +251,7 @@ class DKKTLoss(nn.Module):
         with soft_relu_backward(self.model, self.config.soft_relu):
             logits = torch.cat([functional_call(self.model, params, (xc,))
                                 for xc in x.split(max(chunk, 1))])  # (B, K)
+        _check_label_range(labels, logits.shape[1])
         losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
         correct = logits.argmax(1) == labels  # (B,)
         if self.config.primal == "boundary":
@@ -279,10 +288,10 @@ class DKKTLoss(nn.Module):
         return self
 
     def _check(self, images, labels, indices) -> torch.Tensor:
-        if images.ndim != 4:
-            raise ConfigError(f"DKKTLoss expects images of shape (N, C, H, W), got {tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
-            raise ConfigError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        """Shapes and dtypes only (no host synchronisation); the label range is checked once the
+        logits give the number of classes (:func:`_check_label_range`)."""
+        check_input(self.model, images, "DKKTLoss")
+        check_labels(labels, images, "labels")
         lam = self.multipliers
         if indices is not None:
             return lam[indices]
@@ -319,6 +328,27 @@ class DKKTLoss(nn.Module):
         if self.config.distance == "l1" and self.config.scale == "floor":
             scales = [f * f for f in scales]  # L1 floor is mean|θ|; its squared-L2 analogue is its square
         return [1.0 / math.sqrt(t.numel() * s) for t, s in zip(theta, scales)]
+
+
+def check_labels(labels: torch.Tensor, images: torch.Tensor, name: str) -> None:
+    """ConfigError unless ``labels`` is an integer tensor with one entry per image."""
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        what = f"{labels.dtype} {tuple(labels.shape)}" if torch.is_tensor(labels) else type(labels).__name__
+        raise ConfigError(f"{name} must be integers (torch.long class indices), got {what}; e.g. labels.long()")
+    if labels.shape != images.shape[:1]:
+        raise ConfigError(f"{name} of shape {tuple(labels.shape)} do not match images {tuple(images.shape)}: "
+                          f"give one label per image, shape ({images.shape[0]},)")
+
+
+def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    """ConfigError unless every label is in ``0 .. num_classes - 1`` (one host synchronisation,
+    where the loss synchronises anyway for its accuracy)."""
+    if labels.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(labels)).tolist()
+    if lo < 0 or hi >= num_classes:
+        raise ConfigError(f"labels {lo}..{hi} do not fit the model, which has {num_classes} classes "
+                          f"(labels 0..{num_classes - 1}); give the labels of the model's classes")
 
 
 def _device_of(model: nn.Module) -> torch.device:

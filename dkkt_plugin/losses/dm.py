@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..nets import default_chunk_size
+from ..nets import check_input, default_chunk_size
+from .dkkt import check_labels
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -65,6 +66,11 @@ class DMLoss(nn.Module):
         - real: ``(R, C, H, W)`` with real_labels ``(R,)``; syn: ``(S, C, H, W)`` with syn_labels ``(S,)``.
         - Output: scalar.
 
+    Raises:
+        ConfigError: when called with images whose channels or size do not fit ``net``, real and
+            synthetic images of different shapes, or labels that are not integers, not one per
+            image, or of a class without real images (the message names the shapes).
+
     Example:
         >>> from dkkt_plugin.nets import ConvNet
         >>> dm = DMLoss(ConvNet(channels=1, num_classes=2, image_size=28, width=8))
@@ -100,12 +106,15 @@ class DMLoss(nn.Module):
 
     def forward(self, real: torch.Tensor, real_labels: torch.Tensor,
                 syn: torch.Tensor, syn_labels: torch.Tensor) -> torch.Tensor:
-        classes = syn_labels.unique()  # (K,) sorted
-        r_idx = torch.searchsorted(classes, real_labels)  # (R,) group of each real image
-        s_idx = torch.searchsorted(classes, syn_labels)  # (S,)
         if real.ndim != 4 or syn.ndim != 4 or real.shape[1:] != syn.shape[1:]:
             raise ConfigError(f"real and synthetic images must be (N, C, H, W) alike; got "
                               f"{tuple(real.shape)} and {tuple(syn.shape)}")
+        check_input(self.net, syn, "DMLoss")
+        check_labels(real_labels, real, "real_labels")
+        check_labels(syn_labels, syn, "syn_labels")
+        classes = syn_labels.unique()  # (K,) sorted
+        r_idx = torch.searchsorted(classes, real_labels)  # (R,) group of each real image
+        s_idx = torch.searchsorted(classes, syn_labels)  # (S,)
         missing = set(classes.tolist()) - set(real_labels.tolist())
         if missing:
             raise ConfigError(f"no real images for synthetic classes {sorted(missing)}: DM needs "

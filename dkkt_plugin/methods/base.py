@@ -87,11 +87,8 @@ class DistillData:
 def check_finite(value: torch.Tensor, what: str) -> None:
     """Raise NonFiniteLossError (before any update is applied) when ``value`` is NaN or inf."""
     if not bool(torch.isfinite(value).all()):
-        raise NonFiniteLossError(
-            f"{what} became {float(value.detach())}; the run stopped before applying this update, so the "
-            "last checkpoint holds the last good state. Lower --lr-img (or the loss weights) and "
-            "resume with --resume, or start again."
-        )
+        raise NonFiniteLossError(f"{what} became {float(value.detach())}; this update was not applied, so the "
+                                 "images keep their last good state")
 
 
 class Method(ABC):
@@ -215,7 +212,10 @@ class Method(ABC):
         self.labels = state["labels"].to(self.device)
         self.generator.set_state(state["generator"])
         for k, o in self.optimizers().items():
+            lrs = [group["lr"] for group in o.param_groups]  # this config's, possibly changed on resume
             o.load_state_dict(state["optimizers"][k])
+            for group, lr in zip(o.param_groups, lrs):
+                group["lr"] = lr
         self.load_extra_state({k: v.to(self.device) for k, v in state["extra"].items()})
 
     def extra_state(self) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The example DM loop: weight 0 reproduces the plain loop exactly; weight > 0 changes the images."""
+"""The example DM loop: weight 0 reproduces the plain loop exactly; weight > 0 changes the images;
+its command line writes a synthetic set that `dkkt evaluate` reads."""
 import importlib.util
 from pathlib import Path
 
@@ -33,3 +34,17 @@ def test_weight_zero_is_the_plain_loop_and_weight_changes_images():
     assert torch.equal(plain, zero)
     assert not torch.allclose(plain, some)
     assert all(p.grad is None for p in edge.parameters())
+
+
+def test_command_line_writes_a_set_dkkt_evaluate_reads(tiny_fashion_mnist, tmp_path, capsys):
+    from dkkt_plugin.cli import main
+    from dkkt_plugin.engine import read_evaluations
+
+    out = tmp_path / "example"
+    assert load_example().main(["--out", str(out), "--data-root", str(tiny_fashion_mnist), "--pipc", "2",
+                                "--iterations", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example"]  # nothing else written
+    assert main(["evaluate", "--synthetic", str(out), "--num-eval", "1", "--eval-epochs", "1",
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    [ev] = read_evaluations(out)
+    assert ev["num_eval"] == 1
