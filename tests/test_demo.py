@@ -24,7 +24,7 @@ def test_assets_are_what_they_claim():
 
 def test_demo_runs_and_reports(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--iterations", "2", "--eval-epochs", "2",
+    assert main(["demo", "--out", str(out), "--iterations", "2", "--dsv-iterations", "2", "--eval-epochs", "2",
                  "--num-eval", "1", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "CPU-sized" in text and "SCALED to 2 of 1000 epochs" in text
