@@ -173,6 +173,8 @@ def _parser(hint: Any, where: str) -> tuple[Callable[[Any], Any], Optional[tuple
         parse_item, _ = _parser(item, where)
 
         def as_tuple(value: Any) -> tuple:
+            if isinstance(value, str) and value.strip().lower() in ("", "none"):
+                return ()
             items = value.split(",") if isinstance(value, str) else value
             return tuple(parse_item(v.strip() if isinstance(v, str) else v) for v in items if v != "")
 
@@ -319,7 +321,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         metavar = "{" + ",".join(map(str, spec.choices)) + "}" if spec.choices else _metavar(spec)
         text = spec.help or spec.path.replace("_", " ")
         group.add_argument(spec.flag, dest=DEST + spec.path, default=None, type=_argparse_type(spec),
-                           metavar=metavar, help=f"{text} (default: {spec.describe_default()})")
+                           metavar=metavar,
+                           help=f"{text} (default: {spec.describe_default()})".replace("%", "%%"))  # argparse formats help
 
 
 def _metavar(spec: FieldSpec) -> str:

@@ -1,0 +1,70 @@
+"""Typed configs: pipc, the field walker, overrides, generated flags with help and real defaults."""
+import argparse
+
+import pytest
+
+from dkkt_plugin import registry
+from dkkt_plugin.cli import build_parser
+from dkkt_plugin.config import add_arguments, build, config_fields, flatten, overrides_from_args, parse_pipc
+from dkkt_plugin.demo import DemoConfig
+from dkkt_plugin.errors import ConfigError
+from dkkt_plugin.methods import DKKTMethodConfig, DSVMethodConfig
+from dkkt_plugin.pretrain import PretrainConfig
+
+CONFIGS = sorted({registry.load("methods", n).config_class for n in registry.names("methods")}
+                 | {PretrainConfig, DemoConfig}, key=lambda c: c.__name__)
+
+
+def test_pipc_is_parsed_in_one_place():
+    assert parse_pipc("all") == "all" and parse_pipc(" ALL ") == "all" and parse_pipc("10") == 10
+    for bad in (0, -1, "ten", 1.5, True, None):
+        with pytest.raises(ConfigError, match="pipc must be a positive integer or 'all'"):
+            parse_pipc(bad)
+    assert build(DKKTMethodConfig, {"pipc": "ALL"}).pipc == "all"
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_field_has_help_and_a_flag(cls):
+    specs = config_fields(cls)
+    assert specs and all(s.help for s in specs), [s.path for s in specs if not s.help]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, cls)
+    text = parser.format_help()
+    for spec in specs:
+        assert spec.flag in text
+    assert overrides_from_args(parser.parse_args([])) == {}  # only given flags become overrides
+
+
+def test_nested_fields_are_declared_once_and_dotted():
+    paths = [s.path for s in config_fields(DKKTMethodConfig)]
+    assert "dkkt.distance" in paths and "distance" not in paths and "augment.strategy" in paths
+    assert len(paths) == len(set(paths))
+    cfg = build(DKKTMethodConfig, {"dkkt.alpha": "0.5", "dkkt.distance": "l1", "downscale": "4,2", "ipc": "3"})
+    assert (cfg.dkkt.alpha, cfg.dkkt.distance, cfg.downscale, cfg.ipc) == (0.5, "l1", (4, 2), 3)
+    assert flatten(cfg)["dkkt.alpha"] == 0.5
+    assert build(DSVMethodConfig, {"downscale": "none"}).downscale == ()  # --downscale none: full size only
+    assert build(DKKTMethodConfig, {"alpha": 0.2}).dkkt.alpha == 0.2  # a unique flat name still resolves
+
+
+def test_bad_overrides_name_the_setting():
+    with pytest.raises(ConfigError, match="no setting 'dkkt.alfa'.*did you mean dkkt.alpha"):
+        build(DSVMethodConfig, {"dkkt.alfa": 1})
+    with pytest.raises(ConfigError, match="dkkt.distance must be one of l1, l2, cos"):
+        build(DSVMethodConfig, {"dkkt.distance": "l3"})
+    with pytest.raises(ConfigError, match="ipc must be an integer"):
+        build(DSVMethodConfig, {"ipc": "one"})
+    with pytest.raises(ConfigError, match="expected true or false"):
+        build(PretrainConfig, {"refit_classifier": "maybe"})
+
+
+def test_distill_help_lists_every_setting_of_the_method_with_its_real_default():
+    for method in registry.names("methods"):
+        parser = build_parser(["distill", "--method", method])
+        sub = parser._subparsers._group_actions[0].choices["distill"]
+        text = " ".join(sub.format_help().split())
+        cls = registry.load("methods", method).config_class
+        for spec in config_fields(cls):
+            assert spec.flag in text, (method, spec.flag)
+        assert "(default: auto)" in text or method in ("dc", "dsa", "dm", "dm_star")
+    text = " ".join(build_parser(["distill"])._subparsers._group_actions[0].choices["distill"].format_help().split())
+    assert "--dkkt.distance {l1,l2,cos}" in text and "(default: cos)" in text and "(default: 1000)" in text
