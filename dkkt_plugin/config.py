@@ -110,17 +110,13 @@ def _comments(cls: type) -> dict[str, str]:
     own = set(getattr(cls, "__annotations__", {}))
     found: dict[str, str] = {}
     above: list[str] = []
-    line_has_code: dict[int, bool] = {}
     source = textwrap.dedent(source)
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    for tok in tokens:
-        if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-                            tokenize.DEDENT, tokenize.ENDMARKER):
-            line_has_code[tok.start[0]] = True
-    lines = source.splitlines()
-    trailing = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT
-                and line_has_code.get(t.start[0])}
-    for number, line in enumerate(lines, 1):
+    layout = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    code_lines = {t.start[0] for t in tokens if t.type not in layout}
+    trailing = {t.start[0]: t.string.lstrip("#").strip() for t in tokens
+                if t.type == tokenize.COMMENT and t.start[0] in code_lines}
+    for number, line in enumerate(source.splitlines(), 1):
         stripped = line.strip()
         if stripped.startswith("#"):
             above.append(stripped.lstrip("#").strip())

@@ -40,6 +40,7 @@ DISTANCES = ("l1", "l2", "cos")
 PRIMALS = ("ce", "boundary")
 MULTIPLIERS = ("log", "projected")
 SCALES = ("none", "floor")
+STATIONARITIES = ("margin", "ce")
 COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
 
 
@@ -82,17 +83,17 @@ class DKKTConfig:
     lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS),
-                              ("multiplier", MULTIPLIERS), ("scale", SCALES)):
+        for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS), ("multiplier", MULTIPLIERS),
+                              ("scale", SCALES), ("stationarity", STATIONARITIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"DKKTConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if (self.alpha is not None and self.alpha < 0) or self.tv_weight < 0 or self.norm_weight < 0:
             raise ConfigError("DKKTConfig weights (alpha, tv_weight, norm_weight) must be >= 0")
         if not self.lambda_init > 0:
             raise ConfigError(f"DKKTConfig.lambda_init must be > 0, got {self.lambda_init}")
-        if self.stationarity not in ("ce", "margin") or self.soft_relu < 0 or self.lambda_min < 0:
-            raise ConfigError(f"DKKTConfig: stationarity must be ce or margin, soft_relu and lambda_min >= 0; "
-                              f"got {self.stationarity!r}, {self.soft_relu}, {self.lambda_min}")
+        if self.soft_relu < 0 or self.lambda_min < 0:
+            raise ConfigError(f"DKKTConfig: soft_relu and lambda_min must be >= 0; got {self.soft_relu}, "
+                              f"{self.lambda_min}")
 
     @property
     def resolved_alpha(self) -> float:
@@ -181,7 +182,8 @@ class DKKTLoss(nn.Module):
         self.param_names = select_parameters(model, config.params, param_filter)
         init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
-        self._model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        # images are scored in the model's dtype (a float64 model works)
+        self._dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), self.rho.dtype)
         # Per-tensor floors D(θ*_k, 0), fixed for a frozen model.
         theta = dict(model.named_parameters())
         self._floors = [self._dist(theta[n].detach(), torch.zeros_like(theta[n])).item()
@@ -241,7 +243,7 @@ class DKKTLoss(nn.Module):
         """Evaluate every part of the loss for ``images`` (all N, or the rows ``indices``)."""
         lam = self._check(images, labels, indices)
         x = self.augment(images) if self.augment is not None else images
-        x = x.to(self.rho.dtype if not self._model_dtype else self._model_dtype)  # e.g. a float64 model
+        x = x.to(self._dtype)
         theta = {n: p.detach().requires_grad_(n in self.param_names)
                  for n, p in self.model.named_parameters()}
         params = {**theta, **dict(self.model.named_buffers())}

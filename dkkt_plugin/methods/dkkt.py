@@ -7,9 +7,10 @@ The DKKT settings are one nested :class:`~dkkt_plugin.losses.DKKTConfig` (``dkkt
 α defaults to 1.0 with the default cos distance (DM+DKKT above ipc 1: 0.01), and to the paper's
 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all with its L1 / L2 distances; β (the DM ratio) to 0.01
 at ipc 50, 0.001 otherwise. DM+DKKT's images follow SGD with momentum at lr 1/β; DSV's follow
-Adam at lr 0.05 (the defaults measured best on the validation split, benchmarks/results/dsv/).
-The multipliers follow their own optimiser (Adam by default) on their own parameterisation. Every step logs the diagnostics of the stationarity term (its
-floor, the ratio to it, the edge model's accuracy on the synthetic images and the multipliers'
+Adam at lr 0.05 (the defaults measured best on the validation split,
+benchmarks/results/dsv-search/). The multipliers follow their own optimiser (Adam by default) on
+their own parameterisation. Every step logs the diagnostics of the stationarity term (its floor,
+the ratio to it, the edge model's accuracy on the synthetic images and the multipliers'
 distribution).
 """
 from __future__ import annotations
@@ -146,10 +147,11 @@ class DSV(Method):
         return DSV_ADAM_LR if self.config.image_optimizer == "adam" else DSV_LR
 
     def setup(self) -> None:
-        super().setup()
         cfg = self.config
         if cfg.image_optimizer == "adam":
             self.optimizer = torch.optim.Adam([self.images], lr=self.image_lr)
+        else:
+            super().setup()  # SGD with momentum
         augment = self.augmenter()
         self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config())
         opt = torch.optim.Adam if cfg.multiplier_optimizer == "adam" else torch.optim.SGD

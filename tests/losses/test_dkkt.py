@@ -98,6 +98,16 @@ def test_total_combines_weighted_parts():
     assert torch.allclose(t.norm, x.pow(2).mean())
 
 
+def assert_gradcheck(loss, x, y, rho):
+    """float64 gradcheck of the loss in the images and the multipliers' parameters ``rho``."""
+
+    def f(images, r):
+        return functional_call(loss, {"rho": r}, (images, y))
+
+    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(), rho.requires_grad_()),
+                                    eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
 @pytest.mark.parametrize("distance,primal", [("l2", "ce"), ("l1", "boundary"), ("cos", "ce")])
 @pytest.mark.parametrize("multiplier", ["log", "projected"])
 def test_gradcheck_images_and_multipliers(distance, primal, multiplier):
@@ -106,12 +116,7 @@ def test_gradcheck_images_and_multipliers(distance, primal, multiplier):
     loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, primal=primal, multiplier=multiplier,
                                        params="all", tv_weight=0.1, norm_weight=0.1))
     rho = loss.rho.detach().double().clone() + torch.linspace(0.1, 0.6, 6, dtype=torch.float64)
-
-    def f(images, r):
-        return functional_call(loss, {"rho": r}, (images, y))
-
-    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(), rho.requires_grad_()),
-                                    eps=1e-6, atol=1e-5, rtol=1e-3)
+    assert_gradcheck(loss, x, y, rho)
 
 
 def test_usable_as_a_term_in_another_loss():
@@ -187,12 +192,7 @@ def test_gradcheck_margin_stationarity_and_multiplier_floor(stationarity):
     loss = DKKTLoss(net, 6, DKKTConfig(distance="l2", params="all", stationarity=stationarity,
                                        multiplier="projected", lambda_min=0.4))
     rho = torch.linspace(0.1, 0.9, 6, dtype=torch.float64)  # some below lambda_min: the penalty is active
-
-    def f(images, r):
-        return functional_call(loss, {"rho": r}, (images, y))
-
-    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(), rho.requires_grad_()),
-                                    eps=1e-6, atol=1e-5, rtol=1e-3)
+    assert_gradcheck(loss, x, y, rho)
 
 
 def test_margin_stationarity_uses_the_margin_gradient():
