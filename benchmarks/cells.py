@@ -125,7 +125,8 @@ class Context:
         x, y = self.eval_set()
         result = evaluate_synthetic(images, labels, x, y, protocol=protocol,
                                     num_eval=spec.num_eval, seed=spec.seed_stride * seed, device=self.device,
-                                    width=spec.width, num_classes=self.data(train=True).num_classes)
+                                    width=spec.width, num_classes=self.data(train=True).num_classes,
+                                    precision=spec.precision)
         if spec.width != 128:
             result.protocol += f"; evaluation ConvNet width {spec.width} (standard: 128)"
         return result

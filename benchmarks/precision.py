@@ -7,7 +7,10 @@ and the sets are evaluated by the dm protocol (scaled to ``--eval-epochs``) over
 ``--num-eval`` evaluation seeds on ``--test-per-class`` test images per class (the first ones of
 each class): the fp32 set trained in fp32 (the baseline), the bf16 set trained in fp32 (what
 bf16 DM changes) and the bf16 set trained in bf16 (what bf16 training changes on top).
-Output: ``precision.json`` and ``precision.md`` with mean ± std per cell.
+Output: ``precision.json`` and ``precision.md`` with mean ± std per cell, and the paired
+differences (same evaluation seeds, hence the same initial weights and minibatch/augmentation
+draws) with a paired t-test: bf16 training against fp32 training of the same set, and the bf16
+set against the fp32 set, both trained in fp32.
 
 Usage::
 
@@ -31,6 +34,7 @@ if __package__ in (None, ""):  # `python benchmarks/precision.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from dkkt_plugin.data import load_fashion_mnist  # noqa: E402
 from dkkt_plugin.engine import build_config, load_distill_data, method_class  # noqa: E402
@@ -41,6 +45,18 @@ from benchmarks.speed import cpu_model  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 CELLS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"))  # (distilled with, trained with)
+# (what is compared, changed cell, baseline cell): paired by evaluation seed
+PAIRS = (("bf16 training (bf16 set)", ("bf16", "bf16"), ("bf16", "fp32")),
+         ("bf16 DM embedding (fp32 training)", ("bf16", "fp32"), ("fp32", "fp32")))
+
+
+def paired(changed: list[float], baseline: list[float]) -> dict:
+    """Mean and std of the per-seed differences and the paired t-test's p-value (``nan`` for
+    one seed or identical runs)."""
+    d = [a - b for a, b in zip(changed, baseline)]
+    p = float(stats.ttest_rel(changed, baseline).pvalue) if len(d) > 1 and any(d) else float("nan")
+    return {"mean_difference": statistics.mean(d), "std_difference": statistics.pstdev(d), "p_value": p,
+            "differences": d}
 
 
 def distil(precision: str, *, ipc: int, iterations: int, seed: int, data_root: Optional[str], train) -> dict:
@@ -98,6 +114,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "seconds": r.seconds, "load_after": os.getloadavg()[0]})
         print(f"set {set_prec}, training {train_prec}: {cells[-1]['mean']:.2f} ± {cells[-1]['std']:.2f} % "
               f"({r.seconds:.0f} s)", flush=True)
+    by_cell = {(c["distilled"], c["trained"]): c["accuracies"] for c in cells}
+    comparisons = [{"what": what, "changed": list(new), "baseline": list(old), **paired(by_cell[new], by_cell[old])}
+                   for what, new, old in PAIRS]
+    for c in comparisons:
+        print(f"{c['what']}: {c['mean_difference']:+.2f} ± {c['std_difference']:.2f} points (paired t-test p "
+              f"{c['p_value']:.2f})", flush=True)
     report = {"command": "python -m benchmarks.precision " + " ".join(shlex.quote(x) for x in argv_list),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
@@ -109,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                for k, v in sets.items()},
               "loss_relative_difference": {"max": max(loss_rel), "median": statistics.median(loss_rel),
                                            "first": loss_rel[0]},
-              "evaluation": cells}
+              "evaluation": cells, "comparisons": comparisons}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -127,6 +149,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for c in cells:
         lines.append(f"| {c['distilled']} | {c['trained']} | {c['mean']:.2f} ± {c['std']:.2f} | "
                      + ", ".join(f"{v:.2f}" for v in c["accuracies"]) + " |")
+    lines += ["", "Paired by evaluation seed (same initial weights and draws), changed minus baseline:", "",
+              "| what changes | changed (set/training) | baseline | difference (points), mean ± std | paired t-test p |",
+              "|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['what']} | {'/'.join(c['changed'])} | {'/'.join(c['baseline'])} | "
+                     f"{c['mean_difference']:+.2f} ± {c['std_difference']:.2f} | {c['p_value']:.2f} |")
     (out / "precision.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out / 'precision.json'} and {out / 'precision.md'}")
     return 0

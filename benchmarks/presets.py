@@ -140,6 +140,9 @@ class EvalSpec:
     width: int = 128  # ConvNet width of the evaluation networks (128 = the standard ConvNet)
     split: str = "test"  # "test", or "val": held-out training images (dkkt_plugin.data.validation_indices)
     seed_stride: int = 1000  # evaluation run r of distillation seed s uses seed seed_stride * s + r
+    # training precision of the evaluation networks: None = the protocol's ("auto": bf16 autocast
+    # where the device computes bf16 natively); "fp32" to compare with results evaluated before it
+    precision: Optional[str] = None
 
 
 TRANSFER = PretrainConfig(width=32, epochs=1, seed=1)  # 85.6 % on Fashion-MNIST's test set, ~6 min on one core

@@ -14,14 +14,17 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
 - ``dm``: ``dkkt distill --method dm``'s step with its defaults (chunked batched forward, real
   embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``);
 - ``dm_fp32``: the same with ``real_precision="fp32"`` (exact);
+- ``dm_compiled``: ``dm`` with ``compile_real=True`` (the real embedding through ``torch.compile``;
+  its one-off compile falls in the untimed warm-up);
 - ``dm_dkkt``: a DM+DKKT step (DKKT defaults, a random width-128 edge ConvNet).
 
 Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 synthetic images with
 DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
 
 - ``eval_reference``: a re-statement of the reference ``evaluate_synset`` / ``epoch('train')``
-  loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` (fp32);
-  ``eval_bf16``: the same with ``TrainConfig(precision="bf16")``.
+  loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` with the
+  dm protocol's settings as shipped (``precision="auto"``: bf16 autocast where the CPU has native
+  bf16, else fp32); ``eval_fp32``: the same in exact fp32.
 
 Per variant: median seconds over ``--rounds`` timed runs (after one warm-up), the conv/linear
 FLOPs one run does (``torch.utils.flop_counter``, forward and backward as executed; bf16 FLOPs
@@ -36,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -60,16 +64,16 @@ from dkkt_plugin.augment import DSA  # noqa: E402
 from dkkt_plugin.engine import build_config, method_class  # noqa: E402
 from dkkt_plugin.methods.base import DistillData  # noqa: E402
 from dkkt_plugin.nets import AvgPool2x2, ConvNet  # noqa: E402
-from dkkt_plugin.training import TrainConfig, train_classifier  # noqa: E402
+from dkkt_plugin.evaluation import get_protocol  # noqa: E402
+from dkkt_plugin.training import train_classifier  # noqa: E402
 
 from dkkt_plugin.provenance import versions  # noqa: E402
 
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-DM_VARIANTS = ("reference", "dm", "dm_fp32", "dm_dkkt")
-EVAL_VARIANTS = ("eval_reference", "eval", "eval_bf16")
-PEAK_FP32_PER_CORE = 83.0  # GFLOP/s: AMD EPYC Zen 4, AVX-512 (DESIGN.md §9); see --peak-gflops
+DM_VARIANTS = ("reference", "dm", "dm_fp32", "dm_compiled", "dm_dkkt")
+EVAL_VARIANTS = ("eval_reference", "eval", "eval_fp32")
 
 
 # ---- the reference's loops, re-stated ----------------------------------------------------------
@@ -174,7 +178,7 @@ def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *,
     edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen).eval()
     data = DistillData(real, labels, NUM_CLASSES, (0.2861,), (0.3530,), edge)
     method = "dm_dkkt" if name == "dm_dkkt" else "dm"
-    extra = {"real_precision": "fp32"} if name == "dm_fp32" else {}
+    extra = {"dm_fp32": {"real_precision": "fp32"}, "dm_compiled": {"compile_real": True}}.get(name, {})
     cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
                        iterations=1, init="noise", seed=seed, **extra)
     m = method_class(method)(cfg, data, device="cpu")
@@ -189,9 +193,9 @@ def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0) -> 
     labels = torch.arange(NUM_CLASSES).repeat_interleave(10)
     if name == "eval_reference":
         return lambda: reference_train(images, labels, epochs, gen, width)
-    cfg = TrainConfig(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                      lr_schedule="step", augment=DSA_STRATEGY,
-                      precision="bf16" if name == "eval_bf16" else "fp32")
+    cfg = get_protocol("dm", epochs).train  # batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4, DSA, precision auto
+    if name == "eval_fp32":
+        cfg = dataclasses.replace(cfg, precision="fp32")
     return lambda: train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen),
                                     images, labels, cfg, generator=gen)
 
@@ -281,13 +285,37 @@ def paired_ratio(runs: dict[str, list[dict]], num: str, den: str, key: str = "se
 
 
 def cpu_model() -> str:
+    """``model name`` of /proc/cpuinfo with its family/model numbers and the bf16-relevant flags
+    (a VM may name its CPU only "AMD EPYC"; family 26 is Zen 5, 25 Zen 3/4)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in info.get("flags", "").split()]
+        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}; "
+                f"{' '.join(flags) or 'no avx512'})")
+    except (OSError, ValueError):
+        return platform.processor() or platform.machine()
+
+
+ALLOCATOR_ENV = ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "MALLOC_CONF", "THP_MEM_ALLOC_ENABLE")
+
+
+def allocator() -> dict[str, Any]:
+    """What serves this process's large allocations: the allocator libraries mapped into it and
+    the environment variables that tune glibc's malloc or PyTorch's CPU allocator. On a VM,
+    page faults of freshly mapped large tensors can dominate large-batch code (the reference's
+    per-class forwards) but barely touch cache-sized chunks, so ratios depend on this."""
+    libs = set()
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            name = line.rsplit("/", 1)[-1]
+            if any(k in name for k in ("jemalloc", "tcmalloc", "mimalloc")):
+                libs.add(name)
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return {"preloaded": sorted(libs) or ["system malloc"],
+            "env": {k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ}}
 
 
 def markdown(report: dict) -> str:
@@ -296,14 +324,18 @@ def markdown(report: dict) -> str:
              f"- command: `{report['command']}`",
              f"- date {report['date']}; machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs, "
              f"{m['platform']}; torch {report['versions']['torch']}, python {report['versions']['python']}",
+             f"- allocator: {', '.join(report['allocator']['preloaded'])}; tuning environment: "
+             f"{json.dumps(report['allocator']['env']) if report['allocator']['env'] else 'none'}",
              f"- load average (1 min) at start / end: {report['load_start']} / {report['load_end']}; "
              "each measurement's load is in speed.json",
              f"- settings: {json.dumps(report['settings'], sort_keys=True)}",
-             f"- peak: {report['settings']['peak_gflops_per_core']} fp32 GFLOP/s per core (DESIGN.md §9 "
-             "estimate); measured 1024² fp32 matmul rate per thread count: "
-             + ", ".join(f"{t} thread(s) {v:.0f}" for t, v in report["matmul_gflops"].items()), "",
+             "- fp32 peak: " + (f"{report['settings']['peak_gflops_per_core']} GFLOP/s per core (given)"
+                                if report['settings']['peak_gflops_per_core'] else
+                                "the measured 1024² fp32 matmul rate") + "; that rate per thread count: "
+             + ", ".join(f"{t} thread(s) {v:.0f} GFLOP/s" for t, v in report["matmul_gflops"].items()), "",
              "Time: median over rounds; ratio: median of the per-round ratios (adjacent runs). "
-             "GFLOP: conv/linear FLOPs of one run; % peak against the fp32 peak x threads.", ""]
+             "GFLOP: conv/linear FLOPs of one run; % peak against the fp32 peak at that thread count "
+             "(bf16 kernels can exceed it).", ""]
     lines += ["## DM step (Fashion-MNIST shape, batch_real %d, full DSA)" % report["settings"]["batch_real"], "",
               "| threads | ipc | variant | s/step | ratio to reference | GFLOP | GFLOP/s | % fp32 peak | "
               "peak MiB (above start) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -315,12 +347,13 @@ def markdown(report: dict) -> str:
                          f"{100 * s['fraction_of_peak']:.0f} | {s['peak_mb_above']:.0f} |")
     lines += ["", "Ratios, wall clock (process CPU time in brackets: robust to being descheduled on a busy "
               "machine; with 2 threads it sums both):", "",
-              "| threads | ipc | dm / reference | dm_fp32 / reference | dm_dkkt / dm |", "|---|---|---|---|---|"]
+              "| threads | ipc | dm / reference | dm_fp32 / reference | dm_compiled / reference | dm_dkkt / dm |",
+              "|---|---|---|---|---|---|"]
     for c in report["dm"]:
         r, rc = c["ratios"], c["cpu_ratios"]
         fmt = lambda k: f"{r[k]:.2f} ({rc[k]:.2f})" if k in r else ""  # noqa: E731
         lines.append(f"| {c['threads']} | {c['ipc']} | {fmt('dm/reference')} | {fmt('dm_fp32/reference')} | "
-                     f"{fmt('dm_dkkt/dm')} |")
+                     f"{fmt('dm_compiled/reference')} | {fmt('dm_dkkt/dm')} |")
     if report["eval"]:
         lines += ["", f"## Evaluation: {report['settings']['eval_epochs']} epochs on 100 images with DSA", "",
                   "| threads | variant | s/run | s per 100 epochs | ratio to reference (CPU time) | GFLOP/s | "
@@ -347,7 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--width", type=int, default=128, help="ConvNet width")
     p.add_argument("--rounds", type=int, default=3, help="timed runs per variant (after one warm-up)")
     p.add_argument("--eval-epochs", type=int, default=10, help="epochs per evaluation run (0: skip)")
-    p.add_argument("--peak-gflops", type=float, default=PEAK_FP32_PER_CORE, help="fp32 GFLOP/s per core")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="fp32 GFLOP/s per core (default: the measured 1024x1024 fp32 matmul rate)")
     p.add_argument("--out", default="benchmarks/results/speed-cpu", help="output folder")
     args = p.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
@@ -357,7 +391,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         matmul[threads] = matmul_gflops()
-        peak = args.peak_gflops * threads
+        peak = args.peak_gflops * threads if args.peak_gflops else matmul[threads]
         for ipc in args.ipc:
             variants = {v: dm_variant(v, ipc, real, labels, batch_real=args.batch_real, width=args.width)
                         for v in args.variants}
@@ -408,6 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "ipc": args.ipc, "peak_gflops_per_core": args.peak_gflops, "seeds": [0],
                            "dsa_strategy": DSA_STRATEGY, "classes": NUM_CLASSES, "shape": list(SHAPE)},
               "load_start": start_load, "load_end": os.getloadavg()[0], "matmul_gflops": matmul,
+              "allocator": allocator(),
               "dm": dm_cells, "eval": eval_cells}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

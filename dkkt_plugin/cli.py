@@ -86,11 +86,16 @@ def _summary(record: dict) -> str:
 
 def _protocol(args: argparse.Namespace):
     """The evaluation protocol of the flags, checked before any work starts."""
+    import dataclasses
+
     from .evaluation import get_protocol
 
     if args.eval_epochs is not None and args.eval_epochs < 1:
         raise ConfigError(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
-    return get_protocol(args.eval_protocol, args.eval_epochs)
+    protocol = get_protocol(args.eval_protocol, args.eval_epochs)
+    if args.eval_precision is not None:
+        protocol = dataclasses.replace(protocol, train=dataclasses.replace(protocol.train, precision=args.eval_precision))
+    return protocol
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -183,6 +188,9 @@ def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int) -> None:
     g.add_argument("--eval-epochs", type=int, default=None,
                    help="scale the protocol down to this many epochs (default: the protocol's own)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the first evaluation run (default: 0)")
+    g.add_argument("--eval-precision", default=None, choices=("auto", "fp32", "bf16"),
+                   help="training precision of the evaluation networks (default: the protocol's, auto = bf16 "
+                        "autocast where the device computes bf16 natively, else fp32)")
 
 
 def _add_pretrain(sub, argv: Sequence[str]) -> None:

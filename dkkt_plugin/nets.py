@@ -23,11 +23,14 @@ from torch import nn
 from .errors import ConfigError
 
 NORMS = ("instancenorm", "batchnorm", "none")
-# Images per forward on the CPU where samples are independent (DM, DKKT, training): a 16-image
-# chunk's activations (16 x 128 x 32 x 32 floats = 8 MiB at the first layer) stay in L2/L3.
-# Measured on a 2-core Zen 4: 16-32 images per forward ran the DM embedding at about twice the
-# FLOP rate of 512 or 2 560, and 16 trained fastest (8 to 50 tried).
+# Images per forward on the CPU where samples are independent. The activations of a chunk must
+# stay in the caches: one image's first block is 128 x 32 x 32 floats (512 KiB), and this VM's
+# memory bandwidth beyond the L3 is a few GB/s. Measured on a 2-core Zen 5 VM, quiet machine
+# (benchmarks/results/speed-cpu): DM's embedding (no backward) 16 = 32 = 64 images per forward,
+# all about twice the rate of 256 or 2 560, at 1 and at 2 threads; training (forward + backward
+# keeps twice the activations) fastest with 8 (4, 16, 24, 50 and 100 tried).
 CPU_CHUNK = 16
+CPU_TRAIN_CHUNK = 8
 POOLINGS = ("avg", "max", "none")
 
 
@@ -200,15 +203,24 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
-def default_chunk_size(device: torch.device | str) -> int:
-    """Images per forward for per-sample networks: on the CPU ``CPU_CHUNK`` with one torch
-    thread and ``128 x threads`` with more (every small forward is a thread barrier, and on a
-    busy machine waiting threads spin: 2-thread DM steps with 16-image chunks cost several times
-    the CPU time of 256-image ones there); on other devices the whole batch (a huge number)."""
+def default_chunk_size(device: torch.device | str, *, training: bool = False) -> int:
+    """Images per forward for per-sample networks: on the CPU ``CPU_CHUNK`` (``CPU_TRAIN_CHUNK``
+    when training the network's weights, whose backward keeps more activations), whatever the
+    thread count; on other devices the whole batch (a huge number)."""
     if torch.device(device).type != "cpu":
         return 2 ** 62
-    threads = torch.get_num_threads()
-    return CPU_CHUNK if threads == 1 else 128 * threads
+    return CPU_TRAIN_CHUNK if training else CPU_CHUNK
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """True where bf16 matrix products run natively: CUDA with bf16 support, or a CPU with
+    AVX-512 BF16 / AMX (as oneDNN reports it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator) -> None:

@@ -7,8 +7,11 @@ same SGD. Minibatch order and augmentation draws come from an explicit generator
 Speed: a network whose samples are independent (``per_sample``: instance norm, as the
 DatasetCondensation ConvNet) runs each minibatch's forward and backward in chunks of
 ``TrainConfig.chunk_size`` images with summed gradients, the same gradient as one pass up to
-float rounding; on one CPU thread 16-image chunks (``nets.default_chunk_size``) keep the activations in the
-caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under bf16 autocast. The loss is summed on the device and read once per epoch.
+float rounding; on the CPU 8-image chunks (``nets.default_chunk_size(training=True)``) keep the
+activations in the caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under
+bf16 autocast, ``"auto"`` (the evaluation protocols' setting) where the hardware computes bf16
+natively (CUDA; CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and
+the loss stay fp32. The loss is summed on the device and read once per epoch.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -21,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -30,8 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, NonFiniteLossError
-from .nets import default_chunk_size
+from .nets import default_chunk_size, native_bf16
 from .progress import progress_bar
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,12 @@ class TrainConfig:
     augment: str = ""  # augmentation strategy applied per minibatch ('' = none)
     augmentation: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations) applying it
     # images per forward/backward inside a minibatch (per-sample networks only; gradients are
-    # summed, so the step is unchanged); auto: nets.default_chunk_size
+    # summed, so the step is unchanged); auto: nets.default_chunk_size(training=True)
     chunk_size: Optional[int] = None
-    # fp32, or bf16: forward/backward under bf16 autocast (weights, optimiser and loss stay fp32);
-    # the default stays fp32 until bf16's accuracy is shown to be within seed noise
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # fp32; bf16: forward/backward under bf16 autocast (weights, optimiser and loss stay fp32);
+    # auto: bf16 where the device computes bf16 natively (nets.native_bf16), else fp32 (the
+    # evaluation protocols' choice: benchmarks/results/precision-cpu)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "sam"):
@@ -62,10 +69,23 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be 'step', 'cosine' or 'none', got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+
+    def resolved(self, device: torch.device | str) -> "TrainConfig":
+        """This config with ``precision="auto"`` replaced by what it means on ``device``.
+
+        Example:
+            >>> TrainConfig(precision="fp32").resolved("cpu").precision
+            'fp32'
+            >>> TrainConfig(precision="auto").resolved("cpu").precision in ("fp32", "bf16")
+            True
+        """
+        if self.precision != "auto":
+            return self
+        return dataclasses.replace(self, precision="bf16" if native_bf16(device) else "fp32")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -110,7 +130,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     model.train()
     n = images.shape[0]
     chunk = _chunk_size(model, cfg, images.device)
-    bf16 = cfg.precision == "bf16"
+    bf16 = cfg.resolved(images.device).precision == "bf16"
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
     for epoch in bar:
@@ -141,7 +161,7 @@ def _chunk_size(model: nn.Module, cfg: TrainConfig, device: torch.device) -> int
         return 2 ** 62
     if cfg.chunk_size is not None:
         return cfg.chunk_size
-    return default_chunk_size(device)
+    return default_chunk_size(device, training=True)
 
 
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int,

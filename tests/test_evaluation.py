@@ -40,8 +40,37 @@ def test_dm_protocol_settings():
     settings = (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.epochs)
     assert settings == ("sgd", 0.01, 0.9, 5e-4, 256, 1000)
     assert (t.augment, t.lr_schedule) == (DSA, "step")
+    assert t.precision == "auto"
     assert get_protocol("dm").describe() == ("dm protocol: SGD lr 0.01 momentum 0.9 wd 5e-4 batch 256, "
-                                             "1000 epochs with DSA, lr x0.1 at epoch 500")
+                                             "1000 epochs with DSA, lr x0.1 at epoch 500, bf16 autocast training "
+                                             "where the device has native bf16, else fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_result_states_the_precision_used(precision, monkeypatch):
+    # "auto" resolves on the device: bf16 where native, fp32 elsewhere; the record says which ran
+    import dkkt_plugin.training as training
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2] * 2)
+    tiny = EvalProtocol("tiny", TrainConfig(epochs=1, lr=0.01, precision="auto"))
+    seen = []
+    real_step = training._step
+    monkeypatch.setattr(training, "_step", lambda *a, **k: seen.append(a[-1]) or real_step(*a, **k))
+    for native in (True, False):
+        monkeypatch.setattr(training, "native_bf16", lambda device, n=native: n)
+        seen.clear()
+        r = evaluate_synthetic(x, y, x, y, protocol=tiny, num_eval=1, width=4, depth=1, precision=precision)
+        ran = precision if precision != "auto" else ("bf16" if native else "fp32")
+        assert seen and all(b == (ran == "bf16") for b in seen)
+        assert r.protocol.endswith(", bf16 autocast training") == (ran == "bf16")
+        assert "where the device" not in r.protocol
+
+
+def test_unknown_precision():
+    x, y = torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16; got 'fp16'"):
+        evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=1, width=4, depth=1, precision="fp16")
 
 
 def test_paper_protocol_settings():

@@ -84,3 +84,15 @@ def test_first_conv_in_fp32_under_autocast_with_grad():
     assert seen == [torch.float32, torch.bfloat16]
     out.float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_default_chunk_size(threads, monkeypatch):
+    # cache-sized chunks on the CPU whatever the thread count (smaller when training weights);
+    # the whole batch elsewhere
+    from dkkt_plugin import nets
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert nets.default_chunk_size("cpu") == nets.CPU_CHUNK == 16
+    assert nets.default_chunk_size("cpu", training=True) == nets.CPU_TRAIN_CHUNK == 8
+    assert nets.default_chunk_size("cuda") >= 2 ** 60 and nets.default_chunk_size("cuda", training=True) >= 2 ** 60

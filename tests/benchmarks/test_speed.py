@@ -26,6 +26,9 @@ def test_speed_tiny(tmp_path):
     assert cell["ratios"]["dm/reference"] == sum(expect) / 2  # median of two paired ratios
     assert report["command"].endswith(str(tmp_path)) and report["machine"]["cpu_model"]
     assert set(report["versions"]) == {"torch", "dkkt_plugin", "python"}
+    assert report["allocator"]["preloaded"] and isinstance(report["allocator"]["env"], dict)
+    assert set(report["eval"][0]["variants"]) == set(speed.EVAL_VARIANTS)
+    assert report["matmul_gflops"] and all(v > 0 for v in report["matmul_gflops"].values())
     md = (tmp_path / "speed.md").read_text()
     assert "dm / reference" in md and "dm_dkkt / dm" in md and "eval_reference" in md
 
@@ -53,3 +56,15 @@ def test_reference_restatement_uses_the_reference_layers_and_per_class_forwards(
         speed.ConvNet.embed = orig
     assert sizes == [2, 2] * speed.NUM_CLASSES  # one real and one synthetic forward per class
     assert not torch.equal(before, ref.image_syn.detach())
+
+
+def test_eval_variants_train_as_the_dm_protocol(monkeypatch):
+    # "eval" is the shipped evaluation training (the dm protocol, precision auto); eval_fp32 exact
+    seen = {}
+    monkeypatch.setattr(speed, "train_classifier", lambda net, x, y, cfg, generator: seen.setdefault("cfg", cfg))
+    speed.eval_variant("eval", 3, width=4)()
+    from dkkt_plugin.evaluation import get_protocol
+
+    assert seen.pop("cfg") == get_protocol("dm", 3).train and get_protocol("dm").train.precision == "auto"
+    speed.eval_variant("eval_fp32", 3, width=4)()
+    assert seen["cfg"].precision == "fp32" and seen["cfg"].epochs == 3
