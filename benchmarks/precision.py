@@ -102,7 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{sets[prec]['seconds_per_iteration']:.2f} s/it", flush=True)
     a, b = sets["fp32"]["losses"], sets["bf16"]["losses"]
     loss_rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
-    proto = get_protocol("dm", args.eval_epochs)
+    base = get_protocol("dm", args.eval_epochs)
+    proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
     cells = []
     for set_prec, train_prec in CELLS:
         pr = dataclasses.replace(proto, train=dataclasses.replace(proto.train, precision=train_prec))
@@ -140,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"thread(s); torch {report['versions']['torch']}; load average {load_start:.2f} at start, "
              f"{report['load_end']:.2f} at end",
              f"- DM: ipc {args.ipc}, pipc all, {args.iterations} iterations, seed {args.seed}; evaluation: "
-             f"{proto.describe()}, {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
+             f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", "",
              "DM loss, relative difference bf16 vs fp32 real embedding (same seed, same draws): first iteration "
              f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "

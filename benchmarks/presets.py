@@ -141,7 +141,9 @@ class EvalSpec:
     split: str = "test"  # "test", or "val": held-out training images (dkkt_plugin.data.validation_indices)
     seed_stride: int = 1000  # evaluation run r of distillation seed s uses seed seed_stride * s + r
     # training precision of the evaluation networks: None = the protocol's ("auto": bf16 autocast
-    # where the device computes bf16 natively); "fp32" to compare with results evaluated before it
+    # where the device computes bf16 natively). The CPU presets pin "fp32": their committed results
+    # were evaluated in fp32, and a preset's cells must not mix precisions (--eval-precision
+    # auto gives a separately named preset, e.g. cpu[precision=auto])
     precision: Optional[str] = None
 
 
@@ -244,12 +246,14 @@ class Preset:
         return f"CPU-sized preset '{self.name}'" if self.cpu_sized else f"preset '{self.name}'"
 
     def modified(self, **changes: Any) -> "Preset":
-        """A copy with ``iterations`` (all columns), ``eval_epochs``, ``num_eval`` or the evaluation
-        ``split`` changed; the name records the change (``smoke[iterations=1]``) so results never mix."""
+        """A copy with ``iterations`` (all columns), ``eval_epochs``, ``num_eval``, the evaluation
+        ``split`` or its training ``precision`` changed; the name records the change (``smoke[iterations=1]``) so results never mix."""
         if changes.get("split") not in (None, *SPLITS):
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {changes['split']!r}")
         if changes.get("split") == self.evaluation.split:  # the preset's own split: no change
             changes.pop("split")
+        if changes.get("precision") is not None and changes["precision"] == self.evaluation.precision:
+            changes.pop("precision")
         changes = {k: v for k, v in changes.items() if v is not None}
         evaluation = {{"eval_epochs": "epochs"}.get(k, k): v for k, v in changes.items() if k != "iterations"}
         if not changes:
@@ -312,7 +316,7 @@ CPU = Preset(
     iterations=_same(50, 3),  # ipc 10 (and 50): DM family 50, DC/DSA 3
     # ipc 1: DSV 1000 steps, its default budget (a DSV step costs ~0.07 s; 200 steps leave noise)
     iterations_by_ipc={1: {**_same(200, 10), "dsv_noise": 1000, "dsv_real": 1000}, 3: _same(100, 5)},
-    evaluation=EvalSpec(protocol="dm", epochs=50, num_eval=1),  # the dm protocol SCALED to 50 epochs
+    evaluation=EvalSpec(protocol="dm", epochs=50, num_eval=1, precision="fp32"),  # the dm protocol SCALED to 50 epochs
     pretrain=PretrainConfig(epochs=2),
     common={"batch_real": 16},  # real images per class per step (paper: 256)
     gm_loops={3: (2, 5), 10: (2, 5), 50: (2, 2)},  # (outer, inner); reference 10/50 (ipc 10), 50/10 (ipc 50)
@@ -327,7 +331,7 @@ SMOKE = Preset(
     default_ipcs=(1,),
     seeds=(0,),
     iterations=_same(2, 1),
-    evaluation=EvalSpec(protocol="dm", epochs=10, num_eval=1, width=8),
+    evaluation=EvalSpec(protocol="dm", epochs=10, num_eval=1, width=8, precision="fp32"),
     pretrain=PretrainConfig(width=8, epochs=1),
     common={"batch_real": 4, "net_width": 8},
     checkpoint_every=1,
@@ -347,7 +351,7 @@ ABLATION = Preset(
     default_ipcs=(1,),
     seeds=(0, 1, 2),
     iterations={v: 200 for v in ABLATION_VARIANTS},
-    evaluation=EvalSpec(protocol="dm", epochs=300, num_eval=2, split="val", seed_stride=1),
+    evaluation=EvalSpec(protocol="dm", epochs=300, num_eval=2, split="val", seed_stride=1, precision="fp32"),
     pretrain=PretrainConfig(epochs=3, weight_decay=5e-3),
     columns=dict(ABLATION_VARIANTS),
     dsv_at_smallest_pipc=False,

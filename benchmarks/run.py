@@ -71,6 +71,9 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=SPLITS, default=None,
                    help="evaluate on the test set or on 'val', held-out training images (default: the preset's; "
                         "ablation: val)")
+    p.add_argument("--eval-precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="training precision of the evaluation networks (default: the preset's; the CPU presets "
+                        "pin fp32, as their committed results; auto = bf16 where the device has native bf16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (auto: cuda:$LOCAL_RANK or cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
@@ -104,7 +107,7 @@ def _context(args: argparse.Namespace, command_line: str, check_data: bool = Tru
         raise DkktError(f"unknown dataset {args.dataset!r}; choose fashion_mnist or cifar10")
     base = get_preset(args.preset or DEFAULT_PRESET[dataset])
     preset = base.modified(iterations=args.iterations, eval_epochs=args.eval_epochs, num_eval=args.num_eval,
-                           split=args.split)
+                           split=args.split, precision=args.eval_precision)
     root = args.data_root or (os.environ.get(DATA_ENV[dataset]) if dataset == "cifar10" else None)
     out = Path(args.out) if args.out else RESULTS_ROOT / f"{dataset}-{base.name}"
     if args.threads:

@@ -137,7 +137,7 @@ class ConvNet(nn.Module):
 
         Under bf16/fp16 autocast with gradients recorded, the first convolution (1 or 3 input
         channels, ~2.5 % of the FLOPs) runs in fp32: oneDNN's bf16 weight gradient for so few
-        input channels ran 2.4x slower than fp32 on our Zen 4 CPU. Elsewhere autocast applies.
+        input channels ran 2.4x slower than fp32 on our Zen 5 CPU. Elsewhere autocast applies.
         """
         first = self.features[0]
         if torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type) and first.in_channels <= 4:

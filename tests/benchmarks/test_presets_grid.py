@@ -143,3 +143,22 @@ def test_split_override_renames_the_preset_unless_it_is_the_presets_own():
     assert CPU.modified(split="val").evaluation.split == "val"
     with pytest.raises(ConfigError, match="split"):
         CPU.modified(split="train")
+
+
+def test_cpu_presets_pin_fp32_evaluation_and_a_precision_change_renames():
+    # committed CPU results were evaluated in fp32: their presets keep it, so reruns reproduce them
+    # and a preset's cells never mix precisions; the GPU preset uses the protocol's own (auto)
+    assert {p.name: p.evaluation.precision for p in (CPU, SMOKE, ABLATION, PAPER)} == {
+        "cpu": "fp32", "smoke": "fp32", "ablation": "fp32", "paper": None}
+    assert CPU.modified(precision="fp32") is CPU
+    auto = CPU.modified(precision="auto")
+    assert auto.name == "cpu[precision=auto]" and auto.evaluation.precision == "auto"
+
+
+def test_run_passes_eval_precision_to_the_preset(tmp_path):
+    from benchmarks import run
+
+    for flag, name in ((["--eval-precision", "auto"], "smoke[precision=auto]"), ([], "smoke")):
+        args = run.build_parser("grid").parse_args(["--preset", "smoke", "--out", str(tmp_path), *flag])
+        ctx = run._context(args, "python -m benchmarks.run", check_data=False)
+        assert ctx.preset.name == name
