@@ -101,6 +101,7 @@ class DKKTMethodConfig(DSVMethodConfig):
     beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 at ipc 50, 0.001 otherwise
     dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
     real_precision: Literal["auto", "bf16", "fp32"] = "auto"  # the DM term's real embedding, as DM's
+    compile_real: bool = False  # torch.compile the DM term's real embedding, as DM's
     image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
     downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
 
@@ -256,8 +257,9 @@ class DMDKKT(DSV):
 
     def setup_data_term(self, augment) -> None:
         if self.beta > 0:
+            extra = {"compile_real": True} if self.config.compile_real else {}  # plugin losses need not take it
             self.dm = self.loss(self.config.dm_loss, self.fresh_net(), augment=augment, generator=self.generator,
-                                real_precision=self.config.real_precision)
+                                real_precision=self.config.real_precision, **extra)
 
     def data_term(self) -> Optional[torch.Tensor]:
         if self.beta <= 0:

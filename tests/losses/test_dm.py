@@ -129,3 +129,36 @@ def test_errors():
     with pytest.raises(ConfigError, match=r"\(N, C, H, W\)"):
         make(True)(real, yr, syn[:, 0], ys)
 
+
+def test_compiled_real_embedding_equals_eager(monkeypatch, recwarn):
+    # torch.compile of the real embedding: the same losses over several steps (fresh weights each
+    # step, so the compiled graph must read the weights, not bake them in), with a zero-padded
+    # last chunk (12 real images in chunks of 5), compiled once: a recompilation would raise here,
+    # fall back to eager and warn
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    real, yr, syn, ys = batch()
+    eager, compiled = make(True, chunk_size=5), make(True, chunk_size=5, compile_real=True)
+    for _ in range(3):
+        a, b = eager(real, yr, syn, ys), compiled(real, yr, syn, ys)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+    assert compiled._compiled is not None and not compiled._compile_failed
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]
+
+
+def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(x):
+            raise RuntimeError("no C++ compiler found\nmore lines")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    real, yr, syn, ys = batch()
+    dm = make(True, chunk_size=5, compile_real=True)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler found\); "
+                                            "embedding the real images eagerly"):
+        a = dm(real, yr, syn, ys)
+    assert torch.allclose(a, make(True, chunk_size=5)(real, yr, syn, ys), rtol=1e-5, atol=1e-6)
+    assert dm._compile_failed
