@@ -40,8 +40,7 @@ from dkkt_plugin.data import load_fashion_mnist  # noqa: E402
 from dkkt_plugin.engine import build_config, load_distill_data, method_class  # noqa: E402
 from dkkt_plugin.evaluation import evaluate_synthetic, get_protocol  # noqa: E402
 
-from dkkt_plugin.provenance import versions  # noqa: E402
-from benchmarks.speed import cpu_model  # noqa: E402
+from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 CELLS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"))  # (distilled with, trained with)
@@ -106,9 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
     cells = []
     for set_prec, train_prec in CELLS:
-        pr = dataclasses.replace(proto, train=dataclasses.replace(proto.train, precision=train_prec))
-        r = evaluate_synthetic(sets[set_prec]["images"], sets[set_prec]["labels"], x_test, y_test,
-                               protocol=pr, num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}")
+        r = evaluate_synthetic(sets[set_prec]["images"], sets[set_prec]["labels"], x_test, y_test, protocol=proto,
+                               num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}", precision=train_prec)
         accs = [100 * v for v in r.accuracies]
         cells.append({"distilled": set_prec, "trained": train_prec, "accuracies": accs,
                       "mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": r.seeds,

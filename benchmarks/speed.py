@@ -67,7 +67,7 @@ from dkkt_plugin.nets import AvgPool2x2, ConvNet  # noqa: E402
 from dkkt_plugin.evaluation import get_protocol  # noqa: E402
 from dkkt_plugin.training import train_classifier  # noqa: E402
 
-from dkkt_plugin.provenance import versions  # noqa: E402
+from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
 
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
@@ -282,19 +282,6 @@ def paired_ratio(runs: dict[str, list[dict]], num: str, den: str, key: str = "se
     """Median over rounds of num/den, each round's pair measured back to back (``key``: wall
     ``seconds`` or the process's ``cpu_seconds``, which a descheduled process does not accrue)."""
     return statistics.median(a[key] / b[key] for a, b in zip(runs[num], runs[den]))
-
-
-def cpu_model() -> str:
-    """``model name`` of /proc/cpuinfo with its family/model numbers and the bf16-relevant flags
-    (a VM may name its CPU only "AMD EPYC"; family 26 is Zen 5, 25 Zen 3/4)."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in info.get("flags", "").split()]
-        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}; "
-                f"{' '.join(flags) or 'no avx512'})")
-    except (OSError, ValueError):
-        return platform.processor() or platform.machine()
 
 
 ALLOCATOR_ENV = ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",

@@ -86,16 +86,11 @@ def _summary(record: dict) -> str:
 
 def _protocol(args: argparse.Namespace):
     """The evaluation protocol of the flags, checked before any work starts."""
-    import dataclasses
-
     from .evaluation import get_protocol
 
     if args.eval_epochs is not None and args.eval_epochs < 1:
         raise ConfigError(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
-    protocol = get_protocol(args.eval_protocol, args.eval_epochs)
-    if args.eval_precision is not None:
-        protocol = dataclasses.replace(protocol, train=dataclasses.replace(protocol.train, precision=args.eval_precision))
-    return protocol
+    return get_protocol(args.eval_protocol, args.eval_epochs)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -123,7 +118,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         aug = getattr(cfg, "augment", None)
         ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
                       protocol=protocol, num_eval=args.num_eval, seed=args.eval_seed, device=device,
-                      augmentation=aug.name if aug is not None else None)
+                      augmentation=aug.name if aug is not None else None, precision=args.eval_precision)
         append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device)
         print(f"accuracy: {ev}")
     print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, record.json"
@@ -146,7 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")  # now, not after the evaluation
     ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
-                  num_eval=args.num_eval, seed=args.eval_seed, device=device, augmentation=args.augmentation)
+                  num_eval=args.num_eval, seed=args.eval_seed, device=device, augmentation=args.augmentation,
+                  precision=args.eval_precision)
     print(f"{args.synthetic}: {ev}")
     run_dir = Path(args.synthetic)
     if run_dir.is_dir():

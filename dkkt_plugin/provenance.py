@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -52,22 +53,24 @@ def resolve_device(name: Any = "auto") -> str:
 
 def machine_info() -> dict[str, Any]:
     """Processor, cores, torch threads and GPU (if any) of this machine."""
-    info = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
+    info = {"platform": platform.platform(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "host": platform.node()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """``model name`` of /proc/cpuinfo with its family/model numbers and the bf16-relevant flags
+    (a VM may name its CPU only "AMD EPYC"; family 26 is Zen 5, 25 Zen 3/4)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in info.get("flags", "").split()]
+        return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}; "
+                f"{' '.join(flags) or 'no avx512'})")
+    except (OSError, ValueError):
+        return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

@@ -19,7 +19,7 @@ bounds them at 1e-3 and 2e-2).
 
 ``compile_real=True`` (opt-in) runs that real embedding through ``torch.compile`` (inductor fuses
 each block's norm, ReLU and pooling): on our CPU about a third off a DM step, after a one-off
-compile of 10–30 s per process that needs a C++ compiler. Chunks keep one static shape (the last
+compile of 8–30 s per process that needs a C++ compiler. Chunks keep one static shape (the last
 is zero-padded and its padding dropped), so it compiles once. torch.compile caches per code
 object: once a ``compile_real`` loss has run under a dispatch mode (e.g. ``FlopCounterMode``), the
 compiled path runs eagerly for every later instance in that process (measured: that is what made

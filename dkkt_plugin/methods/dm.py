@@ -24,7 +24,7 @@ class DMConfig(AugmentedConfig):
     # 1.3-1.5x faster than in fp32, benchmarks/results/speed-cpu), bf16 or fp32 (exact)
     real_precision: Literal["auto", "bf16", "fp32"] = "auto"
     # torch.compile the real images' embedding (DMLoss(compile_real=True)): about a third off a DM
-    # step on our CPU after a one-off 10-30 s compile per process; needs a C++ compiler
+    # step on our CPU after a one-off 8-30 s compile per process; needs a C++ compiler
     compile_real: bool = False
 
 
