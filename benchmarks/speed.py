@@ -24,7 +24,9 @@ DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
 - ``eval_reference``: a re-statement of the reference ``evaluate_synset`` / ``epoch('train')``
   loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` with the
   dm protocol's settings as shipped (``precision="auto"``: bf16 autocast where the CPU has native
-  bf16, else fp32); ``eval_fp32``: the same in exact fp32.
+  bf16, else fp32); ``eval_fp32``: the same in exact fp32; ``eval_compiled``: ``eval`` with
+  ``compile_step=True`` (each chunk's forward and loss through ``torch.compile``; compiled in the
+  untimed warm-up, FLOPs counted on an eager ``eval``).
 
 Per variant: median seconds over ``--rounds`` timed runs (after one warm-up), the conv/linear
 FLOPs one run does (``torch.utils.flop_counter``, forward and backward as executed; bf16 FLOPs
@@ -34,7 +36,8 @@ the 1-minute load average before and after it.
 
 Usage::
 
-    python -m benchmarks.speed [--ipc 1 10 50] [--threads 1 2] [--rounds 3] [--eval-epochs 10] [--out DIR]
+    python -m benchmarks.speed [--ipc 1 10 50] [--threads 1 2] [--rounds 3] [--eval-epochs 10]
+        [--variants ...] [--eval-variants ...] [--out DIR]
 """
 from __future__ import annotations
 
@@ -73,7 +76,7 @@ SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DM_VARIANTS = ("reference", "dm", "dm_fp32", "dm_compiled", "dm_dkkt")
-EVAL_VARIANTS = ("eval_reference", "eval", "eval_fp32")
+EVAL_VARIANTS = ("eval_reference", "eval", "eval_fp32", "eval_compiled")
 
 
 # ---- the reference's loops, re-stated ----------------------------------------------------------
@@ -196,6 +199,8 @@ def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0) -> 
     cfg = get_protocol("dm", epochs).train  # batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4, DSA, precision auto
     if name == "eval_fp32":
         cfg = dataclasses.replace(cfg, precision="fp32")
+    if name == "eval_compiled":
+        cfg = dataclasses.replace(cfg, compile_step=True)
     return lambda: train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen),
                                     images, labels, cfg, generator=gen)
 
@@ -359,9 +364,10 @@ def markdown(report: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--ipc", type=int, nargs="*", default=[1, 10, 50], help="DM cells (none: evaluation only)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--variants", nargs="+", choices=DM_VARIANTS, default=list(DM_VARIANTS))
+    p.add_argument("--eval-variants", nargs="+", choices=EVAL_VARIANTS, default=list(EVAL_VARIANTS))
     p.add_argument("--batch-real", type=int, default=256, help="real images per class and step (DM: 256)")
     p.add_argument("--real-per-class", type=int, default=1000, help="generated real images per class")
     p.add_argument("--width", type=int, default=128, help="ConvNet width")
@@ -407,17 +413,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 + " | " + ", ".join(f"{k} {r:.2f}" for k, r in cell["ratios"].items())
                 + f" | load {os.getloadavg()[0]:.2f}", flush=True)
         if args.eval_epochs > 0:
-            variants = {v: eval_variant(v, args.eval_epochs, width=args.width) for v in EVAL_VARIANTS}
+            variants = {v: eval_variant(v, args.eval_epochs, width=args.width) for v in args.eval_variants}
             runs = interleave(variants, args.rounds)
             for v in variants:
                 if (v, "eval") not in flops_cache:
-                    flops_cache[(v, "eval")] = count_flops(eval_variant(v, args.eval_epochs, width=args.width, seed=1))
+                    counted = "eval" if v == "eval_compiled" else v  # as dm_compiled above
+                    flops_cache[(v, "eval")] = count_flops(eval_variant(counted, args.eval_epochs, width=args.width, seed=1))
             cell = {"threads": threads,
                     "variants": {v: summarise(runs[v], flops_cache[(v, "eval")], peak) for v in variants},
                     "ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference")
-                               for v in variants if v != "eval_reference"},
+                               for v in variants if v != "eval_reference" and "eval_reference" in variants},
                     "cpu_ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference", "cpu_seconds")
-                                   for v in variants if v != "eval_reference"},
+                                   for v in variants if v != "eval_reference" and "eval_reference" in variants},
                     "runs": runs}
             eval_cells.append(cell)
             print(f"threads {threads} evaluation ({args.eval_epochs} epochs): " + ", ".join(

@@ -118,7 +118,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         aug = getattr(cfg, "augment", None)
         ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
                       protocol=protocol, num_eval=args.num_eval, seed=args.eval_seed, device=device,
-                      augmentation=aug.name if aug is not None else None, precision=args.eval_precision)
+                      augmentation=aug.name if aug is not None else None, precision=args.eval_precision,
+                      compile_step=args.eval_compile)
         append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device)
         print(f"accuracy: {ev}")
     print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, record.json"
@@ -142,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")  # now, not after the evaluation
     ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
                   num_eval=args.num_eval, seed=args.eval_seed, device=device, augmentation=args.augmentation,
-                  precision=args.eval_precision)
+                  precision=args.eval_precision, compile_step=args.eval_compile)
     print(f"{args.synthetic}: {ev}")
     run_dir = Path(args.synthetic)
     if run_dir.is_dir():
@@ -187,6 +188,16 @@ def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int) -> None:
     g.add_argument("--eval-precision", default=None, choices=("auto", "fp32", "bf16"),
                    help="training precision of the evaluation networks (default: the protocol's, auto = bf16 "
                         "autocast where the device computes bf16 natively, else fp32)")
+    g.add_argument("--eval-compile", default=None, type=_bool_arg, metavar="{true,false}",
+                   help="train the evaluation networks through torch.compile (the same training up to float "
+                        "rounding, faster after a one-off compile per process; needs a C++ compiler; default: false)")
+
+
+def _bool_arg(text: str) -> bool:
+    try:
+        return configs.parse_bool(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_pretrain(sub, argv: Sequence[str]) -> None:

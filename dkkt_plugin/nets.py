@@ -198,7 +198,8 @@ class AvgPool2x2(nn.AvgPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if x.device.type == "cpu" and x.dim() == 4 and h % 2 == 0 and w % 2 == 0 and x.is_contiguous():
+        if (x.device.type == "cpu" and x.dim() == 4 and h % 2 == 0 and w % 2 == 0 and x.is_contiguous()
+                and not torch.compiler.is_compiling()):
             return _AvgPool2x2Fn.apply(x)
         return super().forward(x)
 

@@ -11,7 +11,11 @@ float rounding; on the CPU 8-image chunks (``nets.default_chunk_size(training=Tr
 activations in the caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under
 bf16 autocast, ``"auto"`` (the evaluation protocols' setting) where the hardware computes bf16
 natively (CUDA; CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and
-the loss stay fp32. The loss is summed on the device and read once per epoch.
+the loss stay fp32. ``compile_step=True`` (opt-in) runs each chunk's forward and loss through
+``torch.compile``: inductor fuses every block's norm, ReLU and pooling, forward and backward, into
+one kernel each (the same gradient up to float rounding; a one-off compile per process; on our
+CPU about 0.6-0.75x the eager step, ``benchmarks/results/speed-cpu``). The loss is summed on the
+device and read once per epoch.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -61,6 +66,11 @@ class TrainConfig:
     # auto: bf16 where the device computes bf16 natively (nets.native_bf16), else fp32 (the
     # evaluation protocols' choice: benchmarks/results/precision-cpu)
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # each chunk's forward and loss through torch.compile (inductor fuses the norm, ReLU and
+    # pooling of every block, forward and backward): the same gradient up to float rounding, a
+    # one-off compile per process (~15 s here, then cached on disk), needs a C++ compiler; falls
+    # back to eager with a warning if compiling fails
+    compile_step: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "sam"):
@@ -131,6 +141,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     n = images.shape[0]
     chunk = _chunk_size(model, cfg, images.device)
     bf16 = cfg.resolved(images.device).precision == "bf16"
+    chunk_loss = _CompiledChunkLoss() if cfg.compile_step else _chunk_loss
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
     for epoch in bar:
@@ -144,7 +155,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             if aug is not None:  # per-image params, one family per minibatch (reference DSA)
                 draw = aug.sample(x.shape[0], shared_family=True)
                 x = aug(x, draw, torch.arange(x.shape[0], device=x.device))
-            total += _step(model, opt, x, y, cfg.optimizer == "sam", chunk, bf16) * x.shape[0]
+            total += _step(model, opt, x, y, cfg.optimizer == "sam", chunk, bf16, chunk_loss) * x.shape[0]
         mean_loss = float(total) / n  # one host sync per epoch
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"{desc}: training loss became {mean_loss} at epoch {epoch}; "
@@ -164,29 +175,70 @@ def _chunk_size(model: nn.Module, cfg: TrainConfig, device: torch.device) -> int
     return default_chunk_size(device, training=True)
 
 
+ChunkLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Per-sample cross-entropy of one chunk, (B,) fp32; the forward under bf16 autocast if asked."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)  # (B, K)
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+class _CompiledChunkLoss:
+    """:func:`_chunk_loss` through ``torch.compile`` with one static chunk shape.
+
+    A short last chunk is zero-padded to the full chunk and its padding dropped from the loss, so
+    the padded images get zero gradient and each chunk size compiles once. If compiling or running
+    the compiled code fails, a warning names the error and every later chunk runs eagerly.
+    """
+
+    def __init__(self) -> None:
+        self.compiled: Optional[ChunkLoss] = None
+        self.failed = False
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool,
+                 chunk: Optional[int] = None) -> torch.Tensor:
+        n = x.shape[0]
+        if self.failed:
+            return _chunk_loss(model, x, y, bf16)
+        if chunk is not None and n < chunk:
+            x = torch.cat([x, x.new_zeros(chunk - n, *x.shape[1:])])  # (chunk, C, H, W)
+            y = torch.cat([y, y.new_zeros(chunk - n)])
+        try:
+            if self.compiled is None:  # dynamo caches per code object: later instances reuse the code
+                self.compiled = torch.compile(_chunk_loss, dynamic=False)
+            return self.compiled(model, x, y, bf16)[:n]
+        except Exception as err:  # no C++ compiler, an unsupported layer, ...
+            first = str(err).splitlines()[0] if str(err) else ""
+            warnings.warn(f"TrainConfig(compile_step=True): torch.compile failed ({type(err).__name__}: {first}); "
+                          "training eagerly instead", RuntimeWarning, stacklevel=2)
+            self.failed = True
+            return _chunk_loss(model, x[:n], y[:n], bf16)
+
+
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int,
-                   bf16: bool = False) -> torch.Tensor:
+                   bf16: bool = False, chunk_loss: ChunkLoss = _chunk_loss) -> torch.Tensor:
     """Mean cross-entropy over the minibatch and its gradient, accumulated chunk by chunk."""
     b = x.shape[0]
     total = x.new_zeros(())
+    extra = {"chunk": chunk} if isinstance(chunk_loss, _CompiledChunkLoss) and chunk < b else {}
     for xc, yc in zip(x.split(chunk), y.split(chunk)):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(xc)  # (chunk, K)
-        loss = F.cross_entropy(logits.float(), yc, reduction="sum") / b  # this chunk's share of the mean
+        loss = chunk_loss(model, xc, yc, bf16, **extra).sum() / b  # this chunk's share of the mean
         loss.backward()
         total += loss.detach()
     return total
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, sam: bool,
-          chunk: int, bf16: bool = False) -> torch.Tensor:
+          chunk: int, bf16: bool = False, chunk_loss: ChunkLoss = _chunk_loss) -> torch.Tensor:
     """One optimiser step on the minibatch; returns its mean loss (a 0-dim tensor, not synced)."""
     opt.zero_grad(set_to_none=True)
-    loss = _loss_and_grad(model, x, y, chunk, bf16)
+    loss = _loss_and_grad(model, x, y, chunk, bf16, chunk_loss)
     if sam:
         def closure():
             opt.zero_grad(set_to_none=True)
-            return _loss_and_grad(model, x, y, chunk, bf16)
+            return _loss_and_grad(model, x, y, chunk, bf16, chunk_loss)
 
         opt.step(closure)
     else:

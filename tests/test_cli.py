@@ -47,3 +47,25 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
     assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--eval-compile", "true"], True),
+                                            (["--eval-compile", "off"], False)])
+def test_evaluate_passes_eval_compile(monkeypatch, tmp_path, flag, expected):
+    from dkkt_plugin import evaluation
+
+    seen = {}
+
+    def fake_evaluate(synthetic, **kwargs):
+        seen.update(kwargs)
+        return evaluation.EvalResult("fake protocol", [0.5], [0])
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    assert cli.main(["evaluate", "--synthetic", str(tmp_path / "synthetic.pt"), "--dataset", "fashion_mnist", *flag]) == 0
+    assert seen["compile_step"] is expected
+
+
+def test_eval_compile_rejects_other_words(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", "--synthetic", "x.pt", "--eval-compile", "maybe"])
+    assert exit_.value.code == 2 and "--eval-compile: expected true or false, got 'maybe'" in capsys.readouterr().err

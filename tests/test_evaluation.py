@@ -56,7 +56,7 @@ def test_result_states_the_precision_used(precision, monkeypatch):
     tiny = EvalProtocol("tiny", TrainConfig(epochs=1, lr=0.01, precision="auto"))
     seen = []
     real_step = training._step
-    monkeypatch.setattr(training, "_step", lambda *a, **k: seen.append(a[-1]) or real_step(*a, **k))
+    monkeypatch.setattr(training, "_step", lambda *a, **k: seen.append(a[6]) or real_step(*a, **k))  # bf16
     for native in (True, False):
         monkeypatch.setattr(training, "native_bf16", lambda device, n=native: n)
         seen.clear()
@@ -174,3 +174,14 @@ def test_bad_inputs(problem, bad):
     num_eval = kw.pop("num_eval", 1)
     with pytest.raises(ConfigError, match="num_eval" if num_eval < 1 else r"images \("):
         evaluate_synthetic(**kw, protocol=TINY, num_eval=num_eval, **NET)
+
+
+@pytest.mark.parametrize("compile_step", [None, True, False])
+def test_compile_step_reaches_training(compile_step, monkeypatch):
+    from dkkt_plugin import evaluation
+
+    seen = []
+    monkeypatch.setattr(evaluation, "train_classifier", lambda net, x, y, cfg, **kw: seen.append(cfg.compile_step))
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=2, width=4, depth=1, compile_step=compile_step)
+    assert seen == [bool(compile_step)] * 2  # None: the protocol's own (not compiled)

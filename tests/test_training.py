@@ -1,4 +1,5 @@
-"""Training: chunked forward/backward gives the unchunked step; bf16 autocast stays close."""
+"""Training: chunked forward/backward gives the unchunked step; bf16 autocast stays close; the
+compiled step gives the eager one."""
 import pytest
 import torch
 
@@ -55,3 +56,52 @@ def test_bad_settings():
         TrainConfig(precision="fp16")
     with pytest.raises(ConfigError, match="chunk_size"):
         TrainConfig(chunk_size=0)
+
+
+def _train_compiled(monkeypatch, compile_fn=None):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    calls = []
+    real_compile = torch.compile
+
+    def counting(fn, **kwargs):
+        calls.append(kwargs)
+        return (compile_fn or real_compile)(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counting)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 1, 28, 28, generator=g), torch.arange(20) % 4
+    out = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for compile_step in (False, True):
+            net = ConvNet(1, 4, 28, width=8, generator=torch.Generator().manual_seed(1))
+            # minibatches of 12 and 8 in chunks of 5: each one's last chunk (2, 3 images) is padded
+            cfg = TrainConfig(epochs=3, batch_size=12, lr=0.05, augment="color_crop_cutout_flip_scale_rotate",
+                              chunk_size=5, compile_step=compile_step)
+            out.append((train_classifier(net, x, y, cfg, generator=torch.Generator().manual_seed(2)), net))
+    return out, calls
+
+
+def test_compiled_step_gives_the_same_training(monkeypatch, recwarn):
+    # torch.compile of each chunk's forward and loss: the same training as eager, compiled once
+    # for the padded chunk shape (a recompilation raises here, falls back and warns)
+    [(loss_a, a), (loss_b, b)], calls = _train_compiled(monkeypatch)
+    assert calls == [{"dynamic": False}]
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]
+    assert abs(loss_a - loss_b) <= 1e-4 * abs(loss_a)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
+
+
+def test_compile_failure_warns_and_trains_eagerly(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found\nmore lines")
+        return run
+
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler found\); "
+                                            "training eagerly instead"):
+        [(loss_a, a), (loss_b, b)], calls = _train_compiled(monkeypatch, broken)
+    assert len(calls) == 1  # one failure, then eager for the rest of the run
+    assert loss_a == loss_b and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -130,7 +130,7 @@ def test_errors():
         make(True)(real, yr, syn[:, 0], ys)
 
 
-def test_compiled_real_embedding_equals_eager(monkeypatch, recwarn):
+def test_compiled_real_embedding_equals_eager(recwarn):
     # torch.compile of the real embedding: the same losses over several steps (fresh weights each
     # step, so the compiled graph must read the weights, not bake them in), with a zero-padded
     # last chunk (12 real images in chunks of 5), compiled once: a recompilation would raise here,
@@ -138,12 +138,12 @@ def test_compiled_real_embedding_equals_eager(monkeypatch, recwarn):
     import torch._dynamo
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     real, yr, syn, ys = batch()
     eager, compiled = make(True, chunk_size=5), make(True, chunk_size=5, compile_real=True)
-    for _ in range(3):
-        a, b = eager(real, yr, syn, ys), compiled(real, yr, syn, ys)
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            a, b = eager(real, yr, syn, ys), compiled(real, yr, syn, ys)
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
     assert compiled._compiled is not None and not compiled._compile_failed
     assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]
 

@@ -122,8 +122,24 @@ def test_errors():
         method_class("dm_dkkt")(config("dm_dkkt"), tiny_data(edge=False))
 
 
-def test_non_finite_loss_stops_before_the_update():
-    m = method_class("dm")(config("dm", lr_img=1e30), tiny_data())
+def test_dm_dkkt_step_takes_the_gradient_of_the_summed_loss():
+    # the step backpropagates the DKKT term and the data term one after the other (to halve the
+    # activations alive at once): the images and multipliers get the gradient of their sum
+    a = method_class("dm_dkkt")(config("dm_dkkt", ipc=2), tiny_data())
+    b = method_class("dm_dkkt")(config("dm_dkkt", ipc=2), tiny_data())
+    b.load_state_dict(a.state_dict())
+    log = a.step(0)
+    dkkt, _ = b.dkkt_terms()
+    total = dkkt + b.beta * b.data_term()  # the same random draws, in the same order
+    g_images, g_rho = torch.autograd.grad(total, [b.images, b.dkkt.rho])
+    assert log["loss"] == pytest.approx(float(total), rel=1e-6)
+    assert torch.allclose(a.images.grad, g_images, rtol=1e-5, atol=1e-8)
+    assert torch.allclose(a.dkkt.rho.grad, g_rho, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["dm", "dm_dkkt"])
+def test_non_finite_loss_stops_before_the_update(name):
+    m = method_class(name)(config(name, lr_img=1e30), tiny_data())
     with pytest.raises(NonFiniteLossError, match="last good state"):
         for i in range(20):
             good = m.images.detach().clone()
