@@ -1,4 +1,4 @@
-"""Does bf16 change the results? DM distilled and synthetic sets evaluated in fp32 and bf16.
+"""Does bf16 (or a compiled training step) change the results? DM sets evaluated both ways.
 
 On real Fashion-MNIST (pipc all, ``--ipc`` images per class, ``--iterations`` DM steps from the
 same real initialisation and seed), two synthetic sets are distilled: one with the real-image
@@ -12,9 +12,13 @@ differences (same evaluation seeds, hence the same initial weights and minibatch
 draws) with a paired t-test: bf16 training against fp32 training of the same set, and the bf16
 set against the fp32 set, both trained in fp32.
 
+``--compare compile`` instead distils only the bf16 set and trains it in bf16 eagerly and through
+the compiled training step (``TrainConfig.compile_step``), paired the same way.
+
 Usage::
 
-    python -m benchmarks.precision [--ipc 10] [--iterations 100] [--eval-epochs 300] [--num-eval 3] [--out DIR]
+    python -m benchmarks.precision [--ipc 10] [--iterations 100] [--eval-epochs 300] [--num-eval 3]
+        [--compare precision|compile] [--out DIR]
 """
 from __future__ import annotations
 
@@ -42,11 +46,16 @@ from dkkt_plugin.evaluation import evaluate_synthetic, get_protocol  # noqa: E40
 
 from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16")
-CELLS = (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16"))  # (distilled with, trained with)
-# (what is compared, changed cell, baseline cell): paired by evaluation seed
-PAIRS = (("bf16 training (bf16 set)", ("bf16", "bf16"), ("bf16", "fp32")),
-         ("bf16 DM embedding (fp32 training)", ("bf16", "fp32"), ("fp32", "fp32")))
+# per --compare: the sets' real-embedding precisions, the (distilled with, trained with) cells,
+# and (what is compared, changed cell, baseline cell), paired by evaluation seed; training
+# "bf16+compile" is bf16 training through the compiled step
+COMPARISONS = {
+    "precision": (("fp32", "bf16"), (("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")),
+                  (("bf16 training (bf16 set)", ("bf16", "bf16"), ("bf16", "fp32")),
+                   ("bf16 DM embedding (fp32 training)", ("bf16", "fp32"), ("fp32", "fp32")))),
+    "compile": (("bf16",), (("bf16", "bf16"), ("bf16", "bf16+compile")),
+                (("compiled training step (bf16 set, bf16 training)", ("bf16", "bf16+compile"), ("bf16", "bf16")),)),
+}
 
 
 def paired(changed: list[float], baseline: list[float]) -> dict:
@@ -80,6 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num-eval", type=int, default=3)
     p.add_argument("--test-per-class", type=int, default=1000, help="test images per class (1000: all)")
     p.add_argument("--seed", type=int, default=0, help="distillation seed; evaluation seeds are 0..num_eval-1")
+    p.add_argument("--compare", choices=sorted(COMPARISONS), default="precision",
+                   help="precision: bf16 vs fp32 (DM embedding and training); compile: compiled vs eager training")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="benchmarks/results/precision-cpu")
@@ -93,20 +104,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       for c in range(test.num_classes)])
     x_test, y_test = test.images[keep], test.targets[keep]
     load_start = os.getloadavg()[0]
+    precisions, cell_specs, pairs = COMPARISONS[args.compare]
     sets = {}
-    for prec in PRECISIONS:
+    for prec in precisions:
         sets[prec] = distil(prec, ipc=args.ipc, iterations=args.iterations, seed=args.seed,
                             data_root=args.data_root, train=train)
         print(f"distilled with the real embedding in {prec}: final loss {sets[prec]['losses'][-1]:.3f}, "
               f"{sets[prec]['seconds_per_iteration']:.2f} s/it", flush=True)
-    a, b = sets["fp32"]["losses"], sets["bf16"]["losses"]
-    loss_rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
+    loss_rel = None
+    if "fp32" in sets:
+        a, b = sets["fp32"]["losses"], sets["bf16"]["losses"]
+        loss_rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
     base = get_protocol("dm", args.eval_epochs)
     proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
     cells = []
-    for set_prec, train_prec in CELLS:
+    for set_prec, train_prec in cell_specs:
         r = evaluate_synthetic(sets[set_prec]["images"], sets[set_prec]["labels"], x_test, y_test, protocol=proto,
-                               num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}", precision=train_prec)
+                               num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}",
+                               precision=train_prec.split("+")[0], compile_step=train_prec.endswith("+compile"))
         accs = [100 * v for v in r.accuracies]
         cells.append({"distilled": set_prec, "trained": train_prec, "accuracies": accs,
                       "mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": r.seeds,
@@ -115,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"({r.seconds:.0f} s)", flush=True)
     by_cell = {(c["distilled"], c["trained"]): c["accuracies"] for c in cells}
     comparisons = [{"what": what, "changed": list(new), "baseline": list(old), **paired(by_cell[new], by_cell[old])}
-                   for what, new, old in PAIRS]
+                   for what, new, old in pairs]
     for c in comparisons:
         print(f"{c['what']}: {c['mean_difference']:+.2f} ± {c['std_difference']:.2f} points (paired t-test p "
               f"{c['p_value']:.2f})", flush=True)
@@ -128,25 +143,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "test_images": int(y_test.numel())},
               "distillation": {k: {"losses": v["losses"], "seconds_per_iteration": v["seconds_per_iteration"]}
                                for k, v in sets.items()},
-              "loss_relative_difference": {"max": max(loss_rel), "median": statistics.median(loss_rel),
-                                           "first": loss_rel[0]},
+              "compare": args.compare,
+              "loss_relative_difference": None if loss_rel is None else {
+                  "max": max(loss_rel), "median": statistics.median(loss_rel), "first": loss_rel[0]},
               "evaluation": cells, "comparisons": comparisons}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    lines = ["# bf16 vs fp32 on real Fashion-MNIST", "", f"- command: `{report['command']}`",
+    title = "bf16 vs fp32" if args.compare == "precision" else "Compiled vs eager training step"
+    lines = [f"# {title} on real Fashion-MNIST", "", f"- command: `{report['command']}`",
              f"- date {report['date']}; {report['machine']['cpu_model']}, {report['machine']['torch_threads']} torch "
              f"thread(s); torch {report['versions']['torch']}; load average {load_start:.2f} at start, "
              f"{report['load_end']:.2f} at end",
              f"- DM: ipc {args.ipc}, pipc all, {args.iterations} iterations, seed {args.seed}; evaluation: "
              f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
-             f"(the first {args.test_per_class} of each class)", "",
-             "DM loss, relative difference bf16 vs fp32 real embedding (same seed, same draws): first iteration "
-             f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
-             "(the trajectories drift apart as the images do)", "",
-             "| set distilled with | evaluation training | accuracy (%) | runs |", "|---|---|---|---|"]
+             f"(the first {args.test_per_class} of each class)", ""]
+    if loss_rel is not None:
+        lines += ["DM loss, relative difference bf16 vs fp32 real embedding (same seed, same draws): first iteration "
+                  f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
+                  "(the trajectories drift apart as the images do)", ""]
+    lines += ["| set distilled with | evaluation training | accuracy (%) | s (all runs) | runs |", "|---|---|---|---|---|"]
     for c in cells:
-        lines.append(f"| {c['distilled']} | {c['trained']} | {c['mean']:.2f} ± {c['std']:.2f} | "
+        lines.append(f"| {c['distilled']} | {c['trained']} | {c['mean']:.2f} ± {c['std']:.2f} | {c['seconds']:.0f} | "
                      + ", ".join(f"{v:.2f}" for v in c["accuracies"]) + " |")
     lines += ["", "Paired by evaluation seed (same initial weights and draws), changed minus baseline:", "",
               "| what changes | changed (set/training) | baseline | difference (points), mean ± std | paired t-test p |",

@@ -141,7 +141,9 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     n = images.shape[0]
     chunk = _chunk_size(model, cfg, images.device)
     bf16 = cfg.resolved(images.device).precision == "bf16"
-    chunk_loss = _CompiledChunkLoss() if cfg.compile_step else _chunk_loss
+    # per-sample networks pad short chunks to one static shape; others compile each batch shape
+    chunk_loss = (_CompiledChunkLoss(chunk if getattr(model, "per_sample", False) else None)
+                  if cfg.compile_step else _chunk_loss)
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
     for epoch in bar:
@@ -186,25 +188,26 @@ def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) 
 
 
 class _CompiledChunkLoss:
-    """:func:`_chunk_loss` through ``torch.compile`` with one static chunk shape.
+    """:func:`_chunk_loss` through ``torch.compile``, compiled once per chunk shape.
 
-    A short last chunk is zero-padded to the full chunk and its padding dropped from the loss, so
-    the padded images get zero gradient and each chunk size compiles once. If compiling or running
-    the compiled code fails, a warning names the error and every later chunk runs eagerly.
+    With ``pad_to`` (per-sample networks only), a shorter chunk is zero-padded to ``pad_to``
+    images and the padding's losses dropped, so the padded images get zero gradient and one shape
+    compiles once. If compiling or running the compiled code fails, a warning names the error and
+    every later chunk runs eagerly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pad_to: Optional[int] = None) -> None:
+        self.pad_to = pad_to
         self.compiled: Optional[ChunkLoss] = None
         self.failed = False
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool,
-                 chunk: Optional[int] = None) -> torch.Tensor:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
         n = x.shape[0]
         if self.failed:
             return _chunk_loss(model, x, y, bf16)
-        if chunk is not None and n < chunk:
-            x = torch.cat([x, x.new_zeros(chunk - n, *x.shape[1:])])  # (chunk, C, H, W)
-            y = torch.cat([y, y.new_zeros(chunk - n)])
+        if self.pad_to is not None and n < self.pad_to:
+            x = torch.cat([x, x.new_zeros(self.pad_to - n, *x.shape[1:])])  # (pad_to, C, H, W)
+            y = torch.cat([y, y.new_zeros(self.pad_to - n)])
         try:
             if self.compiled is None:  # dynamo caches per code object: later instances reuse the code
                 self.compiled = torch.compile(_chunk_loss, dynamic=False)
@@ -222,9 +225,8 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: in
     """Mean cross-entropy over the minibatch and its gradient, accumulated chunk by chunk."""
     b = x.shape[0]
     total = x.new_zeros(())
-    extra = {"chunk": chunk} if isinstance(chunk_loss, _CompiledChunkLoss) and chunk < b else {}
     for xc, yc in zip(x.split(chunk), y.split(chunk)):
-        loss = chunk_loss(model, xc, yc, bf16, **extra).sum() / b  # this chunk's share of the mean
+        loss = chunk_loss(model, xc, yc, bf16).sum() / b  # this chunk's share of the mean
         loss.backward()
         total += loss.detach()
     return total

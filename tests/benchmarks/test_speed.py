@@ -1,4 +1,5 @@
 """The speed benchmark runs with tiny settings, interleaves its variants and writes JSON + Markdown."""
+import dataclasses
 import json
 
 import torch
@@ -68,3 +69,15 @@ def test_eval_variants_train_as_the_dm_protocol(monkeypatch):
     assert seen.pop("cfg") == get_protocol("dm", 3).train and get_protocol("dm").train.precision == "auto"
     speed.eval_variant("eval_fp32", 3, width=4)()
     assert seen["cfg"].precision == "fp32" and seen["cfg"].epochs == 3
+    seen.clear()
+    speed.eval_variant("eval_compiled", 3, width=4)()
+    assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, compile_step=True)
+
+
+def test_evaluation_only_with_chosen_variants(tmp_path):
+    argv = ["--ipc", "--threads", "1", "--width", "4", "--rounds", "1", "--eval-epochs", "1",
+            "--eval-variants", "eval_reference", "eval", "--out", str(tmp_path)]
+    assert speed.main(argv) == 0
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["dm"] == [] and set(report["eval"][0]["variants"]) == {"eval_reference", "eval"}
+    assert set(report["eval"][0]["ratios"]) == {"eval/eval_reference"}
