@@ -15,7 +15,8 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
   embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``);
 - ``dm_fp32``: the same with ``real_precision="fp32"`` (exact);
 - ``dm_compiled``: ``dm`` with ``compile_real=True`` (the real embedding through ``torch.compile``;
-  its one-off compile falls in the untimed warm-up; its FLOPs are counted on an eager ``dm``);
+  its one-off compile falls in the untimed warm-up, once per thread count; its FLOPs are counted
+  on an eager ``dm``);
 - ``dm_dkkt``: a DM+DKKT step (DKKT defaults, a random width-128 edge ConvNet).
 
 Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 synthetic images with
@@ -383,6 +384,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dm_cells, eval_cells, matmul, flops_cache = [], [], {}, {}
     for threads in args.threads:
         torch.set_num_threads(threads)
+        # inductor bakes the thread count into the CPU kernels it generates (compiled under one
+        # thread they never parallelise); dynamo does not recompile when it changes, so the
+        # compiled variants start afresh at each thread count
+        torch._dynamo.reset()
         matmul[threads] = matmul_gflops()
         peak = args.peak_gflops * threads if args.peak_gflops else matmul[threads]
         for ipc in args.ipc:

@@ -69,7 +69,8 @@ class TrainConfig:
     # each chunk's forward and loss through torch.compile (inductor fuses the norm, ReLU and
     # pooling of every block, forward and backward): the same gradient up to float rounding, a
     # one-off compile per process (~15 s here, then cached on disk), needs a C++ compiler; falls
-    # back to eager with a warning if compiling fails
+    # back to eager with a warning if compiling fails. Set the thread count first: inductor's CPU
+    # kernels keep the count they were compiled under (torch._dynamo.reset() recompiles)
     compile_step: bool = False
 
     def __post_init__(self) -> None:

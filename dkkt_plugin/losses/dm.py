@@ -23,7 +23,9 @@ compile of 8–30 s per process that needs a C++ compiler. Chunks keep one stati
 is zero-padded and its padding dropped), so it compiles once. torch.compile caches per code
 object: once a ``compile_real`` loss has run under a dispatch mode (e.g. ``FlopCounterMode``), the
 compiled path runs eagerly for every later instance in that process (measured: that is what made
-an earlier benchmark of this option look inconsistent, ``benchmarks/results/speed-cpu``).
+an earlier benchmark of this option look inconsistent, ``benchmarks/results/speed-cpu``). The
+generated CPU kernels also keep the thread count they were compiled under (compiled under one
+thread they never parallelise): set ``torch.set_num_threads`` before the first step.
 """
 from __future__ import annotations
 
