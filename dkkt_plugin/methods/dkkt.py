@@ -207,8 +207,8 @@ class DSV(Method):
         check_finite(loss, f"{self.name} loss at iteration {iteration}")
         # The DKKT term's backward runs (and frees its graph, double backward included) before
         # the data term builds its own: the gradient of the sum, with half the activations alive
-        # at once. On our CPU that made a DM+DKKT step at ipc 50 ~1.4x faster (glibc returns big
-        # freed blocks to the OS and faults them in again; benchmarks/results/speed-cpu).
+        # at once. On our CPU, where glibc returns big freed blocks to the OS and faults them in
+        # again, DM+DKKT / DM at ipc 50 went from 1.54-1.80 to 1.29-1.46 (benchmarks/results/speed-cpu).
         loss.backward()
         loss = loss.detach()
         log = {}
