@@ -14,7 +14,7 @@ natively (CUDA; CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, o
 the loss stay fp32. ``compile_step=True`` (opt-in) runs each chunk's forward and loss through
 ``torch.compile``: inductor fuses every block's norm, ReLU and pooling, forward and backward, into
 one kernel each (the same gradient up to float rounding; a one-off compile per process; on our
-CPU about 0.6-0.75x the eager step, ``benchmarks/results/speed-cpu``). The loss is summed on the
+CPU 0.77-0.88x the eager bf16 training time, ``benchmarks/results/speed-cpu``). The loss is summed on the
 device and read once per epoch.
 
 Example:
