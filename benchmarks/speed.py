@@ -424,12 +424,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if (v, "eval") not in flops_cache:
                     counted = "eval" if v == "eval_compiled" else v  # as dm_compiled above
                     flops_cache[(v, "eval")] = count_flops(eval_variant(counted, args.eval_epochs, width=args.width, seed=1))
+            ours = [v for v in variants if v != "eval_reference"] if "eval_reference" in variants else []
             cell = {"threads": threads,
                     "variants": {v: summarise(runs[v], flops_cache[(v, "eval")], peak) for v in variants},
-                    "ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference")
-                               for v in variants if v != "eval_reference" and "eval_reference" in variants},
+                    "ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference") for v in ours},
                     "cpu_ratios": {f"{v}/eval_reference": paired_ratio(runs, v, "eval_reference", "cpu_seconds")
-                                   for v in variants if v != "eval_reference" and "eval_reference" in variants},
+                                   for v in ours},
                     "runs": runs}
             eval_cells.append(cell)
             print(f"threads {threads} evaluation ({args.eval_epochs} epochs): " + ", ".join(

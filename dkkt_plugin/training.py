@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import StaticCompiled
 from .errors import ConfigError, NonFiniteLossError
 from .nets import default_chunk_size, native_bf16
 from .progress import progress_bar
@@ -142,9 +142,8 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     n = images.shape[0]
     chunk = _chunk_size(model, cfg, images.device)
     bf16 = cfg.resolved(images.device).precision == "bf16"
-    # per-sample networks pad short chunks to one static shape; others compile each batch shape
-    chunk_loss = (_CompiledChunkLoss(chunk if getattr(model, "per_sample", False) else None)
-                  if cfg.compile_step else _chunk_loss)
+    chunk_loss = StaticCompiled(_chunk_loss, "TrainConfig(compile_step=True)", "training eagerly instead",
+                                enabled=cfg.compile_step)
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
     for epoch in bar:
@@ -178,9 +177,6 @@ def _chunk_size(model: nn.Module, cfg: TrainConfig, device: torch.device) -> int
     return default_chunk_size(device, training=True)
 
 
-ChunkLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, bool], torch.Tensor]
-
-
 def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
     """Per-sample cross-entropy of one chunk, (B,) fp32; the forward under bf16 autocast if asked."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -188,53 +184,21 @@ def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) 
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-class _CompiledChunkLoss:
-    """:func:`_chunk_loss` through ``torch.compile``, compiled once per chunk shape.
-
-    With ``pad_to`` (per-sample networks only), a shorter chunk is zero-padded to ``pad_to``
-    images and the padding's losses dropped, so the padded images get zero gradient and one shape
-    compiles once. If compiling or running the compiled code fails, a warning names the error and
-    every later chunk runs eagerly.
-    """
-
-    def __init__(self, pad_to: Optional[int] = None) -> None:
-        self.pad_to = pad_to
-        self.compiled: Optional[ChunkLoss] = None
-        self.failed = False
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
-        n = x.shape[0]
-        if self.failed:
-            return _chunk_loss(model, x, y, bf16)
-        if self.pad_to is not None and n < self.pad_to:
-            x = torch.cat([x, x.new_zeros(self.pad_to - n, *x.shape[1:])])  # (pad_to, C, H, W)
-            y = torch.cat([y, y.new_zeros(self.pad_to - n)])
-        try:
-            if self.compiled is None:  # dynamo caches per code object: later instances reuse the code
-                self.compiled = torch.compile(_chunk_loss, dynamic=False)
-            return self.compiled(model, x, y, bf16)[:n]
-        except Exception as err:  # no C++ compiler, an unsupported layer, ...
-            first = str(err).splitlines()[0] if str(err) else ""
-            warnings.warn(f"TrainConfig(compile_step=True): torch.compile failed ({type(err).__name__}: {first}); "
-                          "training eagerly instead", RuntimeWarning, stacklevel=2)
-            self.failed = True
-            return _chunk_loss(model, x[:n], y[:n], bf16)
-
-
-def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int,
-                   bf16: bool = False, chunk_loss: ChunkLoss = _chunk_loss) -> torch.Tensor:
+def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int, bf16: bool,
+                   chunk_loss: StaticCompiled) -> torch.Tensor:
     """Mean cross-entropy over the minibatch and its gradient, accumulated chunk by chunk."""
     b = x.shape[0]
     total = x.new_zeros(())
+    pad = chunk if chunk < b else None  # several chunks (per-sample networks): one compiled shape
     for xc, yc in zip(x.split(chunk), y.split(chunk)):
-        loss = chunk_loss(model, xc, yc, bf16).sum() / b  # this chunk's share of the mean
+        loss = chunk_loss(model, xc, yc, bf16, pad_to=pad).sum() / b  # this chunk's share of the mean
         loss.backward()
         total += loss.detach()
     return total
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, sam: bool,
-          chunk: int, bf16: bool = False, chunk_loss: ChunkLoss = _chunk_loss) -> torch.Tensor:
+          chunk: int, bf16: bool, chunk_loss: StaticCompiled) -> torch.Tensor:
     """One optimiser step on the minibatch; returns its mean loss (a 0-dim tensor, not synced)."""
     opt.zero_grad(set_to_none=True)
     loss = _loss_and_grad(model, x, y, chunk, bf16, chunk_loss)

@@ -29,12 +29,12 @@ thread they never parallelise): set ``torch.set_num_threads`` before the first s
 """
 from __future__ import annotations
 
-import warnings
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
+from ..compiled import StaticCompiled
 from ..errors import ConfigError
 from ..nets import check_input, default_chunk_size, native_bf16
 from .dkkt import check_labels
@@ -103,8 +103,8 @@ class DMLoss(nn.Module):
         self.real_precision = real_precision
         self.chunk_size = chunk_size
         self.compile_real = compile_real
-        self._compiled: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-        self._compile_failed = False
+        self._embed_real = StaticCompiled(self._embed, "DMLoss(compile_real=True)",
+                                          "embedding the real images eagerly instead", enabled=compile_real)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.embed(x) if hasattr(self.net, "embed") else self.net(x)
@@ -141,9 +141,10 @@ class DMLoss(nn.Module):
             xr = self._aug(real, r_idx, draw)  # (R, C, H, W), all classes in one DSA call
             bf16 = self.uses_bf16(xr)
             sums = None
+            pad = chunk if chunk < xr.shape[0] else None  # several chunks: pad the last to one shape
             for xc, ic in zip(xr.split(chunk), r_idx.split(chunk)):
                 with torch.autocast(xr.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    ec = self._embed_real(xc, chunk)  # (chunk, D), fp32 or bf16
+                    ec = self._embed_real(xc, pad_to=pad)  # (chunk, D), fp32 or bf16
                 if sums is None:
                     sums = torch.zeros(k, ec.shape[1], device=ec.device, dtype=xr.dtype)  # (K, D)
                 sums.index_add_(0, ic, ec.to(xr.dtype))
@@ -152,25 +153,6 @@ class DMLoss(nn.Module):
         es = torch.cat([self._embed(xc) for xc in xs.split(chunk)])  # (S, D)
         ms = es.new_zeros(k, es.shape[1]).index_add(0, s_idx, es) / _counts(s_idx, k, es)  # (K, D)
         return (mr - ms).pow(2).sum()
-
-    def _embed_real(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
-        """The real chunk's embedding (R', D), through ``torch.compile`` when asked. A short last
-        chunk is zero-padded to ``chunk`` images (CPU chunk sizes) so one static shape compiles once."""
-        if not self.compile_real or self._compile_failed:
-            return self._embed(x)
-        n = x.shape[0]
-        if n < chunk < 2 ** 31:
-            x = torch.cat([x, x.new_zeros(chunk - n, *x.shape[1:])])  # (chunk, C, H, W)
-        try:
-            if self._compiled is None:
-                self._compiled = torch.compile(self._embed, dynamic=False)
-            return self._compiled(x)[:n]
-        except Exception as err:  # no C++ compiler, an unsupported op, ...: warn once, run eagerly
-            first = str(err).splitlines()[0] if str(err) else ""
-            warnings.warn(f"DMLoss(compile_real=True): torch.compile failed ({type(err).__name__}: {first}); "
-                          "embedding the real images eagerly instead", RuntimeWarning, stacklevel=3)
-            self._compile_failed = True
-            return self._embed(x[:n])
 
     def uses_bf16(self, x: torch.Tensor) -> bool:
         """Whether the real embedding of ``x`` runs in bf16 under this loss's ``real_precision``."""

@@ -144,7 +144,7 @@ def test_compiled_real_embedding_equals_eager(recwarn):
         for _ in range(3):
             a, b = eager(real, yr, syn, ys), compiled(real, yr, syn, ys)
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
-    assert compiled._compiled is not None and not compiled._compile_failed
+    assert compiled._embed_real.compiled is not None and not compiled._embed_real.failed
     assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]
 
 
@@ -161,4 +161,4 @@ def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
                                             "embedding the real images eagerly"):
         a = dm(real, yr, syn, ys)
     assert torch.allclose(a, make(True, chunk_size=5)(real, yr, syn, ys), rtol=1e-5, atol=1e-6)
-    assert dm._compile_failed
+    assert dm._embed_real.failed
