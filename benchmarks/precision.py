@@ -15,10 +15,15 @@ set against the fp32 set, both trained in fp32.
 ``--compare compile`` instead distils only the bf16 set and trains it in bf16 eagerly and through
 the compiled training step (``TrainConfig.compile_step``), paired the same way.
 
+``--compare fused`` distils two bf16 sets, the real embedding through the fused CPU kernels
+(``fused_real=True``, the default: set ``bf16``) and through torch's autocast
+(``fused_real=False``: set ``bf16-torch``), and evaluates both in fp32, paired the same way; the
+loss difference is reported as for fp32 vs bf16.
+
 Usage::
 
     python -m benchmarks.precision [--ipc 10] [--iterations 100] [--eval-epochs 300] [--num-eval 3]
-        [--compare precision|compile] [--out DIR]
+        [--compare precision|compile|fused] [--out DIR]
 """
 from __future__ import annotations
 
@@ -55,7 +60,12 @@ COMPARISONS = {
                    ("bf16 DM embedding (fp32 training)", ("bf16", "fp32"), ("fp32", "fp32")))),
     "compile": (("bf16",), (("bf16", "bf16"), ("bf16", "bf16+compile")),
                 (("compiled training step (bf16 set, bf16 training)", ("bf16", "bf16+compile"), ("bf16", "bf16")),)),
+    "fused": (("bf16-torch", "bf16"), (("bf16-torch", "fp32"), ("bf16", "fp32")),
+              (("fused real embedding (fp32 training)", ("bf16", "fp32"), ("bf16-torch", "fp32")),)),
 }
+# the DM options of each set
+SETS = {"fp32": {"real_precision": "fp32"}, "bf16": {"real_precision": "bf16"},
+        "bf16-torch": {"real_precision": "bf16", "fused_real": False}}
 
 
 def paired(changed: list[float], baseline: list[float]) -> dict:
@@ -67,10 +77,11 @@ def paired(changed: list[float], baseline: list[float]) -> dict:
             "differences": d}
 
 
-def distil(precision: str, *, ipc: int, iterations: int, seed: int, data_root: Optional[str], train) -> dict:
-    """DM on Fashion-MNIST with the real embedding in ``precision``; images, labels, losses, s/it."""
+def distil(name: str, *, ipc: int, iterations: int, seed: int, data_root: Optional[str], train) -> dict:
+    """DM on Fashion-MNIST with the real embedding as set ``name`` of ``SETS``; images, labels,
+    losses, s/it."""
     cfg = build_config("dm", dataset="fashion_mnist", data_root=data_root, ipc=ipc, pipc="all",
-                       iterations=iterations, seed=seed, real_precision=precision)
+                       iterations=iterations, seed=seed, **SETS[name])
     data = load_distill_data(cfg, train=train)
     method = method_class("dm")(cfg, data, device="cpu")
     losses, t0 = [], time.perf_counter()
@@ -90,7 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test-per-class", type=int, default=1000, help="test images per class (1000: all)")
     p.add_argument("--seed", type=int, default=0, help="distillation seed; evaluation seeds are 0..num_eval-1")
     p.add_argument("--compare", choices=sorted(COMPARISONS), default="precision",
-                   help="precision: bf16 vs fp32 (DM embedding and training); compile: compiled vs eager training")
+                   help="precision: bf16 vs fp32 (DM embedding and training); compile: compiled vs eager "
+                        "training; fused: the fused vs torch bf16 real embedding")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="benchmarks/results/precision-cpu")
@@ -109,11 +121,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for prec in precisions:
         sets[prec] = distil(prec, ipc=args.ipc, iterations=args.iterations, seed=args.seed,
                             data_root=args.data_root, train=train)
-        print(f"distilled with the real embedding in {prec}: final loss {sets[prec]['losses'][-1]:.3f}, "
+        print(f"distilled with the real embedding as {prec}: final loss {sets[prec]['losses'][-1]:.3f}, "
               f"{sets[prec]['seconds_per_iteration']:.2f} s/it", flush=True)
     loss_rel = None
-    if "fp32" in sets:
-        a, b = sets["fp32"]["losses"], sets["bf16"]["losses"]
+    if len(precisions) == 2:  # baseline first
+        a, b = sets[precisions[0]]["losses"], sets[precisions[1]]["losses"]
         loss_rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
     base = get_protocol("dm", args.eval_epochs)
     proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
@@ -150,7 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    title = "bf16 vs fp32" if args.compare == "precision" else "Compiled vs eager training step"
+    title = {"precision": "bf16 vs fp32", "compile": "Compiled vs eager training step",
+             "fused": "Fused vs torch bf16 real embedding"}[args.compare]
     lines = [f"# {title} on real Fashion-MNIST", "", f"- command: `{report['command']}`",
              f"- date {report['date']}; {report['machine']['cpu_model']}, {report['machine']['torch_threads']} torch "
              f"thread(s); torch {report['versions']['torch']}; load average {load_start:.2f} at start, "
@@ -159,7 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", ""]
     if loss_rel is not None:
-        lines += ["DM loss, relative difference bf16 vs fp32 real embedding (same seed, same draws): first iteration "
+        lines += [f"DM loss, relative difference {precisions[1]} vs {precisions[0]} real embedding (same seed, same "
+                  "draws): first iteration "
                   f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
                   "(the trajectories drift apart as the images do)", ""]
     lines += ["| set distilled with | evaluation training | accuracy (%) | s (all runs) | runs |", "|---|---|---|---|---|"]

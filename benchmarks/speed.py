@@ -12,12 +12,16 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
   class one real forward (``batch_real`` images, no gradient) and one synthetic forward, each
   class's real and synthetic batch sharing one DSA draw, fp32;
 - ``dm``: ``dkkt distill --method dm``'s step with its defaults (chunked batched forward, real
-  embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``);
+  embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``, through the fused
+  CPU kernels of :mod:`dkkt_plugin.fused`: ``fused_real=True``);
+- ``dm_torch``: ``dm`` with ``fused_real=False`` (the real embedding under torch's bf16 autocast);
 - ``dm_fp32``: the same with ``real_precision="fp32"`` (exact);
-- ``dm_compiled``: ``dm`` with ``compile_real=True`` (the real embedding through ``torch.compile``;
-  its one-off compile falls in the untimed warm-up, once per thread count; its FLOPs are counted
-  on an eager ``dm``);
+- ``dm_compiled``: ``dm_torch`` with ``compile_real=True`` (the real embedding through
+  ``torch.compile``; its one-off compile falls in the untimed warm-up, once per thread count);
 - ``dm_dkkt``: a DM+DKKT step (DKKT defaults, a random width-128 edge ConvNet).
+
+FLOPs are counted on the torch path of each variant (``fused_real=False``, eager): the fused
+kernels' first convolution is invisible to the counter and compiled code runs eagerly under it.
 
 Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 synthetic images with
 DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
@@ -76,7 +80,7 @@ from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-DM_VARIANTS = ("reference", "dm", "dm_fp32", "dm_compiled", "dm_dkkt")
+DM_VARIANTS = ("reference", "dm", "dm_torch", "dm_fp32", "dm_compiled", "dm_dkkt")
 EVAL_VARIANTS = ("eval_reference", "eval", "eval_fp32", "eval_compiled")
 
 
@@ -173,8 +177,9 @@ def generated_data(real_per_class: int, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *, batch_real: int,
-               width: int = 128, seed: int = 0) -> Callable[[], Any]:
-    """A callable running one step of the DM variant ``name`` (see the module docstring)."""
+               width: int = 128, seed: int = 0, counting: bool = False) -> Callable[[], Any]:
+    """A callable running one step of the DM variant ``name`` (see the module docstring);
+    ``counting``: its torch path, eagerly, for the FLOP counter."""
     gen = torch.Generator().manual_seed(seed)
     if name == "reference":
         ref = ReferenceDM(real, labels, ipc, batch_real, gen, width)
@@ -182,7 +187,10 @@ def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *,
     edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen).eval()
     data = DistillData(real, labels, NUM_CLASSES, (0.2861,), (0.3530,), edge)
     method = "dm_dkkt" if name == "dm_dkkt" else "dm"
-    extra = {"dm_fp32": {"real_precision": "fp32"}, "dm_compiled": {"compile_real": True}}.get(name, {})
+    extra = {"dm_torch": {"fused_real": False}, "dm_fp32": {"real_precision": "fp32"},
+             "dm_compiled": {"compile_real": True, "fused_real": False}}.get(name, {})
+    if counting:  # the torch path, eagerly: FlopCounterMode sees neither C kernels nor compiled code
+        extra = {**extra, "compile_real": False, "fused_real": False}
     cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
                        iterations=1, init="noise", seed=seed, **extra)
     m = method_class(method)(cfg, data, device="cpu")
@@ -396,12 +404,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             runs = interleave(variants, args.rounds)
             for v in variants:  # counted once per (variant, ipc) on a spare instance, untimed
                 if (v, ipc) not in flops_cache:
-                    # dm_compiled does dm's FLOPs; counting them eagerly keeps FlopCounterMode (a
+                    # counted on the torch path, eagerly: this also keeps FlopCounterMode (a
                     # dispatch mode) away from torch.compile, which would then run that code
                     # eagerly for every later instance in this process
-                    counted = "dm" if v == "dm_compiled" else v
-                    flops_cache[(v, ipc)] = count_flops(dm_variant(counted, ipc, real, labels,
-                                                                   batch_real=args.batch_real, width=args.width, seed=1))
+                    flops_cache[(v, ipc)] = count_flops(dm_variant(v, ipc, real, labels, batch_real=args.batch_real,
+                                                                   width=args.width, seed=1, counting=True))
             cell = {"threads": threads, "ipc": ipc,
                     "variants": {v: summarise(runs[v], flops_cache[(v, ipc)], peak) for v in variants},
                     "ratios": {}, "cpu_ratios": {}, "runs": runs}

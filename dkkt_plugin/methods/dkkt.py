@@ -26,6 +26,7 @@ from .. import registry
 from ..errors import ConfigError
 from ..losses.dkkt import DKKTConfig
 from .base import AugmentedConfig, Method, check_finite
+from .dm import speed_options
 
 DSV_LR = 100.0  # image SGD lr of the DKKT loss alone (DSV), when lr_img is not given
 DSV_ADAM_LR = 0.05  # image Adam lr of DSV, when lr_img is not given
@@ -102,6 +103,7 @@ class DKKTMethodConfig(DSVMethodConfig):
     dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
     real_precision: Literal["auto", "bf16", "fp32"] = "auto"  # the DM term's real embedding, as DM's
     compile_real: bool = False  # torch.compile the DM term's real embedding, as DM's
+    fused_real: bool = True  # the fused CPU kernels for that embedding, as DM's
     image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
     downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
 
@@ -265,9 +267,8 @@ class DMDKKT(DSV):
 
     def setup_data_term(self, augment) -> None:
         if self.beta > 0:
-            extra = {"compile_real": True} if self.config.compile_real else {}  # plugin losses need not take it
             self.dm = self.loss(self.config.dm_loss, self.fresh_net(), augment=augment, generator=self.generator,
-                                real_precision=self.config.real_precision, **extra)
+                                real_precision=self.config.real_precision, **speed_options(self.config))
 
     def data_term(self) -> Optional[torch.Tensor]:
         if self.beta <= 0:

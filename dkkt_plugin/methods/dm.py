@@ -26,6 +26,14 @@ class DMConfig(AugmentedConfig):
     # torch.compile the real images' embedding (DMLoss(compile_real=True)): about a third off a DM
     # step on our CPU after a one-off 8-30 s compile per process; needs a C++ compiler
     compile_real: bool = False
+    # the package's fused CPU kernels for that embedding (DMLoss(fused_real=True), dkkt_plugin.fused)
+    fused_real: bool = True
+
+
+def speed_options(config) -> dict:
+    """DMLoss's speed switches that differ from their defaults (plugin losses need not take them)."""
+    return {**({"compile_real": True} if config.compile_real else {}),
+            **({} if config.fused_real else {"fused_real": False})}
 
 
 class DM(Method):
@@ -40,9 +48,9 @@ class DM(Method):
     def setup(self) -> None:
         super().setup()
         reinit = not self.needs_edge_model
-        extra = {"compile_real": True} if self.config.compile_real else {}  # plugin losses need not take it
         self.dm = self.loss(self.config.dm_loss, self.embedding_net(), augment=self.augmenter(),
-                            reinit=reinit, generator=self.generator, real_precision=self.config.real_precision, **extra)
+                            reinit=reinit, generator=self.generator, real_precision=self.config.real_precision,
+                            **speed_options(self.config))
 
     def step(self, iteration: int) -> dict[str, float]:
         real, real_labels = self.sample_real()

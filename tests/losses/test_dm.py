@@ -48,24 +48,45 @@ def test_chunk_size_does_not_change_the_fp32_loss(chunk_size):
     assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
 
 
-def test_bf16_real_embedding_within_tolerance_of_fp32():
+@pytest.mark.parametrize("fused_real", [True, False])
+def test_bf16_real_embedding_within_tolerance_of_fp32(fused_real, monkeypatch):
     # The reference width (128) and batch shape of DM: bf16 real class means change the loss by
-    # ~1e-4 relative and the image gradient by ~4e-3 (measured); bound them at 1e-3 and 2e-2.
+    # ~1e-4 relative and the image gradient by ~4e-3 (measured, torch autocast; the fused kernels,
+    # block 1 in fp32, are closer); bound them at 1e-3 and 2e-2.
+    from dkkt_plugin.fused import FusedEmbed
+
+    used = []
+    prepare = FusedEmbed.prepare
+    monkeypatch.setattr(FusedEmbed, "prepare", lambda self, net: used.append(net) or prepare(self, net))
     g = torch.Generator().manual_seed(0)
     real, yr = torch.randn(3 * 64, 1, 28, 28, generator=g), torch.arange(3).repeat_interleave(64)
     syn, ys = torch.randn(6, 1, 28, 28, generator=g), torch.arange(3).repeat_interleave(2)
     out = {}
     for precision in ("fp32", "bf16"):
         dm = DMLoss(ConvNet(1, 3, 28), augment=DSA(seed=0), generator=torch.Generator().manual_seed(0),
-                    real_precision=precision)
+                    real_precision=precision, fused_real=fused_real)
         s = syn.clone().requires_grad_()
         loss = dm(real, yr, s, ys)
         out[precision] = (loss.detach(), torch.autograd.grad(loss, s)[0])
         assert dm.uses_bf16(real) == (precision == "bf16")
+    assert len(used) == int(fused_real)  # the fused kernels ran for bf16 only, and only if asked
     (l32, g32), (l16, g16) = out["fp32"], out["bf16"]
     assert not torch.equal(l32, l16)  # bf16 really ran
     assert abs(float(l16 - l32)) <= 1e-3 * float(l32)
     assert float((g16 - g32).norm() / g32.norm()) <= 2e-2
+
+
+def test_fused_kernels_unavailable_warn_and_the_torch_path_runs(monkeypatch, tmp_path):
+    from dkkt_plugin import fused
+
+    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setenv("DKKT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    real, yr, syn, ys = batch()
+    dm = make(True, real_precision="bf16")
+    with pytest.warns(RuntimeWarning, match="fused ConvNet embedding unavailable"):
+        a = dm(real, yr, syn, ys)
+    assert torch.equal(a, make(True, real_precision="bf16", fused_real=False)(real, yr, syn, ys))
 
 
 def test_real_precision_auto_and_other_dtypes():

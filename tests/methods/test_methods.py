@@ -138,6 +138,18 @@ def test_dm_dkkt_step_takes_the_gradient_of_the_summed_loss():
 
 
 @pytest.mark.parametrize("name", ["dm", "dm_dkkt"])
+def test_speed_switches_reach_the_dm_loss(name):
+    # fused_real (default on) and compile_real (default off) reach DMLoss; a loss built with the
+    # defaults gets neither keyword (plugin losses need not take them)
+    assert method_class(name)(config(name), tiny_data()).dm._fused.enabled
+    m = method_class(name)(config(name, fused_real=False, compile_real=True), tiny_data())
+    assert not m.dm._fused.enabled and m.dm.compile_real
+    from dkkt_plugin.methods.dm import speed_options
+
+    assert speed_options(config(name)) == {}
+
+
+@pytest.mark.parametrize("name", ["dm", "dm_dkkt"])
 def test_non_finite_loss_stops_before_the_update(name):
     m = method_class(name)(config(name, lr_img=1e30), tiny_data())
     with pytest.raises(NonFiniteLossError, match="last good state"):
