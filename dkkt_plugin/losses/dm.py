@@ -19,10 +19,11 @@ bounds them at 1e-3 and 2e-2).
 
 On the CPU a bf16 real embedding through :class:`dkkt_plugin.nets.ConvNet` (instance norm, average
 pooling) runs by default through the package's fused kernels (``fused_real=True``,
-:mod:`dkkt_plugin.fused`): block 1's convolution, norm, ReLU and pooling in one pass per image in
-fp32, oneDNN's bf16 convolutions after it; on our CPU a DM step at ipc 10 took ~0.7x the compiled
-path's time (``benchmarks/results/speed-cpu``), with no compile step. It needs a C compiler on first
-use (built in ~1 s, cached); if building fails a warning says so and the torch path runs.
+:mod:`dkkt_plugin.fused`): block 1's convolution (fp32), each block's norm, ReLU and pooling per
+image in the L2 cache, oneDNN's bf16 convolutions in between; on our CPU a DM step at ipc 10 took
+0.49-0.56x the autocast path's time and 0.64-0.73x the compiled path's
+(``benchmarks/results/speed-cpu``), with no compile step. It needs a C compiler on first use
+(built in ~1 s, cached); if building fails a warning says so and the torch path runs.
 
 ``compile_real=True`` (opt-in) runs that real embedding through ``torch.compile`` (inductor fuses
 each block's norm, ReLU and pooling): on our CPU about a third off a DM step, after a one-off
@@ -64,7 +65,8 @@ class DMLoss(nn.Module):
         batched: all classes together, embedded in chunks (``True``), or the reference per-class
             loop (one real and one synthetic forward per class, always fp32).
         real_precision: precision of the real images' embedding in the batched path: ``"fp32"``
-            (exact), ``"bf16"`` (autocast; class sums in fp32) or ``"auto"``: bf16 on CUDA and on
+            (exact), ``"bf16"`` (bf16 activations: the fused kernels or autocast; class sums in
+            fp32) or ``"auto"``: bf16 on CUDA and on
             CPUs with native bf16 dot products, else fp32. Only float32 inputs are affected.
         chunk_size: images per forward in the batched path; ``None``:
             ``nets.default_chunk_size`` (16 on the CPU, the whole batch on GPUs).

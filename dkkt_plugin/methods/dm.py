@@ -20,11 +20,12 @@ class DMConfig(AugmentedConfig):
     # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=,
     # generator=, real_precision=)
     dm_loss: str = "dm"
-    # the real images' embedding: auto (bf16 where the hardware computes bf16 natively: a DM step
-    # 1.3-1.5x faster than in fp32, benchmarks/results/speed-cpu), bf16 or fp32 (exact)
+    # the real images' embedding: auto (bf16 where the hardware computes bf16 natively: with the
+    # fused kernels a DM step 1.9-2.8x faster than in fp32 on our CPU, benchmarks/results/speed-cpu),
+    # bf16 or fp32 (exact)
     real_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    # torch.compile the real images' embedding (DMLoss(compile_real=True)): about a third off a DM
-    # step on our CPU after a one-off 8-30 s compile per process; needs a C++ compiler
+    # torch.compile the real images' embedding where the fused kernels do not apply
+    # (DMLoss(compile_real=True)): a one-off 8-30 s compile per process; needs a C++ compiler
     compile_real: bool = False
     # the package's fused CPU kernels for that embedding (DMLoss(fused_real=True), dkkt_plugin.fused)
     fused_real: bool = True
