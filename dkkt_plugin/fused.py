@@ -25,11 +25,11 @@ and its callers fall back to the torch path.
 Example:
     >>> from dkkt_plugin.nets import ConvNet
     >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=16)
-    >>> embed = FusedEmbed()
-    >>> x = torch.randn(4, 1, 28, 28)
-    >>> if embed.applies(net, x):
-    ...     plan = embed.prepare(net)
-    ...     features = plan(x)  # (4, 16 * 4 * 4) fp32, like net.embed(x)
+    >>> embed, x = FusedEmbed(), torch.randn(4, 1, 28, 28)
+    >>> with torch.no_grad():
+    ...     features = embed.prepare(net)(x) if embed.applies(net, x) else net.embed(x)
+    >>> features.shape  # like net.embed(x): (B, width * 4 * 4)
+    torch.Size([4, 256])
 """
 from __future__ import annotations
 
@@ -160,12 +160,13 @@ class FusedEmbed:
         self.failed = False
 
     def applies(self, net: nn.Module, x: torch.Tensor) -> bool:
-        """Whether ``net.embed(x)`` can run fused: a CPU ConvNet with instance norm and average
-        pooling, fp32 images, gradients off, and the kernels built."""
+        """Whether ``net.embed(x)`` can run fused: a CPU fp32 ConvNet with instance norm and
+        average pooling, fp32 images, gradients off, and the kernels built."""
         if not (self.enabled and not self.failed and isinstance(net, ConvNet) and x.device.type == "cpu"
                 and x.dtype == torch.float32 and x.dim() == 4 and not torch.is_grad_enabled()
                 and net.config["norm"] == "instancenorm" and net.config["pooling"] == "avg"
-                and net.classifier.weight.device.type == "cpu"):
+                and net.classifier.weight.device.type == "cpu"
+                and net.classifier.weight.dtype == torch.float32):
             return False
         try:
             load_library()
@@ -210,7 +211,8 @@ class _Plan:
                                          self.b1.data_ptr(), self.width, gamma.data_ptr(), beta.data_ptr(),
                                          eps, out.data_ptr(), threads))
         for (weight, bias, padding), (gamma, beta, eps) in zip(self.convs, self.norms[1:]):
-            z = F.conv2d(out, weight, bias, padding=padding).contiguous(memory_format=torch.channels_last)  # (B, C, H, W) bf16
+            z = F.conv2d(out, weight, bias, padding=padding)  # (B, C, H, W) bf16, channels-last
+            z = z.contiguous(memory_format=torch.channels_last)  # (already is, from oneDNN)
             _, c, h, w = z.shape
             out = torch.empty(b, c, h // 2, w // 2, dtype=torch.bfloat16, memory_format=torch.channels_last)
             self._check(self.lib.dkkt_norm_relu_pool(z.data_ptr(), b, h, w, c, gamma.data_ptr(), beta.data_ptr(),

@@ -91,6 +91,7 @@ def test_applies_only_where_it_can():
         assert not FusedEmbed().applies(ConvNet(1, 10, 28, width=8, norm="batchnorm"), x)
         assert not FusedEmbed().applies(ConvNet(1, 10, 28, width=8, pooling="max"), x)
         assert not FusedEmbed().applies(torch.nn.Conv2d(1, 8, 3), x)
+        assert not FusedEmbed().applies(ConvNet(1, 10, 28, width=8).double(), x)  # fp64 weights
         assert not FusedEmbed().applies(net.double(), x.double())
     assert not FusedEmbed().applies(net.float(), x)  # gradients on: the kernels have no backward
 

@@ -91,34 +91,32 @@ int dkkt_block1(const float *x, int B, int Cin, int Hin, int Win, int pad, const
                 failed = 1;
                 continue;
             }
-            {
-                const float *xi = x + (size_t)n * Cin * Hin * Win;
-                memset(xp, 0, (size_t)Cin * Hp * Wp * sizeof(float)); /* zero-padded copy */
-                for (int ci = 0; ci < Cin; ci++)
-                    for (int i = 0; i < Hin; i++)
-                        memcpy(xp + ((size_t)ci * Hp + i + pad) * Wp + pad, xi + ((size_t)ci * Hin + i) * Win,
-                               (size_t)Win * sizeof(float));
-                for (int i = 0; i < H; i++)
-                    for (int j = 0; j < W; j++) {
-                        for (int ci = 0; ci < Cin; ci++)
-                            for (int di = 0; di < 3; di++)
-                                for (int dj = 0; dj < 3; dj++)
-                                    q[ci * 9 + di * 3 + dj] = xp[((size_t)ci * Hp + i + di) * Wp + j + dj];
-                        float *r = y + ((size_t)i * W + j) * C;
-                        for (int ci = 0; ci < Cin; ci++) { /* 9 taps per pass: unrolled, vectorised over c */
-                            const float *restrict w = wt + (size_t)ci * 9 * C, *restrict qc = q + ci * 9;
-                            const float *start = ci == 0 ? bias : r; /* may alias r: same index only */
+            const float *xi = x + (size_t)n * Cin * Hin * Win;
+            memset(xp, 0, (size_t)Cin * Hp * Wp * sizeof(float)); /* zero-padded copy */
+            for (int ci = 0; ci < Cin; ci++)
+                for (int i = 0; i < Hin; i++)
+                    memcpy(xp + ((size_t)ci * Hp + i + pad) * Wp + pad, xi + ((size_t)ci * Hin + i) * Win,
+                           (size_t)Win * sizeof(float));
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++) {
+                    for (int ci = 0; ci < Cin; ci++)
+                        for (int di = 0; di < 3; di++)
+                            for (int dj = 0; dj < 3; dj++)
+                                q[ci * 9 + di * 3 + dj] = xp[((size_t)ci * Hp + i + di) * Wp + j + dj];
+                    float *r = y + ((size_t)i * W + j) * C;
+                    for (int ci = 0; ci < Cin; ci++) { /* 9 taps per pass: unrolled, vectorised over c */
+                        const float *restrict w = wt + (size_t)ci * 9 * C, *restrict qc = q + ci * 9;
+                        const float *start = ci == 0 ? bias : r; /* may alias r: same index only */
 #pragma omp simd
-                            for (int c = 0; c < C; c++) {
-                                float acc = start[c];
-                                for (int k = 0; k < 9; k++) acc += w[(size_t)k * C + c] * qc[k];
-                                r[c] = acc;
-                            }
+                        for (int c = 0; c < C; c++) {
+                            float acc = start[c];
+                            for (int k = 0; k < 9; k++) acc += w[(size_t)k * C + c] * qc[k];
+                            r[c] = acc;
                         }
                     }
-                norm_relu_pool(y, H, W, C, gamma, beta, eps, stats, stats + C, stats + 2 * C,
-                               out + (size_t)n * (H / 2) * (W / 2) * C);
-            }
+                }
+            norm_relu_pool(y, H, W, C, gamma, beta, eps, stats, stats + C, stats + 2 * C,
+                           out + (size_t)n * (H / 2) * (W / 2) * C);
         }
         free(y);
         free(xp);
@@ -144,14 +142,12 @@ int dkkt_norm_relu_pool(const uint16_t *z, int B, int H, int W, int C, const flo
                 failed = 1;
                 continue;
             }
-            {
-                const uint16_t *restrict zi = z + (size_t)n * H * W * C;
-                const size_t m = (size_t)H * W * C;
+            const uint16_t *restrict zi = z + (size_t)n * H * W * C;
+            const size_t m = (size_t)H * W * C;
 #pragma omp simd
-                for (size_t k = 0; k < m; k++) y[k] = from_bf16(zi[k]);
-                norm_relu_pool(y, H, W, C, gamma, beta, eps, stats, stats + C, stats + 2 * C,
-                               out + (size_t)n * (H / 2) * (W / 2) * C);
-            }
+            for (size_t k = 0; k < m; k++) y[k] = from_bf16(zi[k]);
+            norm_relu_pool(y, H, W, C, gamma, beta, eps, stats, stats + C, stats + 2 * C,
+                           out + (size_t)n * (H / 2) * (W / 2) * C);
         }
         free(y);
         free(stats);
