@@ -66,8 +66,8 @@ class DMLoss(nn.Module):
             loop (one real and one synthetic forward per class, always fp32).
         real_precision: precision of the real images' embedding in the batched path: ``"fp32"``
             (exact), ``"bf16"`` (bf16 activations: the fused kernels or autocast; class sums in
-            fp32) or ``"auto"``: bf16 on CUDA and on
-            CPUs with native bf16 dot products, else fp32. Only float32 inputs are affected.
+            fp32) or ``"auto"``: bf16 on CUDA and on CPUs with native bf16 dot products, else
+            fp32. Only float32 inputs are affected.
         chunk_size: images per forward in the batched path; ``None``:
             ``nets.default_chunk_size`` (16 on the CPU, the whole batch on GPUs).
         compile_real: embed the real images through ``torch.compile`` (batched path; see the
