@@ -51,7 +51,7 @@ from dkkt_plugin.evaluation import evaluate_synthetic, get_protocol  # noqa: E40
 
 from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
 
-# per --compare: the sets' real-embedding precisions, the (distilled with, trained with) cells,
+# per --compare: the sets to distil (keys of SETS), the (distilled with, trained with) cells,
 # and (what is compared, changed cell, baseline cell), paired by evaluation seed; training
 # "bf16+compile" is bf16 training through the compiled step
 COMPARISONS = {
@@ -116,16 +116,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       for c in range(test.num_classes)])
     x_test, y_test = test.images[keep], test.targets[keep]
     load_start = os.getloadavg()[0]
-    precisions, cell_specs, pairs = COMPARISONS[args.compare]
+    set_names, cell_specs, pairs = COMPARISONS[args.compare]
     sets = {}
-    for prec in precisions:
-        sets[prec] = distil(prec, ipc=args.ipc, iterations=args.iterations, seed=args.seed,
+    for name in set_names:
+        sets[name] = distil(name, ipc=args.ipc, iterations=args.iterations, seed=args.seed,
                             data_root=args.data_root, train=train)
-        print(f"distilled with the real embedding as {prec}: final loss {sets[prec]['losses'][-1]:.3f}, "
-              f"{sets[prec]['seconds_per_iteration']:.2f} s/it", flush=True)
+        print(f"distilled with the real embedding as {name}: final loss {sets[name]['losses'][-1]:.3f}, "
+              f"{sets[name]['seconds_per_iteration']:.2f} s/it", flush=True)
     loss_rel = None
-    if len(precisions) == 2:  # baseline first
-        a, b = sets[precisions[0]]["losses"], sets[precisions[1]]["losses"]
+    if len(set_names) == 2:  # baseline first
+        a, b = sets[set_names[0]]["losses"], sets[set_names[1]]["losses"]
         loss_rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
     base = get_protocol("dm", args.eval_epochs)
     proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
@@ -172,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", ""]
     if loss_rel is not None:
-        lines += [f"DM loss, relative difference {precisions[1]} vs {precisions[0]} real embedding (same seed, same "
+        lines += [f"DM loss, relative difference {set_names[1]} vs {set_names[0]} real embedding (same seed, same "
                   "draws): first iteration "
                   f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
                   "(the trajectories drift apart as the images do)", ""]

@@ -19,8 +19,8 @@ Each image is computed the same way whatever the thread count, so results do not
 The C source is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
 ``$DKKT_CACHE_DIR`` (default ``~/.cache/dkkt_plugin``), keyed by the source, compiler, flags and
 the CPU's instruction-set flags (``-march=native`` code built on one node of a cluster must not
-run on an older one sharing the home directory), and loaded with :mod:`ctypes`. If that fails, :class:`FusedEmbed` warns once, naming the error,
-and its callers fall back to the torch path.
+run on an older one sharing the home directory), and loaded with :mod:`ctypes`. If that fails,
+:class:`FusedEmbed` warns once, naming the error, and its callers fall back to the torch path.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -109,10 +109,10 @@ def _cpu_identity() -> bytes:
 
 def _build() -> Path:
     cc = os.environ.get("CC") or "cc"
-    source = SOURCE.read_bytes()
+    source, cpu = SOURCE.read_bytes(), _cpu_identity()
     errors = []
     for flags in FLAG_SETS:
-        parts = [source, cc.encode(), " ".join(flags).encode(), _cpu_identity()]
+        parts = [source, cc.encode(), " ".join(flags).encode(), cpu]
         key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
         target = cache_dir() / f"convnet_fused-{key}.so"
         if target.exists():
