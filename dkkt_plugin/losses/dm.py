@@ -23,7 +23,7 @@ pooling) runs by default through the package's fused kernels (``fused_real=True`
 image in the L2 cache, oneDNN's bf16 convolutions in between; on our CPU a DM step at ipc 10 took
 0.49-0.56x the autocast path's time and 0.64-0.73x the compiled path's
 (``benchmarks/results/speed-cpu``), with no compile step. It needs a C compiler on first use
-(built in ~1 s, cached); if building fails a warning says so and the torch path runs.
+(built once, then cached); if building fails a warning says so and the torch path runs.
 
 ``compile_real=True`` (opt-in) runs that real embedding through ``torch.compile`` (inductor fuses
 each block's norm, ReLU and pooling): on our CPU about a third off a DM step, after a one-off
