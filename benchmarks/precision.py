@@ -20,10 +20,20 @@ the compiled training step (``TrainConfig.compile_step``), paired the same way.
 (``fused_real=False``: set ``bf16-torch``), and evaluates both in fp32, paired the same way; the
 loss difference is reported as for fp32 vs bf16.
 
+``--compare blocks`` distils two bf16 sets, the synthetic images' forward and backward with each
+ConvNet block fused (``fused_syn=True``, the default: set ``bf16``) and through torch's ops
+(``fused_syn=False``: set ``bf16-torch-syn``), and evaluates them with bf16 training through
+torch's ops (``bf16+torch``: ``TrainConfig.fused=False``) and the ``bf16`` set also with the fused
+blocks (``bf16``, the default), paired the same way: what the fused synthetic passes change, and
+what fused training changes.
+
+Training cells: ``fp32`` / ``bf16`` (fused blocks, the default), ``+compile`` (compiled step),
+``+torch`` (torch's ops only).
+
 Usage::
 
     python -m benchmarks.precision [--ipc 10] [--iterations 100] [--eval-epochs 300] [--num-eval 3]
-        [--compare precision|compile|fused] [--out DIR]
+        [--compare precision|compile|fused|blocks] [--out DIR]
 """
 from __future__ import annotations
 
@@ -62,10 +72,15 @@ COMPARISONS = {
                 (("compiled training step (bf16 set, bf16 training)", ("bf16", "bf16+compile"), ("bf16", "bf16")),)),
     "fused": (("bf16-torch", "bf16"), (("bf16-torch", "fp32"), ("bf16", "fp32")),
               (("fused real embedding (fp32 training)", ("bf16", "fp32"), ("bf16-torch", "fp32")),)),
+    "blocks": (("bf16-torch-syn", "bf16"), (("bf16-torch-syn", "bf16+torch"), ("bf16", "bf16+torch"), ("bf16", "bf16")),
+               (("fused synthetic passes in DM (bf16 training, torch ops)", ("bf16", "bf16+torch"),
+                 ("bf16-torch-syn", "bf16+torch")),
+                ("fused training blocks (bf16 set, bf16 training)", ("bf16", "bf16"), ("bf16", "bf16+torch")))),
 }
 # the DM options of each set
 SETS = {"fp32": {"real_precision": "fp32"}, "bf16": {"real_precision": "bf16"},
-        "bf16-torch": {"real_precision": "bf16", "fused_real": False}}
+        "bf16-torch": {"real_precision": "bf16", "fused_real": False},
+        "bf16-torch-syn": {"real_precision": "bf16", "fused_syn": False}}
 
 
 def paired(changed: list[float], baseline: list[float]) -> dict:
@@ -102,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="distillation seed; evaluation seeds are 0..num_eval-1")
     p.add_argument("--compare", choices=sorted(COMPARISONS), default="precision",
                    help="precision: bf16 vs fp32 (DM embedding and training); compile: compiled vs eager "
-                        "training; fused: the fused vs torch bf16 real embedding")
+                        "training; fused: the fused vs torch bf16 real embedding; blocks: fused vs torch "
+                        "synthetic passes and training")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="benchmarks/results/precision-cpu")
@@ -133,7 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for set_prec, train_prec in cell_specs:
         r = evaluate_synthetic(sets[set_prec]["images"], sets[set_prec]["labels"], x_test, y_test, protocol=proto,
                                num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}",
-                               precision=train_prec.split("+")[0], compile_step=train_prec.endswith("+compile"))
+                               precision=train_prec.split("+")[0], compile_step=train_prec.endswith("+compile"),
+                               fused=not train_prec.endswith("+torch"))
         accs = [100 * v for v in r.accuracies]
         cells.append({"distilled": set_prec, "trained": train_prec, "accuracies": accs,
                       "mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": r.seeds,
@@ -163,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     title = {"precision": "bf16 vs fp32", "compile": "Compiled vs eager training step",
-             "fused": "Fused vs torch bf16 real embedding"}[args.compare]
+             "fused": "Fused vs torch bf16 real embedding",
+             "blocks": "Fused vs torch ConvNet blocks (DM's synthetic passes, training)"}[args.compare]
     lines = [f"# {title} on real Fashion-MNIST", "", f"- command: `{report['command']}`",
              f"- date {report['date']}; {report['machine']['cpu_model']}, {report['machine']['torch_threads']} torch "
              f"thread(s); torch {report['versions']['torch']}; load average {load_start:.2f} at start, "

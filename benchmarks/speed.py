@@ -13,12 +13,15 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
   class's real and synthetic batch sharing one DSA draw, fp32;
 - ``dm``: ``dkkt distill --method dm``'s step with its defaults (chunked batched forward, real
   embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``, through the fused
-  CPU kernels of :mod:`dkkt_plugin.fused`: ``fused_real=True``);
-- ``dm_torch``: ``dm`` with ``fused_real=False`` (the real embedding under torch's bf16 autocast);
-- ``dm_fp32``: the same with ``real_precision="fp32"`` (exact);
+  CPU kernels of :mod:`dkkt_plugin.fused`: ``fused_real=True``; the synthetic images' forward and
+  backward with the blocks fused: ``fused_syn=True``);
+- ``dm_torch``: ``dm`` with ``fused_real=False, fused_syn=False`` (torch's ops only: the real
+  embedding under torch's bf16 autocast);
+- ``dm_fp32``: ``dm`` with ``real_precision="fp32"`` (the real embedding exact, through torch);
 - ``dm_compiled``: ``dm_torch`` with ``compile_real=True`` (the real embedding through
   ``torch.compile``; its one-off compile falls in the untimed warm-up, once per thread count);
-- ``dm_dkkt``: a DM+DKKT step (DKKT defaults, a random width-128 edge ConvNet).
+- ``dm_dkkt``: a DM+DKKT step with its defaults (DKKT defaults, a random width-128 edge ConvNet;
+  the fused kernels on both terms' passes).
 
 FLOPs are counted on the torch path of each variant (``fused_real=False``, eager): the fused
 kernels' first convolution is invisible to the counter and compiled code runs eagerly under it.
@@ -29,7 +32,8 @@ DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
 - ``eval_reference``: a re-statement of the reference ``evaluate_synset`` / ``epoch('train')``
   loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` with the
   dm protocol's settings as shipped (``precision="auto"``: bf16 autocast where the CPU has native
-  bf16, else fp32); ``eval_fp32``: the same in exact fp32; ``eval_compiled``: ``eval`` with
+  bf16, else fp32; the blocks fused, ``TrainConfig.fused``); ``eval_torch``: ``eval`` with torch's
+  ops only (``fused=False``); ``eval_fp32``: ``eval`` in exact fp32; ``eval_compiled``: ``eval_torch`` with
   ``compile_step=True`` (each chunk's forward and loss through ``torch.compile``; compiled in the
   untimed warm-up, FLOPs counted on an eager ``eval``).
 
@@ -81,7 +85,7 @@ SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DM_VARIANTS = ("reference", "dm", "dm_torch", "dm_fp32", "dm_compiled", "dm_dkkt")
-EVAL_VARIANTS = ("eval_reference", "eval", "eval_fp32", "eval_compiled")
+EVAL_VARIANTS = ("eval_reference", "eval", "eval_torch", "eval_fp32", "eval_compiled")
 
 
 # ---- the reference's loops, re-stated ----------------------------------------------------------
@@ -187,8 +191,8 @@ def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *,
     edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen).eval()
     data = DistillData(real, labels, NUM_CLASSES, (0.2861,), (0.3530,), edge)
     method = "dm_dkkt" if name == "dm_dkkt" else "dm"
-    extra = {"dm_torch": {"fused_real": False}, "dm_fp32": {"real_precision": "fp32"},
-             "dm_compiled": {"compile_real": True, "fused_real": False}}.get(name, {})
+    extra = {"dm_torch": {"fused_real": False, "fused_syn": False}, "dm_fp32": {"real_precision": "fp32"},
+             "dm_compiled": {"compile_real": True, "fused_real": False, "fused_syn": False}}.get(name, {})
     if counting:  # the torch path, eagerly: FlopCounterMode sees neither C kernels nor compiled code
         extra = {**extra, "compile_real": False, "fused_real": False}
     cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
@@ -208,8 +212,10 @@ def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0) -> 
     cfg = get_protocol("dm", epochs).train  # batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4, DSA, precision auto
     if name == "eval_fp32":
         cfg = dataclasses.replace(cfg, precision="fp32")
+    if name == "eval_torch":
+        cfg = dataclasses.replace(cfg, fused=False)
     if name == "eval_compiled":
-        cfg = dataclasses.replace(cfg, compile_step=True)
+        cfg = dataclasses.replace(cfg, compile_step=True, fused=False)
     return lambda: train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen),
                                     images, labels, cfg, generator=gen)
 

@@ -119,7 +119,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
                       protocol=protocol, num_eval=args.num_eval, seed=args.eval_seed, device=device,
                       augmentation=aug.name if aug is not None else None, precision=args.eval_precision,
-                      compile_step=args.eval_compile)
+                      compile_step=args.eval_compile, fused=args.eval_fused)
         append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device)
         print(f"accuracy: {ev}")
     print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, record.json"
@@ -143,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")  # now, not after the evaluation
     ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
                   num_eval=args.num_eval, seed=args.eval_seed, device=device, augmentation=args.augmentation,
-                  precision=args.eval_precision, compile_step=args.eval_compile)
+                  precision=args.eval_precision, compile_step=args.eval_compile, fused=args.eval_fused)
     print(f"{args.synthetic}: {ev}")
     run_dir = Path(args.synthetic)
     if run_dir.is_dir():
@@ -191,6 +191,10 @@ def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int) -> None:
     g.add_argument("--eval-compile", default=None, type=_bool_arg, metavar="{true,false}",
                    help="train the evaluation networks through torch.compile (the same training up to float "
                         "rounding, faster after a one-off compile per process; needs a C++ compiler; default: false)")
+    g.add_argument("--eval-fused", default=None, type=_bool_arg, metavar="{true,false}",
+                   help="train the evaluation networks with each block's norm, ReLU and pooling fused on the CPU "
+                        "(the same training up to float rounding; built with the system C compiler on first use, "
+                        "torch's ops if that fails; default: true)")
 
 
 def _bool_arg(text: str) -> bool:

@@ -185,7 +185,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
                        num_eval: int = 5, seed: int = 0, device: Any = None, width: int = 128, depth: int = 3,
                        epochs: Optional[int] = None, num_classes: Optional[int] = None,
                        augmentation: Optional[str] = None, desc: str = "evaluate",
-                       precision: Optional[str] = None, compile_step: Optional[bool] = None) -> EvalResult:
+                       precision: Optional[str] = None, compile_step: Optional[bool] = None,
+                       fused: Optional[bool] = None) -> EvalResult:
     """Train ``num_eval`` fresh ConvNets on ``(images, labels)`` and test each on the test set.
 
     Args:
@@ -208,6 +209,9 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         compile_step: train through ``torch.compile`` (``TrainConfig.compile_step``: the same
             training up to float rounding, faster after a one-off compile) or not; default: the
             protocol's (not compiled).
+        fused: train with each ConvNet block's norm, ReLU and pooling fused on the CPU
+            (``TrainConfig.fused``: the same training up to float rounding) or not; default: the
+            protocol's (fused).
 
     Returns:
         An ``EvalResult`` with per-run test accuracies in [0, 1] and the protocol's description.
@@ -232,6 +236,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, precision=precision))
     if compile_step is not None:
         proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, compile_step=bool(compile_step)))
+    if fused is not None:
+        proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, fused=bool(fused)))
     if num_eval < 1:
         raise ConfigError(f"num_eval must be >= 1, got {num_eval}")
     _check_shapes(images, labels, test_images, test_labels)
@@ -260,7 +266,7 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
              data_root: Optional[str] = None, protocol: Union[EvalProtocol, str] = "dm",
              epochs: Optional[int] = None, num_eval: int = 5, seed: int = 0, device: Any = "auto",
              augmentation: Optional[str] = None, precision: Optional[str] = None,
-             compile_step: Optional[bool] = None) -> EvalResult:
+             compile_step: Optional[bool] = None, fused: Optional[bool] = None) -> EvalResult:
     """Evaluate a synthetic set on its dataset's test split in one call.
 
     Args:
@@ -269,7 +275,7 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
         labels: ``(N,)`` long, when ``synthetic`` is a tensor.
         dataset: registered dataset name; default: the one the set was distilled from.
         data_root: the dataset's folder (default: the loader's).
-        protocol, epochs, num_eval, seed, augmentation, precision, compile_step: as in
+        protocol, epochs, num_eval, seed, augmentation, precision, compile_step, fused: as in
             :func:`evaluate_synthetic`.
         device: torch device or ``"auto"``.
 
@@ -307,4 +313,4 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
     return evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol, epochs=epochs,
                               num_eval=num_eval, seed=seed, device=resolve_device(device),
                               num_classes=test.num_classes, augmentation=augmentation, precision=precision,
-                              compile_step=compile_step)
+                              compile_step=compile_step, fused=fused)

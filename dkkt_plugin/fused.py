@@ -33,6 +33,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -47,6 +48,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .errors import DkktError
 from .nets import ConvNet
@@ -141,6 +143,16 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dkkt_block1.restype = i
     lib.dkkt_norm_relu_pool.argtypes = [p, i, i, i, i, p, p, f, p, i]
     lib.dkkt_norm_relu_pool.restype = i
+    for suffix, a in (("f32", f), ("f64", ctypes.c_double), ("bf16", f)):
+        fwd, bwd = getattr(lib, f"dkkt_nrp_forward_{suffix}"), getattr(lib, f"dkkt_nrp_backward_{suffix}")
+        fwd.argtypes = [p, i, i, i, i, p, p, a, p, p, p, i]
+        bwd.argtypes = [p, p, i, i, i, i, p, p, p, p, p, p, p, i]
+        fwd.restype = bwd.restype = i
+    for suffix, a in (("f32", f), ("f64", ctypes.c_double)):
+        fwd, bwd = getattr(lib, f"dkkt_first_forward_{suffix}"), getattr(lib, f"dkkt_first_backward_{suffix}")
+        fwd.argtypes = [p, i, i, i, i, i, p, p, i, p, p, a, p, p, p, p, i]
+        bwd.argtypes = [p, p, i, i, i, i, i, p, p, i, p, p, p, p, p, p, p, p, p, i]
+        fwd.restype = bwd.restype = i
     return lib
 
 
@@ -223,3 +235,186 @@ class _Plan:
     def _check(status: int) -> None:
         if status != 0:
             raise FusedKernelError("fused ConvNet kernel could not allocate its scratch buffers (out of memory)")
+
+
+# -- instance norm + ReLU + 2x2 average pooling with a backward ---------------------------------
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}
+_ARITH = {torch.float32: torch.float32, torch.float64: torch.float64, torch.bfloat16: torch.float32}
+_grad_failed = False  # the kernels failed to build once in this process: torch from then on
+
+
+class NormReluPool(torch.autograd.Function):
+    """``avg_pool2d(relu(group_norm(y, C, gamma, beta, eps)), 2)`` for a CPU ``(B, C, H, W)``
+    tensor with even H and W, forward and backward by the C kernels (one pass per plane in L1).
+
+    ``y`` may be float32, float64 or bfloat16 (arithmetic in fp32, as autocast's group norm;
+    the output is bf16 then, which the next bf16 convolution reads unchanged). The backward
+    gives the same gradients as torch's ops up to float rounding; asked for a differentiable
+    backward (``create_graph=True``: double backward, gradient matching) it recomputes the block
+    with torch's ops and differentiates those instead.
+
+    Shape:
+        - y: ``(B, C, H, W)``; gamma, beta: ``(C,)`` in fp32 (fp64 for fp64 ``y``).
+        - Output: ``(B, C, H/2, W/2)``, ``y``'s dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+        lib = load_library()
+        y = y.contiguous()
+        b, c, h, w = y.shape
+        arith = _ARITH[y.dtype]
+        out = torch.empty(b, c, h // 2, w // 2, dtype=y.dtype)  # (B, C, H/2, W/2)
+        mean = torch.empty(b * c, dtype=arith)  # (B*C,) per plane
+        rstd = torch.empty(b * c, dtype=arith)
+        g, t = gamma.detach().contiguous(), beta.detach().contiguous()
+        getattr(lib, f"dkkt_nrp_forward_{_SUFFIX[y.dtype]}")(
+            y.data_ptr(), b * c, c, h, w, g.data_ptr(), t.data_ptr(), eps, out.data_ptr(),
+            mean.data_ptr(), rstd.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(y, gamma, beta, mean, rstd)  # gamma, beta attached: double backward
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        y, gamma, beta, mean, rstd = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate torch's ops instead
+            inputs = [t for t, want in zip((y, gamma, beta), wanted) if want]
+            grads = iter(torch.autograd.grad(_block(y, gamma, beta, ctx.eps), inputs, dout, create_graph=True))
+            return (*[next(grads) if want else None for want in wanted], None)
+        b, c, h, w = y.shape
+        gamma, beta = gamma.detach().contiguous(), beta.detach().contiguous()
+        dout = dout.to(y.dtype).contiguous()  # (B, C, H/2, W/2)
+        dy = torch.empty_like(y)
+        dgamma = torch.empty(b * c, dtype=mean.dtype)  # (B*C,) per-plane shares, summed below
+        dbeta = torch.empty(b * c, dtype=mean.dtype)
+        status = getattr(load_library(), f"dkkt_nrp_backward_{_SUFFIX[y.dtype]}")(
+            y.data_ptr(), dout.data_ptr(), b * c, c, h, w, gamma.data_ptr(), beta.data_ptr(),
+            mean.data_ptr(), rstd.data_ptr(), dy.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr(),
+            torch.get_num_threads())
+        _Plan._check(status)
+        return (dy if wanted[0] else None, dgamma.view(b, c).sum(0) if wanted[1] else None,
+                dbeta.view(b, c).sum(0) if wanted[2] else None, None)
+
+
+class FirstBlock(torch.autograd.Function):
+    """A ConvNet's first block, ``avg_pool2d(relu(group_norm(conv2d(x, w, b, padding=pad), C,
+    gamma, beta, eps)), 2)``, for a CPU float32 / float64 ``x`` with a 3x3 kernel, forward and
+    backward by the C kernels: each output channel's plane is computed in L1 and never stored
+    (the backward recomputes it from ``x``, cheap with 1 or 3 input channels). Gradients as
+    torch's up to float rounding; under ``create_graph=True`` torch's ops are differentiated.
+
+    Shape:
+        - x: ``(B, Cin, Hin, Win)``; w: ``(C, Cin, 3, 3)``; b, gamma, beta: ``(C,)``, ``x``'s dtype.
+        - Output: ``(B, C, H/2, W/2)`` with ``H = Hin + 2 pad - 2`` (even), ``W`` likewise.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, gamma, beta, pad: int, eps: float, out_dtype: Optional[torch.dtype] = None):
+        x = x.contiguous()
+        n, cin, hin, win = x.shape
+        c, h, wd = w.shape[0], hin + 2 * pad - 2, win + 2 * pad - 2
+        bf16 = out_dtype == torch.bfloat16 and x.dtype == torch.float32
+        out = torch.empty(n, c, h // 2, wd // 2, dtype=torch.bfloat16 if bf16 else x.dtype)  # (B, C, H/2, W/2)
+        mean = torch.empty(n, c, dtype=x.dtype)
+        rstd = torch.empty(n, c, dtype=x.dtype)
+        params = [t.detach().contiguous() for t in (w, b, gamma, beta)]
+        status = getattr(load_library(), f"dkkt_first_forward_{_SUFFIX[x.dtype]}")(
+            x.data_ptr(), n, cin, hin, win, pad, params[0].data_ptr(), params[1].data_ptr(), c,
+            params[2].data_ptr(), params[3].data_ptr(), eps, None if bf16 else out.data_ptr(),
+            out.data_ptr() if bf16 else None, mean.data_ptr(), rstd.data_ptr(), torch.get_num_threads())
+        _Plan._check(status)
+        ctx.save_for_backward(x, w, b, gamma, beta, mean, rstd)
+        ctx.pad, ctx.eps, ctx.out_dtype = pad, eps, out.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w, b, gamma, beta, mean, rstd = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:5]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate torch's ops instead
+            inputs = [t for t, want in zip((x, w, b, gamma, beta), wanted) if want]
+            out = _block(F.conv2d(x, w, b, padding=ctx.pad), gamma, beta, ctx.eps).to(ctx.out_dtype)
+            grads = iter(torch.autograd.grad(out, inputs, dout, create_graph=True))
+            return (*[next(grads) if want else None for want in wanted], None, None, None)
+        n, cin, hin, win = x.shape
+        c = w.shape[0]
+        dout = dout.to(x.dtype).contiguous()  # (B, C, H/2, W/2)
+        params = [t.detach().contiguous() for t in (w, b, gamma, beta)]
+        dx = torch.empty_like(x) if wanted[0] else None
+        shares = any(wanted[1:])
+        dw = torch.empty(n, c, cin * 9, dtype=x.dtype) if shares else None  # (B, C, Cin*9) per image
+        db, dgamma, dbeta = (torch.empty(n, c, dtype=x.dtype) if shares else None for _ in range(3))
+        ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
+        status = getattr(load_library(), f"dkkt_first_backward_{_SUFFIX[x.dtype]}")(
+            x.data_ptr(), dout.data_ptr(), n, cin, hin, win, ctx.pad, params[0].data_ptr(), params[1].data_ptr(),
+            c, params[2].data_ptr(), params[3].data_ptr(), mean.data_ptr(), rstd.data_ptr(), ptr(dx), ptr(dw),
+            ptr(db), ptr(dgamma), ptr(dbeta), torch.get_num_threads())
+        _Plan._check(status)
+        if not shares:
+            return dx, None, None, None, None, None, None, None
+        return (dx, dw.sum(0).view_as(w) if wanted[1] else None, db.sum(0) if wanted[2] else None,
+                dgamma.sum(0) if wanted[3] else None, dbeta.sum(0) if wanted[4] else None, None, None, None)
+
+
+def _block(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The torch ops :class:`NormReluPool` fuses (fp32 arithmetic for bf16 ``y``)."""
+    z = F.group_norm(y.float() if y.dtype == torch.bfloat16 else y, y.shape[1], gamma, beta, eps)
+    return F.avg_pool2d(F.relu(z), 2).to(y.dtype)
+
+
+
+def fused_features(net: ConvNet, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``net.features(x)`` with every block's norm, ReLU and pooling as :class:`NormReluPool`
+    where it applies: a CPU tensor of float32, float64 or (under autocast) bfloat16, even height
+    and width, ReLUs not patched (``soft_relu_backward``), outside ``torch.compile``, functorch
+    transforms and dispatch modes. A block where it does not apply runs torch's ops.
+
+    Returns ``None`` (the caller runs torch's path) where nothing applies or the kernels cannot
+    be built (a warning says so, once per process).
+    """
+    global _grad_failed
+    if (_grad_failed or x.device.type != "cpu" or type(x) is not torch.Tensor or torch.compiler.is_compiling()
+            or torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None):
+        return None
+    try:
+        load_library()
+    except FusedKernelError as err:
+        warnings.warn(f"fused ConvNet blocks unavailable ({str(err).splitlines()[0]}); running torch's ops "
+                      "instead", RuntimeWarning, stacklevel=3)
+        _grad_failed = True
+        return None
+    feats = list(net.features)
+    h = x
+    for i in range(0, len(feats), 4):
+        conv, norm, relu, pool = feats[i:i + 4]  # ConvNet with instance norm and average pooling
+        first_fp32 = i == 0 and net.first_conv_fp32(x)  # as embed(): fp32 under autocast
+        if first_fp32:
+            h = h.float()
+        if i == 0 and _first_block_fits(conv, norm, relu, h):
+            # under autocast, bf16 output: what the next convolution would cast it to
+            out_dtype = torch.bfloat16 if first_fp32 and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+            h = FirstBlock.apply(h, conv.weight, conv.bias, norm.weight, norm.bias, conv.padding[0], norm.eps,
+                                 out_dtype)
+            continue  # (B, C, H/2, W/2)
+        with torch.autocast("cpu", enabled=False) if first_fp32 else contextlib.nullcontext():
+            h = conv(h)  # (B, C, H, W)
+        if (h.dtype in _SUFFIX and h.shape[-2] % 2 == 0 and h.shape[-1] % 2 == 0 and "forward" not in vars(relu)
+                and norm.weight is not None and norm.weight.dtype == norm.bias.dtype == _ARITH[h.dtype]):
+            h = NormReluPool.apply(h, norm.weight, norm.bias, norm.eps)  # (B, C, H/2, W/2)
+        else:
+            h = pool(relu(norm(h)))
+    return h
+
+
+def _first_block_fits(conv: nn.Conv2d, norm: nn.Module, relu: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :class:`FirstBlock` computes this block for ``x``."""
+    pad = conv.padding
+    return (x.dtype in (torch.float32, torch.float64) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and isinstance(pad, tuple) and pad[0] == pad[1]
+            and conv.padding_mode == "zeros" and conv.bias is not None and "forward" not in vars(relu)
+            and (x.shape[-2] + 2 * pad[0]) % 2 == 0 and (x.shape[-1] + 2 * pad[1]) % 2 == 0
+            and all(t is not None and t.dtype == x.dtype for t in (conv.weight, conv.bias, norm.weight, norm.bias))
+            and (not torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()))  # embed(): fp32 then

@@ -14,8 +14,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +34,29 @@ NORMS = ("instancenorm", "batchnorm", "none")
 CPU_CHUNK = 16
 CPU_TRAIN_CHUNK = 8
 POOLINGS = ("avg", "max", "none")
+_FUSED_BLOCKS = contextvars.ContextVar("dkkt_fused_blocks", default=False)
+
+
+@contextlib.contextmanager
+def fused_blocks(enabled: bool = True) -> Iterator[None]:
+    """Within the block, a CPU :class:`ConvNet` with instance norm and average pooling runs each
+    block's norm, ReLU and pooling as :class:`dkkt_plugin.fused.NormReluPool` (forward and
+    backward fused, one image plane at a time; the same results up to float rounding), where it
+    applies (see :func:`dkkt_plugin.fused.fused_features`); ``enabled=False`` changes nothing.
+
+    Example:
+        >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)
+        >>> x = torch.randn(2, 1, 28, 28, requires_grad=True)
+        >>> with fused_blocks():
+        ...     net(x).sum().backward()
+        >>> x.grad.shape
+        torch.Size([2, 1, 28, 28])
+    """
+    token = _FUSED_BLOCKS.set(enabled)
+    try:
+        yield
+    finally:
+        _FUSED_BLOCKS.reset(token)
 
 
 class ConvNet(nn.Module):
@@ -138,13 +163,23 @@ class ConvNet(nn.Module):
         Under bf16/fp16 autocast with gradients recorded, the first convolution (1 or 3 input
         channels, ~2.5 % of the FLOPs) runs in fp32: oneDNN's bf16 weight gradient for so few
         input channels ran 2.4x slower than fp32 on our Zen 5 CPU. Elsewhere autocast applies.
+        Within :func:`fused_blocks` the blocks may run fused.
         """
-        first = self.features[0]
-        if torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type) and first.in_channels <= 4:
+        if _FUSED_BLOCKS.get() and self.config["norm"] == "instancenorm" and self.config["pooling"] == "avg":
+            from .fused import fused_features  # lazily: the C kernels are built on first use
+            h = fused_features(self, x)
+            if h is not None:
+                return h.flatten(1)
+        if self.first_conv_fp32(x):
             with torch.autocast(x.device.type, enabled=False):
-                h = first(x.float())  # (B, width, H', W') fp32
+                h = self.features[0](x.float())  # (B, width, H', W') fp32
             return self.features[1:](h).flatten(1)
         return self.features(x).flatten(1)
+
+    def first_conv_fp32(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`embed` runs the first convolution outside autocast for ``x``."""
+        return (torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type)
+                and self.features[0].in_channels <= 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))  # (B, num_classes)

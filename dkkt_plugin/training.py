@@ -39,7 +39,7 @@ from torch import nn
 
 from .compiled import StaticCompiled
 from .errors import ConfigError, NonFiniteLossError
-from .nets import default_chunk_size, native_bf16
+from .nets import default_chunk_size, fused_blocks, native_bf16
 from .progress import progress_bar
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -72,6 +72,10 @@ class TrainConfig:
     # back to eager with a warning if compiling fails. Set the thread count first: inductor's CPU
     # kernels keep the count they were compiled under (torch._dynamo.reset() recompiles)
     compile_step: bool = False
+    # on the CPU, each ConvNet block's norm, ReLU and pooling fused, forward and backward, and
+    # block 1 whole (dkkt_plugin.nets.fused_blocks; the same gradient up to float rounding);
+    # compile_step takes precedence
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "sam"):
@@ -142,8 +146,8 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     n = images.shape[0]
     chunk = _chunk_size(model, cfg, images.device)
     bf16 = cfg.resolved(images.device).precision == "bf16"
-    chunk_loss = StaticCompiled(_chunk_loss, "TrainConfig(compile_step=True)", "training eagerly instead",
-                                enabled=cfg.compile_step)
+    chunk_loss = StaticCompiled(_fused_chunk_loss if cfg.fused and not cfg.compile_step else _chunk_loss,
+                                "TrainConfig(compile_step=True)", "training eagerly instead", enabled=cfg.compile_step)
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
     for epoch in bar:
@@ -182,6 +186,13 @@ def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) 
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)  # (B, K)
     return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def _fused_chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """:func:`_chunk_loss` with the network's blocks fused where they can be
+    (:func:`dkkt_plugin.nets.fused_blocks`; not traced by ``torch.compile``)."""
+    with fused_blocks():
+        return _chunk_loss(model, x, y, bf16)
 
 
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int, bf16: bool,

@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import check_input, default_chunk_size
+from ..nets import check_input, default_chunk_size, fused_blocks
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
@@ -132,6 +132,10 @@ class DKKTLoss(nn.Module):
         augment: optional callable applied to the images before scoring (the soft "manifold"
             condition: the KKT conditions must hold for augmented copies too).
         param_filter: custom ``(name, tensor) -> bool`` selection of θ*, overriding ``config.params``.
+        fused: on the CPU, run a ConvNet edge model's blocks with their norm, ReLU and pooling fused
+            (:func:`dkkt_plugin.nets.fused_blocks`; the same gradients up to float rounding) when
+            only classifier parameters are selected (the double backward then never enters the
+            blocks). ``False``: torch only.
 
     Shape:
         - images: ``(N, C, H, W)``, labels: ``(N,)`` long; with ``indices`` (``(B,)``) a minibatch
@@ -163,6 +167,7 @@ class DKKTLoss(nn.Module):
         *,
         augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         param_filter: Optional[Callable[[str, torch.Tensor], bool]] = None,
+        fused: bool = True,
         **overrides,
     ) -> None:
         super().__init__()
@@ -180,6 +185,7 @@ class DKKTLoss(nn.Module):
         self.augment = augment
         self.model = model.eval().requires_grad_(False)
         self.param_names = select_parameters(model, config.params, param_filter)
+        self.fused = fused and all(n.startswith("classifier.") for n in self.param_names)
         init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
         # images are scored in the model's dtype (a float64 model works)
@@ -250,7 +256,7 @@ class DKKTLoss(nn.Module):
         # per-sample models (e.g. ConvNet in eval mode) run in cache-sized chunks; the chunks'
         # graphs stay separate, so both backward passes also run chunk by chunk
         chunk = default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
-        with soft_relu_backward(self.model, self.config.soft_relu):
+        with soft_relu_backward(self.model, self.config.soft_relu), fused_blocks(self.fused):
             logits = torch.cat([functional_call(self.model, params, (xc,))
                                 for xc in x.split(max(chunk, 1))])  # (B, K)
         _check_label_range(labels, logits.shape[1])

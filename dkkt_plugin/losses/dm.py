@@ -45,7 +45,7 @@ from torch import nn
 from ..compiled import StaticCompiled
 from ..errors import ConfigError
 from ..fused import FusedEmbed
-from ..nets import check_input, default_chunk_size, native_bf16
+from ..nets import check_input, default_chunk_size, fused_blocks, native_bf16
 from .dkkt import check_labels
 
 
@@ -75,6 +75,9 @@ class DMLoss(nn.Module):
         fused_real: on the CPU, embed the real images with :mod:`dkkt_plugin.fused`'s kernels
             where they apply (batched path, bf16 precision, a ConvNet with instance norm and
             average pooling); they take precedence over ``compile_real``. ``False``: torch only.
+        fused_syn: on the CPU, run the synthetic images' forward and backward through a ConvNet
+            with each block's norm, ReLU and pooling fused (:func:`dkkt_plugin.nets.fused_blocks`;
+            the same gradients up to float rounding). ``False``: torch only.
 
     Shape:
         - real: ``(R, C, H, W)`` with real_labels ``(R,)``; syn: ``(S, C, H, W)`` with syn_labels ``(S,)``.
@@ -97,7 +100,7 @@ class DMLoss(nn.Module):
     def __init__(self, net: nn.Module, *, augment: Optional[nn.Module] = None, reinit: bool = True,
                  generator: Optional[torch.Generator] = None, batched: bool = True,
                  real_precision: str = "auto", chunk_size: Optional[int] = None,
-                 compile_real: bool = False, fused_real: bool = True) -> None:
+                 compile_real: bool = False, fused_real: bool = True, fused_syn: bool = True) -> None:
         super().__init__()
         if reinit and not hasattr(net, "reset_parameters"):
             raise ConfigError(
@@ -117,6 +120,7 @@ class DMLoss(nn.Module):
         self.chunk_size = chunk_size
         self.compile_real = compile_real
         self._fused = FusedEmbed(enabled=fused_real)
+        self.fused_syn = fused_syn
         self._embed_real = StaticCompiled(self._embed, "DMLoss(compile_real=True)",
                                           "embedding the real images eagerly instead", enabled=compile_real)
 
@@ -168,7 +172,8 @@ class DMLoss(nn.Module):
                 sums.index_add_(0, ic, ec.to(xr.dtype))
             mr = sums / _counts(r_idx, k, sums)  # (K, D)
         xs = self._aug(syn, s_idx, draw)  # (S, C, H, W)
-        es = torch.cat([self._embed(xc) for xc in xs.split(chunk)])  # (S, D)
+        with fused_blocks(self.fused_syn):
+            es = torch.cat([self._embed(xc) for xc in xs.split(chunk)])  # (S, D)
         ms = es.new_zeros(k, es.shape[1]).index_add(0, s_idx, es) / _counts(s_idx, k, es)  # (K, D)
         return (mr - ms).pow(2).sum()
 

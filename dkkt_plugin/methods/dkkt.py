@@ -69,6 +69,9 @@ class DSVMethodConfig(AugmentedConfig):
     # on the validation split, and smoother: high-frequency share 0.12 vs 0.23); none: full size only
     downscale: tuple[int, ...] = (4, 2)
     upscale_every: int = 300  # iterations per entry of downscale
+    # the synthetic images' passes through a ConvNet with each block's norm, ReLU and pooling fused
+    # on the CPU: the DKKT term's edge model (DKKTLoss(fused=True)) and DM+DKKT's DM term (as DM's)
+    fused_syn: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,7 +159,8 @@ class DSV(Method):
         else:
             super().setup()  # SGD with momentum
         augment = self.augmenter()
-        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config())
+        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config(),
+                              **({} if cfg.fused_syn else {"fused": False}))
         opt = torch.optim.Adam if cfg.multiplier_optimizer == "adam" else torch.optim.SGD
         self.multiplier_optimizer = opt(self.dkkt.parameters(), lr=cfg.lr_multiplier)
         self.manifold = None

@@ -29,12 +29,16 @@ class DMConfig(AugmentedConfig):
     compile_real: bool = False
     # the package's fused CPU kernels for that embedding (DMLoss(fused_real=True), dkkt_plugin.fused)
     fused_real: bool = True
+    # the synthetic images' forward and backward with each ConvNet block's norm, ReLU and pooling
+    # fused on the CPU (DMLoss(fused_syn=True), dkkt_plugin.nets.fused_blocks)
+    fused_syn: bool = True
 
 
 def speed_options(config) -> dict:
     """DMLoss's speed switches that differ from their defaults (plugin losses need not take them)."""
     return {**({"compile_real": True} if config.compile_real else {}),
-            **({} if config.fused_real else {"fused_real": False})}
+            **({} if config.fused_real else {"fused_real": False}),
+            **({} if config.fused_syn else {"fused_syn": False})}
 
 
 class DM(Method):

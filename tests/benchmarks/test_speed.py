@@ -60,7 +60,8 @@ def test_reference_restatement_uses_the_reference_layers_and_per_class_forwards(
 
 
 def test_eval_variants_train_as_the_dm_protocol(monkeypatch):
-    # "eval" is the shipped evaluation training (the dm protocol, precision auto); eval_fp32 exact
+    # "eval" is the shipped evaluation training (the dm protocol, precision auto, fused blocks);
+    # eval_fp32 exact; eval_torch and eval_compiled: torch's ops
     seen = {}
     monkeypatch.setattr(speed, "train_classifier", lambda net, x, y, cfg, generator: seen.setdefault("cfg", cfg))
     speed.eval_variant("eval", 3, width=4)()
@@ -70,8 +71,12 @@ def test_eval_variants_train_as_the_dm_protocol(monkeypatch):
     speed.eval_variant("eval_fp32", 3, width=4)()
     assert seen["cfg"].precision == "fp32" and seen["cfg"].epochs == 3
     seen.clear()
+    seen.clear()
+    speed.eval_variant("eval_torch", 3, width=4)()
+    assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, fused=False)
+    seen.clear()
     speed.eval_variant("eval_compiled", 3, width=4)()
-    assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, compile_step=True)
+    assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, compile_step=True, fused=False)
 
 
 def test_evaluation_only_with_chosen_variants(tmp_path):
