@@ -25,7 +25,7 @@ from .evaluation import EvalProtocol, EvalResult, evaluate, evaluate_synthetic, 
 from .initializers import dsv_init, noise_init, real_init  # noqa: E402
 from .losses import DKKTConfig, DKKTLoss, DKKTTerms, DMLoss, GradientMatchingLoss  # noqa: E402
 from .methods import DistillConfig, DistillData, Method  # noqa: E402
-from .nets import ConvNet  # noqa: E402
+from .nets import ConvNet, fused_blocks  # noqa: E402
 from .pretrain import PretrainConfig, load_edge_model, pretrain, save_edge_model  # noqa: E402
 from .provenance import provenance, resolve_device  # noqa: E402
 from .training import TrainConfig, accuracy, train_classifier  # noqa: E402
@@ -36,6 +36,7 @@ __all__ = [
     "DKKTLoss", "DKKTConfig", "DKKTTerms", "DMLoss", "GradientMatchingLoss", "DSA", "DSAConfig", "DSADraw",
     # data and models
     "PracticalSubset", "ImageDataset", "load_fashion_mnist", "load_cifar10", "Pipc", "parse_pipc", "ConvNet",
+    "fused_blocks",
     "load_edge_model", "save_edge_model", "packaged_edge_model", "pretrain", "PretrainConfig",
     # initial synthetic sets
     "noise_init", "real_init", "dsv_init",

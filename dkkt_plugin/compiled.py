@@ -30,10 +30,14 @@ class StaticCompiled:
             ``"DMLoss(compile_real=True)"``).
         fallback: what happens instead, ending the warning (e.g. ``"training eagerly instead"``).
         enabled: ``False`` runs ``fn`` eagerly and never pads.
+        eager_fn: what runs instead of ``fn`` when not compiling (not enabled, or the compile
+            failed); default ``fn``. E.g. a version with kernels that ``torch.compile`` cannot trace.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], who: str, fallback: str, *, enabled: bool = True) -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor], who: str, fallback: str, *, enabled: bool = True,
+                 eager_fn: Optional[Callable[..., torch.Tensor]] = None) -> None:
         self.fn = fn
+        self.eager_fn = eager_fn or fn
         self.who = who
         self.fallback = fallback
         self.compiled: Optional[Callable[..., torch.Tensor]] = None
@@ -44,7 +48,7 @@ class StaticCompiled:
         """``fn(*args)``; with ``pad_to``, tensor arguments with fewer samples are zero-padded to
         ``pad_to`` for the compiled call and the output cut back to the real samples."""
         if self.eager or self.failed:
-            return self.fn(*args)
+            return self.eager_fn(*args)
         n = next(a.shape[0] for a in args if torch.is_tensor(a))
         padded = args
         if pad_to is not None and n < pad_to:
@@ -59,4 +63,4 @@ class StaticCompiled:
             warnings.warn(f"{self.who}: torch.compile failed ({type(err).__name__}: {first}); {self.fallback}",
                           RuntimeWarning, stacklevel=3)
             self.failed = True
-            return self.fn(*args)
+            return self.eager_fn(*args)

@@ -1,4 +1,21 @@
-"""Fused CPU kernels for a ConvNet's no-grad bf16 embedding (the DM loss's real images).
+"""Fused CPU kernels for :class:`dkkt_plugin.nets.ConvNet` (instance norm, ReLU, average pooling).
+
+Two uses, one C source (``csrc/convnet_fused.c``):
+
+1. :class:`FusedEmbed`: the no-grad bf16 embedding of the DM loss's real images (below).
+2. :class:`NormReluPool` and :class:`FirstBlock`: autograd Functions for every pass that needs a
+   backward (DM's synthetic images, the DKKT term's edge model, evaluation training), turned on
+   by :func:`dkkt_plugin.nets.fused_blocks` (:func:`fused_features`). ``NormReluPool`` does a
+   block's instance norm, ReLU and 2x2 pooling one NCHW (image, channel) plane at a time in L1,
+   forward and backward (fp32, fp64, or bf16 storage with fp32 arithmetic under autocast);
+   ``FirstBlock`` does block 1 whole: the 1- or 3-input-channel convolution is computed per
+   output plane and recomputed in the backward, so its 128-channel output (the largest
+   activation, 8 MiB per 16 images at 32x32) is never stored. torch's ops had read and written
+   every activation several times (norm, ReLU, pooling and their backward, each a pass), and
+   oneDNN ran the first convolution far below its rate. The same gradients up to float
+   rounding (``tests/test_fused.py``: gradcheck in float64, torch's gradients in fp32 and
+   under autocast); under ``create_graph=True`` (double backward) they differentiate torch's
+   ops instead.
 
 Under bf16 autocast the CPU spends much of a ConvNet embedding outside the 128-channel
 convolutions: oneDNN runs the one- or three-input-channel first convolution at a small fraction
@@ -20,7 +37,8 @@ The C source is compiled on first use with the system C compiler (``$CC``, else 
 ``$DKKT_CACHE_DIR`` (default ``~/.cache/dkkt_plugin``), keyed by the source, compiler, flags and
 the CPU's instruction-set flags (``-march=native`` code built on one node of a cluster must not
 run on an older one sharing the home directory), and loaded with :mod:`ctypes`. If that fails,
-:class:`FusedEmbed` warns once, naming the error, and its callers fall back to the torch path.
+:class:`FusedEmbed` and :func:`fused_features` warn once, naming the error, and their callers
+fall back to the torch path.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -156,6 +174,18 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def _loads_or_warns(what: str, instead: str, stacklevel: int) -> bool:
+    """Whether the kernels load; if not, a warning names the error and what runs ``instead``
+    (``stacklevel`` counted from the caller)."""
+    try:
+        load_library()
+        return True
+    except FusedKernelError as err:
+        warnings.warn(f"{what} unavailable ({str(err).splitlines()[0]}); {instead}", RuntimeWarning,
+                      stacklevel=stacklevel + 1)
+        return False
+
+
 class FusedEmbed:
     """The fused embedding where it applies, with a warn-once fallback.
 
@@ -180,14 +210,8 @@ class FusedEmbed:
                 and net.classifier.weight.device.type == "cpu"
                 and net.classifier.weight.dtype == torch.float32):
             return False
-        try:
-            load_library()
-        except FusedKernelError as err:
-            warnings.warn(f"fused ConvNet embedding unavailable ({str(err).splitlines()[0]}); "
-                          "embedding with torch instead", RuntimeWarning, stacklevel=2)
-            self.failed = True
-            return False
-        return True
+        self.failed = not _loads_or_warns("fused ConvNet embedding", "embedding with torch instead", 2)
+        return not self.failed
 
     def prepare(self, net: ConvNet) -> Callable[[torch.Tensor], torch.Tensor]:
         """A function ``x (B, C, H, W) fp32 -> (B, feature_dim) fp32`` for ``net``'s current weights."""
@@ -379,11 +403,7 @@ def fused_features(net: ConvNet, x: torch.Tensor) -> Optional[torch.Tensor]:
     if (_grad_failed or x.device.type != "cpu" or type(x) is not torch.Tensor or torch.compiler.is_compiling()
             or torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None):
         return None
-    try:
-        load_library()
-    except FusedKernelError as err:
-        warnings.warn(f"fused ConvNet blocks unavailable ({str(err).splitlines()[0]}); running torch's ops "
-                      "instead", RuntimeWarning, stacklevel=3)
+    if not _loads_or_warns("fused ConvNet blocks", "running torch's ops instead", 3):  # embed()'s caller
         _grad_failed = True
         return None
     feats = list(net.features)

@@ -13,9 +13,11 @@ bf16 autocast, ``"auto"`` (the evaluation protocols' setting) where the hardware
 natively (CUDA; CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and
 the loss stay fp32. ``compile_step=True`` (opt-in) runs each chunk's forward and loss through
 ``torch.compile``: inductor fuses every block's norm, ReLU and pooling, forward and backward, into
-one kernel each (the same gradient up to float rounding; a one-off compile per process; on our
-CPU 0.77-0.88x the eager bf16 training time, ``benchmarks/results/speed-cpu``). The loss is summed on the
-device and read once per epoch.
+one kernel each (the same gradient up to float rounding; a one-off compile per process). By
+default (``fused=True``) a ConvNet on the CPU trains with the package's fused blocks instead
+(:func:`dkkt_plugin.nets.fused_blocks`: each block's norm, ReLU and pooling, and block 1 whole,
+in C kernels with their backward; no compile step; ``benchmarks/results/speed-cpu`` has both
+against torch's ops). The loss is summed on the device and read once per epoch.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -74,7 +76,7 @@ class TrainConfig:
     compile_step: bool = False
     # on the CPU, each ConvNet block's norm, ReLU and pooling fused, forward and backward, and
     # block 1 whole (dkkt_plugin.nets.fused_blocks; the same gradient up to float rounding);
-    # compile_step takes precedence
+    # compile_step takes precedence (its eager fallback is fused)
     fused: bool = True
 
     def __post_init__(self) -> None:
@@ -146,8 +148,8 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     n = images.shape[0]
     chunk = _chunk_size(model, cfg, images.device)
     bf16 = cfg.resolved(images.device).precision == "bf16"
-    chunk_loss = StaticCompiled(_fused_chunk_loss if cfg.fused and not cfg.compile_step else _chunk_loss,
-                                "TrainConfig(compile_step=True)", "training eagerly instead", enabled=cfg.compile_step)
+    chunk_loss = StaticCompiled(_chunk_loss, "TrainConfig(compile_step=True)", "training eagerly instead",
+                                enabled=cfg.compile_step, eager_fn=_fused_chunk_loss if cfg.fused else None)
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
     for epoch in bar:

@@ -49,9 +49,11 @@ def test_version(capsys):
     assert exc.value.code == 0
 
 
-@pytest.mark.parametrize("flag, expected", [([], None), (["--eval-compile", "true"], True),
-                                            (["--eval-compile", "off"], False)])
-def test_evaluate_passes_eval_compile(monkeypatch, tmp_path, flag, expected):
+@pytest.mark.parametrize("flag, key, expected", [([], "compile_step", None), ([], "fused", None),
+                                                 (["--eval-compile", "true"], "compile_step", True),
+                                                 (["--eval-compile", "off"], "compile_step", False),
+                                                 (["--eval-fused", "false"], "fused", False)])
+def test_evaluate_passes_eval_compile_and_fused(monkeypatch, tmp_path, flag, key, expected):
     from dkkt_plugin import evaluation
 
     seen = {}
@@ -62,7 +64,7 @@ def test_evaluate_passes_eval_compile(monkeypatch, tmp_path, flag, expected):
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     assert cli.main(["evaluate", "--synthetic", str(tmp_path / "synthetic.pt"), "--dataset", "fashion_mnist", *flag]) == 0
-    assert seen["compile_step"] is expected
+    assert seen[key] is expected
 
 
 def test_eval_compile_rejects_other_words(capsys):

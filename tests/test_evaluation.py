@@ -176,12 +176,15 @@ def test_bad_inputs(problem, bad):
         evaluate_synthetic(**kw, protocol=TINY, num_eval=num_eval, **NET)
 
 
-@pytest.mark.parametrize("compile_step", [None, True, False])
-def test_compile_step_reaches_training(compile_step, monkeypatch):
+@pytest.mark.parametrize("option,value,expected", [
+    ("compile_step", None, False), ("compile_step", True, True), ("compile_step", False, False),
+    ("fused", None, True), ("fused", True, True), ("fused", False, False),  # None: the protocol's own
+])
+def test_training_options_reach_training(option, value, expected, monkeypatch):
     from dkkt_plugin import evaluation
 
     seen = []
-    monkeypatch.setattr(evaluation, "train_classifier", lambda net, x, y, cfg, **kw: seen.append(cfg.compile_step))
+    monkeypatch.setattr(evaluation, "train_classifier", lambda net, x, y, cfg, **kw: seen.append(getattr(cfg, option)))
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
-    evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=2, width=4, depth=1, compile_step=compile_step)
-    assert seen == [bool(compile_step)] * 2  # None: the protocol's own (not compiled)
+    evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=2, width=4, depth=1, **{option: value})
+    assert seen == [expected] * 2

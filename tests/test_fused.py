@@ -1,12 +1,16 @@
 """The fused ConvNet embedding: close to the fp32 embedding (closer than bf16 autocast), the same
 whatever the thread count, where it applies, and a clear warn-once fallback when the C compiler
-is missing (its use inside DMLoss is tested in losses/test_dm.py)."""
+is missing (its use inside DMLoss is tested in losses/test_dm.py). The fused blocks with a
+backward: gradchecks in float64, torch's gradients in fp32 and under bf16 autocast, where they
+step aside, thread-count independence, NaN, and their own warn-once fallback (their use in the
+losses and in training: losses/test_dm.py, losses/test_dkkt.py, test_training.py)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dkkt_plugin import fused
 from dkkt_plugin.fused import FusedEmbed, FusedKernelError
-from dkkt_plugin.nets import ConvNet
+from dkkt_plugin.nets import ConvNet, fused_blocks
 
 
 def embeddings(net, x):
@@ -142,3 +146,181 @@ def test_corrupt_cached_library_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv("DKKT_CACHE_DIR", str(bad))  # a file, not a folder
     with pytest.raises(FusedKernelError, match="set DKKT_CACHE_DIR to a writable folder"):
         fused.load_library()
+
+
+# -- the fused blocks with a backward (NormReluPool, FirstBlock, nets.fused_blocks) --------------
+
+def _reference_block(y, gamma, beta, eps=1e-5):
+    return F.avg_pool2d(F.relu(F.group_norm(y, y.shape[1], gamma, beta, eps)), 2)
+
+
+def _affine(c, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    gamma = torch.rand(c, generator=g, dtype=dtype).add(0.5).requires_grad_()
+    beta = torch.randn(c, generator=g, dtype=dtype).mul(0.3).requires_grad_()
+    return gamma, beta
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 2, 2, 2)])
+def test_norm_relu_pool_gradcheck_in_float64(shape):
+    y = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    gamma, beta = _affine(shape[1], torch.float64)
+    f = lambda y, g, b: fused.NormReluPool.apply(y, g, b, 1e-5)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (y, gamma, beta))
+    assert torch.autograd.gradgradcheck(f, (y, gamma, beta))  # create_graph: torch's ops
+
+
+@pytest.mark.parametrize("cin,size,pad", [(1, 4, 3), (3, 6, 1), (2, 4, 2)])
+def test_first_block_gradcheck_in_float64(cin, size, pad):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, cin, size, size, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, cin, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    gamma, beta = _affine(3, torch.float64)
+    f = lambda *a: fused.FirstBlock.apply(*a, pad, 1e-5)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w, b, gamma, beta))
+    assert torch.autograd.gradgradcheck(f, (x, w, b, gamma, beta))
+    only_x = lambda x: f(x, w.detach(), b.detach(), gamma.detach(), beta.detach())  # noqa: E731
+    assert torch.autograd.gradcheck(only_x, (x,))  # the DM / DKKT case: frozen weights
+    ref = _reference_block(F.conv2d(x, w, b, padding=pad), gamma, beta)
+    assert torch.allclose(f(x, w, b, gamma, beta), ref, rtol=0, atol=1e-12)
+
+
+def _run(net, x, enabled, autocast=False):
+    """(logits, input gradient, parameter gradients) of sum(logits * k)."""
+    net.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), fused_blocks(enabled):
+        out = net(x)
+    (out.float() * torch.arange(1, out.shape[1] + 1)).sum().backward()
+    return out.detach().float(), x.grad, {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def _noisy_affine(net):
+    with torch.no_grad():  # norm weights other than 1 / 0, so that their gradients matter
+        for m in net.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(4))
+                m.bias.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(5))
+    return net
+
+
+def _conv_bias(net, name):
+    """Whether ``name`` is a convolution's bias: before an instance norm its gradient is zero up
+    to rounding, so it is compared in absolute terms."""
+    return name.endswith("bias") and isinstance(net.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Conv2d)
+
+
+@pytest.mark.parametrize("channels,size,depth", [(1, 28, 3), (3, 32, 2), (3, 28, 3)])
+def test_fused_blocks_give_torch_gradients_in_fp32(channels, size, depth):
+    # (3, 28, 3): block 3 is 7x7 (odd), so it runs torch's ops beside the fused ones
+    net = _noisy_affine(ConvNet(channels, 10, size, width=16, depth=depth, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(5, channels, size, size, generator=torch.Generator().manual_seed(1))
+    out, gx, grads = _run(net, x, True)
+    ref_out, ref_gx, ref_grads = _run(net, x, False)
+    assert (out - ref_out).abs().max() <= 1e-5 * ref_out.abs().max()
+    assert _rel(gx, ref_gx) <= 1e-5
+    for name, g in grads.items():
+        if _conv_bias(net, name):
+            weight = grads[name.replace("bias", "weight")].abs().max()
+            assert max(g.abs().max(), ref_grads[name].abs().max()) <= 1e-5 * weight, name
+        else:
+            assert _rel(g, ref_grads[name]) <= 1e-5, name
+
+
+def test_fused_blocks_under_bf16_autocast_are_as_close_to_fp32_as_torch():
+    # bf16 training's gradients are themselves ~7 % off the fp32 ones here (measured); the fused
+    # blocks round where autocast does (block 1's output, each norm's output and input gradient)
+    net = _noisy_affine(ConvNet(1, 10, 28, width=32, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    out, gx, grads = _run(net, x, True, autocast=True)
+    ref_out, ref_gx, ref_grads = _run(net, x, False, autocast=True)
+    exact_out, exact_gx, exact_grads = _run(net, x, False)
+    assert _rel(out, exact_out) <= 1.5 * _rel(ref_out, exact_out) + 1e-3
+    assert _rel(gx, exact_gx) <= 1.5 * _rel(ref_gx, exact_gx) + 1e-3
+    for name, g in grads.items():
+        if not _conv_bias(net, name):
+            assert _rel(g, exact_grads[name]) <= 1.5 * _rel(ref_grads[name], exact_grads[name]) + 1e-3, name
+
+
+def test_fused_blocks_run_the_kernels_and_restore_the_setting(monkeypatch):
+    calls = []
+    for cls in (fused.FirstBlock, fused.NormReluPool):
+        monkeypatch.setattr(cls, "apply", lambda *a, _f=cls.apply, _n=cls.__name__: calls.append(_n) or _f(*a))
+    net, x = ConvNet(1, 10, 28, width=8, depth=2), torch.randn(2, 1, 28, 28, requires_grad=True)
+    with fused_blocks():
+        net(x).sum().backward()
+        with fused_blocks(False):
+            net(x)
+    net(x)
+    assert calls == ["FirstBlock", "NormReluPool"]
+
+
+def test_fused_blocks_leave_patched_relus_and_dispatch_modes_to_torch():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dkkt_plugin.losses.kkt import soft_relu_backward
+
+    net = ConvNet(1, 10, 28, width=8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for enabled in (True, False):
+        xg = x.clone().requires_grad_()
+        with soft_relu_backward(net, 5.0), fused_blocks(enabled):
+            net(xg).sum().backward()
+        grads.append(xg.grad)
+    assert torch.equal(grads[0], grads[1])  # every block ran torch's ops: the soft derivative kept
+    counts = []
+    for enabled in (True, False):
+        with FlopCounterMode(display=False) as counter, fused_blocks(enabled):
+            net(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0  # under a dispatch mode the fused path steps aside
+
+
+def test_fused_blocks_same_on_one_and_two_threads():
+    net = _noisy_affine(ConvNet(1, 10, 28, width=16, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(_run(net, x, True))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    # the fused blocks' own parameters (oneDNN's weight gradients of the later convolutions
+    # depend on the thread count)
+    ours = [n for n in runs[0][2] if n.startswith(("features.0.", "features.1.", "features.5.", "features.9."))]
+    assert all(torch.equal(runs[0][2][n], runs[1][2][n]) for n in ours)
+
+
+def test_fused_blocks_propagate_nan_and_overflow():
+    net = ConvNet(1, 10, 28, width=8)
+    for bad in (float("nan"), 1e25):  # 1e25: the variance overflows, as in torch's norm
+        x = torch.randn(2, 1, 28, 28)
+        x[0, 0, 5, 5] = bad
+        x.requires_grad_()
+        with fused_blocks():
+            out = net(x)
+        assert not out[0].isfinite().all() and out[1].isfinite().all()
+
+
+def test_fused_blocks_fall_back_with_one_warning_when_the_kernels_cannot_be_built(monkeypatch):
+    def broken():
+        raise FusedKernelError("could not compile convnet_fused.c (set CC to a C compiler)")
+
+    monkeypatch.setattr(fused, "load_library", broken)
+    monkeypatch.setattr(fused, "_grad_failed", False)
+    net, x = ConvNet(1, 10, 28, width=8), torch.randn(2, 1, 28, 28, requires_grad=True)
+    with fused_blocks():
+        with pytest.warns(RuntimeWarning, match="fused ConvNet blocks unavailable .*running torch's ops instead"):
+            out = net(x)
+        assert torch.equal(out, net(x))  # no second warning (pytest's filter would fail on one)
+    with torch.no_grad():
+        assert torch.equal(out, net(x))

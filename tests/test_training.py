@@ -1,5 +1,5 @@
-"""Training: chunked forward/backward gives the unchunked step; bf16 autocast stays close; the
-compiled step gives the eager one."""
+"""Training: chunked forward/backward gives the unchunked step; so do the fused blocks; bf16
+autocast stays close; the compiled step gives the eager one."""
 import pytest
 import torch
 
@@ -8,12 +8,13 @@ from dkkt_plugin.nets import ConvNet
 from dkkt_plugin.training import TrainConfig, accuracy, train_classifier
 
 
-def _train(chunk_size, precision="fp32", augment="color_crop_cutout_flip_scale_rotate", norm="instancenorm"):
+def _train(chunk_size, precision="fp32", augment="color_crop_cutout_flip_scale_rotate", norm="instancenorm",
+           fused=True):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(20, 1, 28, 28, generator=g), torch.arange(20) % 4
     net = ConvNet(1, 4, 28, width=8, norm=norm, generator=torch.Generator().manual_seed(1))
     cfg = TrainConfig(epochs=3, batch_size=12, lr=0.05, augment=augment, chunk_size=chunk_size,
-                      precision=precision)
+                      precision=precision, fused=fused)
     loss = train_classifier(net, x, y, cfg, generator=torch.Generator().manual_seed(2))
     return loss, net
 
@@ -22,6 +23,21 @@ def _train(chunk_size, precision="fp32", augment="color_crop_cutout_flip_scale_r
 def test_chunks_give_the_same_training(chunk_size):
     loss_a, a = _train(None)
     loss_b, b = _train(chunk_size)
+    assert abs(loss_a - loss_b) <= 1e-5 * abs(loss_a)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_blocks_give_the_same_training(monkeypatch):
+    # TrainConfig.fused (default on): each block's norm, ReLU and pooling, and block 1 whole, fused
+    from dkkt_plugin import fused
+
+    calls = []
+    monkeypatch.setattr(fused.FirstBlock, "apply", lambda *a, _f=fused.FirstBlock.apply: calls.append(1) or _f(*a))
+    loss_a, a = _train(None, fused=False)
+    assert not calls
+    loss_b, b = _train(None)
+    assert calls
     assert abs(loss_a - loss_b) <= 1e-5 * abs(loss_a)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)

@@ -255,3 +255,29 @@ def test_chunked_forward_gives_the_same_loss_and_gradient(monkeypatch):
     (la, ga), (lb, gb) = out
     assert torch.allclose(la, lb, rtol=1e-10)
     assert float((ga - gb).norm()) <= 1e-8 * float(ga.norm())
+
+
+@pytest.mark.parametrize("params", ["classifier", "all"])
+def test_fused_edge_model_pass_gives_the_torch_loss_and_gradients(params, monkeypatch):
+    # fused (default on) where only classifier parameters are selected: the double backward then
+    # never enters the blocks; with params="all" the blocks run torch's ops
+    from dkkt_plugin import fused
+
+    calls = []
+    monkeypatch.setattr(fused.FirstBlock, "apply", lambda *a, _f=fused.FirstBlock.apply: calls.append(1) or _f(*a))
+    net = ConvNet(1, 10, 28, width=8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(10)
+    assert DKKTLoss(net, 10, params=params).fused == (params == "classifier")
+    out = []
+    for on in (True, False):
+        loss_fn = DKKTLoss(net, 10, params=params, fused=on, primal="ce")
+        images = x.clone().requires_grad_()
+        loss = loss_fn(images, y)
+        gx, grho = torch.autograd.grad(loss, [images, loss_fn.rho])
+        out.append((loss.detach(), gx, grho))
+    assert len(calls) == (1 if params == "classifier" else 0)
+    (la, ga, ra), (lb, gb, rb) = out
+    assert torch.allclose(la, lb, rtol=1e-5)
+    assert float((ga - gb).norm()) <= 1e-4 * float(gb.norm())
+    assert float((ra - rb).norm()) <= 1e-4 * float(rb.norm())

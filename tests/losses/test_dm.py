@@ -80,13 +80,18 @@ def test_fused_kernels_unavailable_warn_and_the_torch_path_runs(monkeypatch, tmp
     from dkkt_plugin import fused
 
     monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(fused, "_grad_failed", False)  # restored afterwards: later tests build the kernels
     monkeypatch.setenv("DKKT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     real, yr, syn, ys = batch()
+    syn.requires_grad_()
     dm = make(True, real_precision="bf16")
-    with pytest.warns(RuntimeWarning, match="fused ConvNet embedding unavailable"):
+    with pytest.warns(RuntimeWarning) as caught:
         a = dm(real, yr, syn, ys)
-    assert torch.equal(a, make(True, real_precision="bf16", fused_real=False)(real, yr, syn, ys))
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "fused ConvNet embedding unavailable" in messages and "fused ConvNet blocks unavailable" in messages
+    b = make(True, real_precision="bf16", fused_real=False, fused_syn=False)(real, yr, syn, ys)
+    assert torch.equal(a, b)
 
 
 def test_real_precision_auto_and_other_dtypes():
@@ -183,3 +188,21 @@ def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
         a = dm(real, yr, syn, ys)
     assert torch.allclose(a, make(True, chunk_size=5)(real, yr, syn, ys), rtol=1e-5, atol=1e-6)
     assert dm._embed_real.failed
+
+
+def test_fused_synthetic_passes_give_the_torch_loss_and_gradient(monkeypatch):
+    # fused_syn (default on): the synthetic images' forward and backward through the fused blocks
+    from dkkt_plugin import fused
+
+    calls = []
+    monkeypatch.setattr(fused.FirstBlock, "apply", lambda *a, _f=fused.FirstBlock.apply: calls.append(1) or _f(*a))
+    real, yr, syn, ys = batch()
+    out = []
+    for fused_syn in (True, False):
+        s = syn.clone().requires_grad_()
+        loss = make(True, fused_syn=fused_syn)(real, yr, s, ys)
+        out.append((loss.detach(), torch.autograd.grad(loss, s)[0]))
+    assert len(calls) == 1  # the fused blocks ran with fused_syn=True only (fp32 real side: torch)
+    (la, ga), (lb, gb) = out
+    assert torch.allclose(la, lb, rtol=1e-5)
+    assert float((ga - gb).norm()) <= 1e-4 * float(gb.norm())

@@ -139,11 +139,14 @@ def test_dm_dkkt_step_takes_the_gradient_of_the_summed_loss():
 
 @pytest.mark.parametrize("name", ["dm", "dm_dkkt"])
 def test_speed_switches_reach_the_dm_loss(name):
-    # fused_real (default on) and compile_real (default off) reach DMLoss; a loss built with the
-    # defaults gets neither keyword (plugin losses need not take them)
-    assert method_class(name)(config(name), tiny_data()).dm._fused.enabled
-    m = method_class(name)(config(name, fused_real=False, compile_real=True), tiny_data())
-    assert not m.dm._fused.enabled and m.dm.compile_real
+    # fused_real, fused_syn (default on) and compile_real (default off) reach DMLoss; a loss built
+    # with the defaults gets none of these keywords (plugin losses need not take them)
+    m = method_class(name)(config(name), tiny_data())
+    assert m.dm._fused.enabled and m.dm.fused_syn
+    m = method_class(name)(config(name, fused_real=False, compile_real=True, fused_syn=False), tiny_data())
+    assert not m.dm._fused.enabled and m.dm.compile_real and not m.dm.fused_syn
+    if name == "dm_dkkt":  # fused_syn also reaches the DKKT term's edge-model pass
+        assert not m.dkkt.fused and method_class(name)(config(name), tiny_data()).dkkt.fused
     from dkkt_plugin.methods.dm import speed_options
 
     assert speed_options(config(name)) == {}
