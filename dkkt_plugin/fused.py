@@ -400,8 +400,9 @@ def fused_features(net: ConvNet, x: torch.Tensor) -> Optional[torch.Tensor]:
     be built (a warning says so, once per process).
     """
     global _grad_failed
-    if (_grad_failed or x.device.type != "cpu" or type(x) is not torch.Tensor or torch.compiler.is_compiling()
-            or torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None):
+    if (_grad_failed or x.device.type != "cpu" or type(x) not in (torch.Tensor, nn.Parameter)  # no subclasses
+            or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or _get_current_dispatch_mode() is not None):
         return None
     if not _loads_or_warns("fused ConvNet blocks", "running torch's ops instead", 3):  # embed()'s caller
         _grad_failed = True

@@ -30,9 +30,12 @@ NORMS = ("instancenorm", "batchnorm", "none")
 # memory bandwidth beyond the L3 is a few GB/s. Measured on a 2-core Zen 5 VM, quiet machine
 # (benchmarks/results/speed-cpu): DM's embedding (no backward) 16 = 32 = 64 images per forward,
 # all about twice the rate of 256 or 2 560, at 1 and at 2 threads; training (forward + backward
-# keeps twice the activations) fastest with 8 (4, 16, 24, 50 and 100 tried).
+# keeps twice the activations) fastest with 8 (4, 16, 24, 50 and 100 tried). With the fused
+# blocks (fused_blocks: block 1's big activation is never stored) training is faster with 16
+# than with 8 at 1 and 2 threads, and no faster with 32 (timed in sitting 7).
 CPU_CHUNK = 16
 CPU_TRAIN_CHUNK = 8
+CPU_FUSED_TRAIN_CHUNK = 16
 POOLINGS = ("avg", "max", "none")
 _FUSED_BLOCKS = contextvars.ContextVar("dkkt_fused_blocks", default=False)
 
@@ -239,13 +242,16 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
-def default_chunk_size(device: torch.device | str, *, training: bool = False) -> int:
-    """Images per forward for per-sample networks: on the CPU ``CPU_CHUNK`` (``CPU_TRAIN_CHUNK``
-    when training the network's weights, whose backward keeps more activations), whatever the
-    thread count; on other devices the whole batch (a huge number)."""
+def default_chunk_size(device: torch.device | str, *, training: bool = False, fused: bool = False) -> int:
+    """Images per forward for per-sample networks: on the CPU ``CPU_CHUNK`` (when training the
+    network's weights, whose backward keeps more activations, ``CPU_TRAIN_CHUNK``, or
+    ``CPU_FUSED_TRAIN_CHUNK`` with :func:`fused_blocks`), whatever the thread count; on other
+    devices the whole batch (a huge number)."""
     if torch.device(device).type != "cpu":
         return 2 ** 62
-    return CPU_TRAIN_CHUNK if training else CPU_CHUNK
+    if training:
+        return CPU_FUSED_TRAIN_CHUNK if fused else CPU_TRAIN_CHUNK
+    return CPU_CHUNK
 
 
 def native_bf16(device: torch.device | str) -> bool:

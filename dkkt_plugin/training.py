@@ -7,8 +7,8 @@ same SGD. Minibatch order and augmentation draws come from an explicit generator
 Speed: a network whose samples are independent (``per_sample``: instance norm, as the
 DatasetCondensation ConvNet) runs each minibatch's forward and backward in chunks of
 ``TrainConfig.chunk_size`` images with summed gradients, the same gradient as one pass up to
-float rounding; on the CPU 8-image chunks (``nets.default_chunk_size(training=True)``) keep the
-activations in the caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under
+float rounding; on the CPU chunks of 16 images with the fused blocks, else 8
+(``nets.default_chunk_size``), keep the activations in the caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under
 bf16 autocast, ``"auto"`` (the evaluation protocols' setting) where the hardware computes bf16
 natively (CUDA; CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and
 the loss stay fp32. ``compile_step=True`` (opt-in) runs each chunk's forward and loss through
@@ -62,7 +62,7 @@ class TrainConfig:
     augment: str = ""  # augmentation strategy applied per minibatch ('' = none)
     augmentation: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations) applying it
     # images per forward/backward inside a minibatch (per-sample networks only; gradients are
-    # summed, so the step is unchanged); auto: nets.default_chunk_size(training=True)
+    # summed, so the step is unchanged); auto: nets.default_chunk_size(training=True, fused=...)
     chunk_size: Optional[int] = None
     # fp32; bf16: forward/backward under bf16 autocast (weights, optimiser and loss stay fp32);
     # auto: bf16 where the device computes bf16 natively (nets.native_bf16), else fp32 (the
@@ -180,7 +180,7 @@ def _chunk_size(model: nn.Module, cfg: TrainConfig, device: torch.device) -> int
         return 2 ** 62
     if cfg.chunk_size is not None:
         return cfg.chunk_size
-    return default_chunk_size(device, training=True)
+    return default_chunk_size(device, training=True, fused=cfg.fused and not cfg.compile_step)
 
 
 def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:

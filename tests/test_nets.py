@@ -95,4 +95,5 @@ def test_default_chunk_size(threads, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     assert nets.default_chunk_size("cpu") == nets.CPU_CHUNK == 16
     assert nets.default_chunk_size("cpu", training=True) == nets.CPU_TRAIN_CHUNK == 8
+    assert nets.default_chunk_size("cpu", training=True, fused=True) == nets.CPU_FUSED_TRAIN_CHUNK == 16
     assert nets.default_chunk_size("cuda") >= 2 ** 60 and nets.default_chunk_size("cuda", training=True) >= 2 ** 60
