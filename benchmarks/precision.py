@@ -190,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", ""]
     if loss_rel is not None:
-        lines += [f"DM loss, relative difference {set_names[1]} vs {set_names[0]} real embedding (same seed, same "
+        lines += [f"DM loss, relative difference of set {set_names[1]} vs set {set_names[0]} (same seed, same "
                   "draws): first iteration "
                   f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
                   "(the trajectories drift apart as the images do)", ""]

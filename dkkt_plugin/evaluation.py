@@ -95,7 +95,8 @@ PRECISION_TEXT = {"fp32": "", "bf16": ", bf16 autocast training",
 
 # Both protocols train under bf16 autocast where the hardware computes bf16 natively
 # (precision "auto"): within seed noise of fp32 training on Fashion-MNIST
-# (benchmarks/results/precision-cpu) and about 0.8x its time on this CPU (speed-cpu).
+# (benchmarks/results/precision-cpu) and, with the fused blocks, 0.6-0.7x its time on this CPU
+# (benchmarks/results/speed-cpu: eval against eval_fp32).
 PROTOCOLS: dict[str, EvalProtocol] = {
     "dm": EvalProtocol("dm", TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
                                          optimizer="sgd", lr_schedule="step", augment=DSA_STRATEGY,

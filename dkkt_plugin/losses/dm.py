@@ -21,8 +21,8 @@ On the CPU a bf16 real embedding through :class:`dkkt_plugin.nets.ConvNet` (inst
 pooling) runs by default through the package's fused kernels (``fused_real=True``,
 :mod:`dkkt_plugin.fused`): block 1's convolution (fp32), each block's norm, ReLU and pooling per
 image in the L2 cache, oneDNN's bf16 convolutions in between; on our CPU a DM step at ipc 10 took
-0.49-0.56x the autocast path's time and 0.64-0.73x the compiled path's
-(``benchmarks/results/speed-cpu``), with no compile step. It needs a C compiler on first use
+0.49-0.56x the autocast path's time and 0.64-0.73x the compiled path's (sitting 6's grid of
+``benchmarks/results/speed-cpu``, in git history at commit 541fdb0), with no compile step. It needs a C compiler on first use
 (built once, then cached); if building fails a warning says so and the torch path runs.
 
 The synthetic images' forward and backward run with each ConvNet block fused by default
