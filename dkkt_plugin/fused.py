@@ -293,9 +293,9 @@ class NormReluPool(torch.autograd.Function):
         mean = torch.empty(b * c, dtype=arith)  # (B*C,) per plane
         rstd = torch.empty(b * c, dtype=arith)
         g, t = gamma.detach().contiguous(), beta.detach().contiguous()
-        getattr(lib, f"dkkt_nrp_forward_{_SUFFIX[y.dtype]}")(
+        _Plan._check(getattr(lib, f"dkkt_nrp_forward_{_SUFFIX[y.dtype]}")(
             y.data_ptr(), b * c, c, h, w, g.data_ptr(), t.data_ptr(), eps, out.data_ptr(),
-            mean.data_ptr(), rstd.data_ptr(), torch.get_num_threads())
+            mean.data_ptr(), rstd.data_ptr(), torch.get_num_threads()))
         ctx.save_for_backward(y, gamma, beta, mean, rstd)  # gamma, beta attached: double backward
         ctx.eps = eps
         return out
@@ -389,10 +389,9 @@ def _block(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float)
     return F.avg_pool2d(F.relu(z), 2).to(y.dtype)
 
 
-
 def fused_features(net: ConvNet, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """``net.features(x)`` with every block's norm, ReLU and pooling as :class:`NormReluPool`
-    where it applies: a CPU tensor of float32, float64 or (under autocast) bfloat16, even height
+    """``net.features(x)`` with block 1 as :class:`FirstBlock` and every later block's norm, ReLU
+    and pooling as :class:`NormReluPool` where they apply: a CPU tensor of float32, float64 or (under autocast) bfloat16, even height
     and width, ReLUs not patched (``soft_relu_backward``), outside ``torch.compile``, functorch
     transforms and dispatch modes. A block where it does not apply runs torch's ops.
 

@@ -42,10 +42,12 @@ _FUSED_BLOCKS = contextvars.ContextVar("dkkt_fused_blocks", default=False)
 
 @contextlib.contextmanager
 def fused_blocks(enabled: bool = True) -> Iterator[None]:
-    """Within the block, a CPU :class:`ConvNet` with instance norm and average pooling runs each
-    block's norm, ReLU and pooling as :class:`dkkt_plugin.fused.NormReluPool` (forward and
-    backward fused, one image plane at a time; the same results up to float rounding), where it
-    applies (see :func:`dkkt_plugin.fused.fused_features`); ``enabled=False`` changes nothing.
+    """Within the block, a CPU :class:`ConvNet` with instance norm and average pooling runs its
+    first block whole as :class:`dkkt_plugin.fused.FirstBlock` and each later block's norm, ReLU
+    and pooling as :class:`dkkt_plugin.fused.NormReluPool` (C kernels, forward and backward, one
+    image plane at a time; the same results up to float rounding), where they apply (see
+    :func:`dkkt_plugin.fused.fused_features`; elsewhere, e.g. on CUDA, nothing changes);
+    ``enabled=False`` changes nothing.
 
     Example:
         >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)

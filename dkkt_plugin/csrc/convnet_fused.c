@@ -2,11 +2,12 @@
  * and loaded by dkkt_plugin/fused.py: first the no-grad bf16 embedding (dkkt_block1,
  * dkkt_norm_relu_pool), then the blocks with a backward (dkkt_nrp_*, dkkt_first_*), further down.
  *
- * No-grad embedding: each image is handled by one thread, start to end, in a scratch buffer that stays in the L2
- * cache: the conv output (fp32), its per-channel mean and variance (two passes over the
- * buffer), then normalise + affine + ReLU + pool in a third pass that writes bf16. Layouts are
- * channels-last so every inner loop runs over contiguous channels and vectorises.
- * Results do not depend on the thread count (each image is computed the same way by one thread).
+ * No-grad embedding: each image is handled by one thread, start to end, in a scratch buffer that
+ * stays in the L2 cache: the conv output (fp32), its per-channel mean and variance (two passes
+ * over the buffer), then normalise + affine + ReLU + pool in a third pass that writes bf16.
+ * Layouts are channels-last so every inner loop runs over contiguous channels and vectorises.
+ * Results do not depend on the thread count (each image is computed the same way by one thread);
+ * neither do the blocks' below (each plane by one thread; shares summed by the caller).
  */
 #include <math.h>
 #include <stdint.h>

@@ -22,12 +22,13 @@ pooling) runs by default through the package's fused kernels (``fused_real=True`
 :mod:`dkkt_plugin.fused`): block 1's convolution (fp32), each block's norm, ReLU and pooling per
 image in the L2 cache, oneDNN's bf16 convolutions in between; on our CPU a DM step at ipc 10 took
 0.49-0.56x the autocast path's time and 0.64-0.73x the compiled path's (sitting 6's grid of
-``benchmarks/results/speed-cpu``, in git history at commit 541fdb0), with no compile step. It needs a C compiler on first use
-(built once, then cached); if building fails a warning says so and the torch path runs.
+``benchmarks/results/speed-cpu``, in git history at commit 541fdb0), with no compile step. It
+needs a C compiler on first use (built once, then cached); if building fails a warning says so
+and the torch path runs.
 
 The synthetic images' forward and backward run with each ConvNet block fused by default
-(``fused_syn=True``, :func:`dkkt_plugin.nets.fused_blocks`): the same gradient up to float
-rounding, and at ipc 50 (500 synthetic images) most of a DM step on the CPU.
+(``fused_syn=True``, :func:`dkkt_plugin.nets.fused_blocks`; the same gradient up to float
+rounding): at ipc 50 (500 synthetic images) that pass is most of a DM step on the CPU.
 
 ``compile_real=True`` (opt-in) runs that real embedding through ``torch.compile`` (inductor fuses
 each block's norm, ReLU and pooling): on our CPU about a third off a DM step, after a one-off
