@@ -137,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in set_names:
         sets[name] = distil(name, ipc=args.ipc, iterations=args.iterations, seed=args.seed,
                             data_root=args.data_root, train=train)
-        print(f"distilled with the real embedding as {name}: final loss {sets[name]['losses'][-1]:.3f}, "
+        print(f"distilled set {name}: final loss {sets[name]['losses'][-1]:.3f}, "
               f"{sets[name]['seconds_per_iteration']:.2f} s/it", flush=True)
     loss_rel = None
     if len(set_names) == 2:  # baseline first

@@ -23,8 +23,8 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
 - ``dm_dkkt``: a DM+DKKT step with its defaults (DKKT defaults, a random width-128 edge ConvNet;
   the fused kernels on both terms' passes).
 
-FLOPs are counted on the torch path of each variant (``fused_real=False``, eager): the fused
-kernels' first convolution is invisible to the counter and compiled code runs eagerly under it.
+FLOPs are counted on the torch path of each variant (``fused_real=False, fused_syn=False``,
+eager): the fused kernels' work is invisible to the counter and compiled code runs eagerly under it.
 
 Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 synthetic images with
 DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
@@ -194,7 +194,7 @@ def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *,
     extra = {"dm_torch": {"fused_real": False, "fused_syn": False}, "dm_fp32": {"real_precision": "fp32"},
              "dm_compiled": {"compile_real": True, "fused_real": False, "fused_syn": False}}.get(name, {})
     if counting:  # the torch path, eagerly: FlopCounterMode sees neither C kernels nor compiled code
-        extra = {**extra, "compile_real": False, "fused_real": False}
+        extra = {**extra, "compile_real": False, "fused_real": False, "fused_syn": False}
     cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
                        iterations=1, init="noise", seed=seed, **extra)
     m = method_class(method)(cfg, data, device="cpu")

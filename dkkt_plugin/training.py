@@ -6,18 +6,19 @@ same SGD. Minibatch order and augmentation draws come from an explicit generator
 
 Speed: a network whose samples are independent (``per_sample``: instance norm, as the
 DatasetCondensation ConvNet) runs each minibatch's forward and backward in chunks of
-``TrainConfig.chunk_size`` images with summed gradients, the same gradient as one pass up to
-float rounding; on the CPU chunks of 16 images with the fused blocks, else 8
-(``nets.default_chunk_size``), keep the activations in the caches (``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under
-bf16 autocast, ``"auto"`` (the evaluation protocols' setting) where the hardware computes bf16
-natively (CUDA; CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and
-the loss stay fp32. ``compile_step=True`` (opt-in) runs each chunk's forward and loss through
-``torch.compile``: inductor fuses every block's norm, ReLU and pooling, forward and backward, into
-one kernel each (the same gradient up to float rounding; a one-off compile per process). By
-default (``fused=True``) a ConvNet on the CPU trains with the package's fused blocks instead
-(:func:`dkkt_plugin.nets.fused_blocks`: each block's norm, ReLU and pooling, and block 1 whole,
-in C kernels with their backward; no compile step; ``benchmarks/results/speed-cpu`` has both
-against torch's ops). The loss is summed on the device and read once per epoch.
+``TrainConfig.chunk_size`` images with summed gradients, the same gradient as one pass up to float
+rounding; on the CPU chunks of 16 images with the fused blocks, else 8
+(``nets.default_chunk_size``), keep the activations in the caches
+(``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under bf16 autocast, ``"auto"``
+(the evaluation protocols' setting) where the hardware computes bf16 natively (CUDA; CPUs with
+AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and the loss stay fp32.
+``compile_step=True`` (opt-in) runs each chunk's forward and loss through ``torch.compile``:
+inductor fuses every block's norm, ReLU and pooling, forward and backward, into one kernel each
+(the same gradient up to float rounding; a one-off compile per process). By default
+(``fused=True``) a ConvNet on the CPU trains with the package's fused blocks instead
+(:func:`dkkt_plugin.nets.fused_blocks`: each block's norm, ReLU and pooling, and block 1 whole, in
+C kernels with their backward; no compile step; ``benchmarks/results/speed-cpu`` has both against
+torch's ops). The loss is summed on the device and read once per epoch.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
