@@ -27,13 +27,19 @@ torch's ops (``bf16+torch``: ``TrainConfig.fused=False``) and the ``bf16`` set a
 blocks (``bf16``, the default), paired the same way: what the fused synthetic passes change, and
 what fused training changes.
 
+``--compare dkkt`` distils two sets with a method that has the DKKT term (``--method dm_dkkt``,
+the default here, or ``dsv``; the packaged Fashion-MNIST edge model), the edge model's feature
+pass in fp32 (``dkkt.precision="fp32"``: set ``dkkt-fp32``) and in bf16 (set ``dkkt-bf16``), and
+evaluates both with the default (bf16, fused) training, paired the same way; the method's loss
+difference is reported as for fp32 vs bf16.
+
 Training cells: ``fp32`` / ``bf16`` (fused blocks, the default), ``+compile`` (compiled step),
 ``+torch`` (torch's ops only).
 
 Usage::
 
     python -m benchmarks.precision [--ipc 10] [--iterations 100] [--eval-epochs 300] [--num-eval 3]
-        [--compare precision|compile|fused|blocks] [--out DIR]
+        [--compare precision|compile|fused|blocks|dkkt] [--method dm|dm_dkkt|dsv] [--out DIR]
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from dkkt_plugin.data import load_fashion_mnist  # noqa: E402
+from dkkt_plugin.demo import packaged_edge_model  # noqa: E402
 from dkkt_plugin.engine import build_config, load_distill_data, method_class  # noqa: E402
 from dkkt_plugin.evaluation import evaluate_synthetic, get_protocol  # noqa: E402
 
@@ -76,11 +83,15 @@ COMPARISONS = {
                (("fused synthetic passes in DM (bf16 training, torch ops)", ("bf16", "bf16+torch"),
                  ("bf16-torch-syn", "bf16+torch")),
                 ("fused training blocks (bf16 set, bf16 training)", ("bf16", "bf16"), ("bf16", "bf16+torch")))),
+    "dkkt": (("dkkt-fp32", "dkkt-bf16"), (("dkkt-fp32", "bf16"), ("dkkt-bf16", "bf16")),
+             (("bf16 DKKT feature pass (bf16 training)", ("dkkt-bf16", "bf16"), ("dkkt-fp32", "bf16")),)),
 }
-# the DM options of each set
+# the method's options of each set (dotted keys: nested settings)
 SETS = {"fp32": {"real_precision": "fp32"}, "bf16": {"real_precision": "bf16"},
         "bf16-torch": {"real_precision": "bf16", "fused_real": False},
-        "bf16-torch-syn": {"real_precision": "bf16", "fused_syn": False}}
+        "bf16-torch-syn": {"real_precision": "bf16", "fused_syn": False},
+        "dkkt-fp32": {"dkkt.precision": "fp32"}, "dkkt-bf16": {"dkkt.precision": "bf16"}}
+DKKT_METHODS = ("dm_dkkt", "dsv")  # the methods with a DKKT term (and an edge model)
 
 
 def paired(changed: list[float], baseline: list[float]) -> dict:
@@ -92,13 +103,15 @@ def paired(changed: list[float], baseline: list[float]) -> dict:
             "differences": d}
 
 
-def distil(name: str, *, ipc: int, iterations: int, seed: int, data_root: Optional[str], train) -> dict:
-    """DM on Fashion-MNIST with the real embedding as set ``name`` of ``SETS``; images, labels,
-    losses, s/it."""
-    cfg = build_config("dm", dataset="fashion_mnist", data_root=data_root, ipc=ipc, pipc="all",
-                       iterations=iterations, seed=seed, **SETS[name])
+def distil(name: str, *, ipc: int, iterations: int, seed: int, data_root: Optional[str], train,
+           method: str = "dm") -> dict:
+    """``method`` on Fashion-MNIST with the options of set ``name`` of ``SETS`` (the packaged edge
+    model for the DKKT methods); images, labels, losses, s/it."""
+    edge = {"edge_model": str(packaged_edge_model())} if method in DKKT_METHODS else {}
+    cfg = build_config(method, SETS[name], dataset="fashion_mnist", data_root=data_root, ipc=ipc, pipc="all",
+                       iterations=iterations, seed=seed, **edge)
     data = load_distill_data(cfg, train=train)
-    method = method_class("dm")(cfg, data, device="cpu")
+    method = method_class(method)(cfg, data, device="cpu")
     losses, t0 = [], time.perf_counter()
     for it in range(iterations):
         losses.append(method.step(it)["loss"])
@@ -118,11 +131,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--compare", choices=sorted(COMPARISONS), default="precision",
                    help="precision: bf16 vs fp32 (DM embedding and training); compile: compiled vs eager "
                         "training; fused: the fused vs torch bf16 real embedding; blocks: fused vs torch "
-                        "synthetic passes and training")
+                        "synthetic passes and training; dkkt: the DKKT term's feature pass in bf16 vs fp32")
+    p.add_argument("--method", choices=("dm", *DKKT_METHODS), default=None,
+                   help="the distillation method (default: dm, or dm_dkkt with --compare dkkt)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="benchmarks/results/precision-cpu")
     args = p.parse_args(argv)
+    method = args.method or ("dm_dkkt" if args.compare == "dkkt" else "dm")
+    if args.compare == "dkkt" and method not in DKKT_METHODS:
+        p.error(f"--compare dkkt needs a method with the DKKT term: --method {' or '.join(DKKT_METHODS)}")
+    if args.compare != "dkkt" and method != "dm":
+        p.error(f"--compare {args.compare} compares DM's options: --method dm")
     argv_list = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sets = {}
     for name in set_names:
         sets[name] = distil(name, ipc=args.ipc, iterations=args.iterations, seed=args.seed,
-                            data_root=args.data_root, train=train)
+                            data_root=args.data_root, train=train, method=method)
         print(f"distilled set {name}: final loss {sets[name]['losses'][-1]:.3f}, "
               f"{sets[name]['seconds_per_iteration']:.2f} s/it", flush=True)
     loss_rel = None
@@ -167,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
               "versions": versions(), "load_start": load_start, "load_end": os.getloadavg()[0],
-              "settings": {"ipc": args.ipc, "pipc": "all", "iterations": args.iterations, "distill_seed": args.seed,
+              "settings": {"method": method, "ipc": args.ipc, "pipc": "all", "iterations": args.iterations, "distill_seed": args.seed,
                            "eval_epochs": args.eval_epochs, "num_eval": args.num_eval, "protocol": proto.describe(),
                            "test_images": int(y_test.numel())},
               "distillation": {k: {"losses": v["losses"], "seconds_per_iteration": v["seconds_per_iteration"]}
@@ -181,16 +201,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (out / "precision.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     title = {"precision": "bf16 vs fp32", "compile": "Compiled vs eager training step",
              "fused": "Fused vs torch bf16 real embedding",
-             "blocks": "Fused vs torch ConvNet blocks (DM's synthetic passes, training)"}[args.compare]
+             "blocks": "Fused vs torch ConvNet blocks (DM's synthetic passes, training)",
+             "dkkt": f"The DKKT term's feature pass in bf16 vs fp32 ({method})"}[args.compare]
     lines = [f"# {title} on real Fashion-MNIST", "", f"- command: `{report['command']}`",
              f"- date {report['date']}; {report['machine']['cpu_model']}, {report['machine']['torch_threads']} torch "
              f"thread(s); torch {report['versions']['torch']}; load average {load_start:.2f} at start, "
              f"{report['load_end']:.2f} at end",
-             f"- DM: ipc {args.ipc}, pipc all, {args.iterations} iterations, seed {args.seed}; evaluation: "
+             f"- {method}: ipc {args.ipc}, pipc all, {args.iterations} iterations, seed {args.seed}; evaluation: "
              f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", ""]
     if loss_rel is not None:
-        lines += [f"DM loss, relative difference of set {set_names[1]} vs set {set_names[0]} (same seed, same "
+        lines += [f"{method} loss, relative difference of set {set_names[1]} vs set {set_names[0]} (same seed, same "
                   "draws): first iteration "
                   f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
                   "(the trajectories drift apart as the images do)", ""]

@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import check_input, default_chunk_size, fused_blocks
+from ..nets import check_input, default_chunk_size, fused_blocks, native_bf16
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
@@ -41,6 +41,7 @@ PRIMALS = ("ce", "boundary")
 MULTIPLIERS = ("log", "projected")
 SCALES = ("none", "floor")
 STATIONARITIES = ("margin", "ce")
+PRECISIONS = ("auto", "bf16", "fp32")
 COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
 
 
@@ -81,10 +82,15 @@ class DKKTConfig:
     # (forward unchanged; Haim et al. use 19..150), so the double backward reaches the images
     soft_relu: float = 0.0
     lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
+    # the edge model's feature pass (its blocks, forward and the images' backward): fp32; bf16
+    # (autocast: bf16 convolutions, norms in fp32; the classifier, the losses and the stationarity
+    # gradient stay fp32), for a ConvNet-like model (embed() + classifier) with params="classifier";
+    # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     def __post_init__(self) -> None:
         for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS), ("multiplier", MULTIPLIERS),
-                              ("scale", SCALES), ("stationarity", STATIONARITIES)):
+                              ("scale", SCALES), ("stationarity", STATIONARITIES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"DKKTConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if (self.alpha is not None and self.alpha < 0) or self.tv_weight < 0 or self.norm_weight < 0:
@@ -185,7 +191,15 @@ class DKKTLoss(nn.Module):
         self.augment = augment
         self.model = model.eval().requires_grad_(False)
         self.param_names = select_parameters(model, config.params, param_filter)
-        self.fused = fused and all(n.startswith("classifier.") for n in self.param_names)
+        head_only = all(n.startswith("classifier.") for n in self.param_names)
+        self.fused = fused and head_only
+        # the bf16 feature pass needs the features and the classifier apart (ConvNet's interface)
+        self._splits = (head_only and callable(getattr(model, "embed", None))
+                        and isinstance(getattr(model, "classifier", None), nn.Module))
+        if config.precision == "bf16" and not self._splits:
+            raise ConfigError("DKKTConfig.precision='bf16' needs params='classifier' and a model with embed() and "
+                              f"a classifier module (dkkt_plugin.nets.ConvNet); got params={config.params!r}, "
+                              f"{type(model).__name__}; use precision='fp32' (or 'auto')")
         init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
         # images are scored in the model's dtype (a float64 model works)
@@ -257,8 +271,13 @@ class DKKTLoss(nn.Module):
         # graphs stay separate, so both backward passes also run chunk by chunk
         chunk = default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
         with soft_relu_backward(self.model, self.config.soft_relu), fused_blocks(self.fused):
-            logits = torch.cat([functional_call(self.model, params, (xc,))
-                                for xc in x.split(max(chunk, 1))])  # (B, K)
+            if self.uses_bf16(x):
+                head = {n[len("classifier."):]: t for n, t in theta.items() if n.startswith("classifier.")}
+                logits = torch.cat([functional_call(self.model.classifier, head, (self._embed_bf16(xc).float(),))
+                                    for xc in x.split(max(chunk, 1))])  # (B, K) fp32
+            else:
+                logits = torch.cat([functional_call(self.model, params, (xc,))
+                                    for xc in x.split(max(chunk, 1))])  # (B, K)
         _check_label_range(labels, logits.shape[1])
         losses = F.cross_entropy(logits, labels, reduction="none")  # (B,)
         correct = logits.argmax(1) == labels  # (B,)
@@ -289,7 +308,18 @@ class DKKTLoss(nn.Module):
             total = total + 5.0 * (cfg.lambda_min - self.multipliers).clamp(min=0).pow(2).sum()
         return DKKTTerms(total, primal, stat, tv, norm, self.floor, float(correct.float().mean()))
 
+    def uses_bf16(self, x: torch.Tensor) -> bool:
+        """Whether the edge model's features of ``x`` are computed in bf16 under ``config.precision``."""
+        if self.config.precision == "fp32" or not self._splits or x.dtype != torch.float32:
+            return False
+        return self.config.precision == "bf16" or native_bf16(x.device)
+
     # -- helpers -------------------------------------------------------------------------------
+    def _embed_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen blocks under bf16 autocast: (B, C, H, W) -> (B, D) bf16."""
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model.embed(x)
+
     def train(self, mode: bool = True) -> "DKKTLoss":
         super().train(mode)
         self.model.eval()  # the frozen classifier is always scored in eval mode
