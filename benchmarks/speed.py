@@ -21,7 +21,9 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
 - ``dm_compiled``: ``dm_torch`` with ``compile_real=True`` (the real embedding through
   ``torch.compile``; its one-off compile falls in the untimed warm-up, once per thread count);
 - ``dm_dkkt``: a DM+DKKT step with its defaults (DKKT defaults, a random width-128 edge ConvNet;
-  the fused kernels on both terms' passes).
+  the fused kernels on both terms' passes; the DKKT term's feature pass in bf16 where the CPU
+  has native bf16: ``dkkt.precision="auto"``);
+- ``dm_dkkt_fp32``: ``dm_dkkt`` with the DKKT term's feature pass in fp32 (``dkkt.precision="fp32"``).
 
 FLOPs are counted on the torch path of each variant (``fused_real=False, fused_syn=False``,
 eager): the fused kernels' work is invisible to the counter and compiled code runs eagerly under it.
@@ -84,7 +86,7 @@ from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-DM_VARIANTS = ("reference", "dm", "dm_torch", "dm_fp32", "dm_compiled", "dm_dkkt")
+DM_VARIANTS = ("reference", "dm", "dm_torch", "dm_fp32", "dm_compiled", "dm_dkkt", "dm_dkkt_fp32")
 EVAL_VARIANTS = ("eval_reference", "eval", "eval_torch", "eval_fp32", "eval_compiled")
 
 
@@ -190,12 +192,13 @@ def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *,
         return ref.step
     edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen).eval()
     data = DistillData(real, labels, NUM_CLASSES, (0.2861,), (0.3530,), edge)
-    method = "dm_dkkt" if name == "dm_dkkt" else "dm"
+    method = "dm_dkkt" if name.startswith("dm_dkkt") else "dm"
+    nested = {"dkkt.precision": "fp32"} if name == "dm_dkkt_fp32" else {}
     extra = {"dm_torch": {"fused_real": False, "fused_syn": False}, "dm_fp32": {"real_precision": "fp32"},
              "dm_compiled": {"compile_real": True, "fused_real": False, "fused_syn": False}}.get(name, {})
     if counting:  # the torch path, eagerly: FlopCounterMode sees neither C kernels nor compiled code
         extra = {**extra, "compile_real": False, "fused_real": False, "fused_syn": False}
-    cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
+    cfg = build_config(method, nested, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
                        iterations=1, init="noise", seed=seed, **extra)
     m = method_class(method)(cfg, data, device="cpu")
     counter = iter(range(10 ** 9))
@@ -354,13 +357,13 @@ def markdown(report: dict) -> str:
                          f"{100 * s['fraction_of_peak']:.0f} | {s['peak_mb_above']:.0f} |")
     lines += ["", "Ratios, wall clock (process CPU time in brackets: robust to being descheduled on a busy "
               "machine; with 2 threads it sums both):", "",
-              "| threads | ipc | dm / reference | dm_fp32 / reference | dm_compiled / reference | dm_dkkt / dm |",
-              "|---|---|---|---|---|---|"]
+              "| threads | ipc | dm / reference | dm_fp32 / reference | dm_compiled / reference | dm_dkkt / dm | "
+              "dm_dkkt_fp32 / dm |", "|---|---|---|---|---|---|---|"]
     for c in report["dm"]:
         r, rc = c["ratios"], c["cpu_ratios"]
         fmt = lambda k: f"{r[k]:.2f} ({rc[k]:.2f})" if k in r else ""  # noqa: E731
         lines.append(f"| {c['threads']} | {c['ipc']} | {fmt('dm/reference')} | {fmt('dm_fp32/reference')} | "
-                     f"{fmt('dm_compiled/reference')} | {fmt('dm_dkkt/dm')} |")
+                     f"{fmt('dm_compiled/reference')} | {fmt('dm_dkkt/dm')} | {fmt('dm_dkkt_fp32/dm')} |")
     if report["eval"]:
         lines += ["", f"## Evaluation: {report['settings']['eval_epochs']} epochs on 100 images with DSA", "",
                   "| threads | variant | s/run | s per 100 epochs | ratio to reference (CPU time) | GFLOP/s | "
@@ -422,9 +425,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if v != "reference" and "reference" in variants:
                     cell["ratios"][f"{v}/reference"] = paired_ratio(runs, v, "reference")
                     cell["cpu_ratios"][f"{v}/reference"] = paired_ratio(runs, v, "reference", "cpu_seconds")
-            if "dm_dkkt" in variants and "dm" in variants:
-                cell["ratios"]["dm_dkkt/dm"] = paired_ratio(runs, "dm_dkkt", "dm")
-                cell["cpu_ratios"]["dm_dkkt/dm"] = paired_ratio(runs, "dm_dkkt", "dm", "cpu_seconds")
+            for v in ("dm_dkkt", "dm_dkkt_fp32"):
+                if v in variants and "dm" in variants:
+                    cell["ratios"][f"{v}/dm"] = paired_ratio(runs, v, "dm")
+                    cell["cpu_ratios"][f"{v}/dm"] = paired_ratio(runs, v, "dm", "cpu_seconds")
             dm_cells.append(cell)
             print(f"threads {threads} ipc {ipc}: " + ", ".join(
                 f"{v} {s['seconds']:.3f} s" for v, s in cell["variants"].items())

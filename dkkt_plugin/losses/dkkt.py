@@ -18,6 +18,12 @@ restricted to the selected parameters (only they require a gradient, so with ``p
 double backward. The multipliers ``λ_i ≥ 0`` (one per
 synthetic image) are parameters of this module, learnt with the images.
 
+With ``precision="auto"`` (the default) and only classifier parameters selected, the frozen
+model's features (its blocks: the forward and the images' backward, most of the term's cost) run
+under bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or
+AMX); the classifier, both losses and the stationarity gradient stay fp32. ``precision="fp32"``
+gives the exact loss. (Measured in ``benchmarks/results/precision-cpu/dkkt-*``.)
+
 The stationarity *floor* is the value of L_stat when the gradient sum is zero (``D(θ*, 0)``): a
 term that stays at its floor carries no model knowledge (see DESIGN.md §7).
 """

@@ -31,7 +31,19 @@ def test_speed_tiny(tmp_path):
     assert set(report["eval"][0]["variants"]) == set(speed.EVAL_VARIANTS)
     assert report["matmul_gflops"] and all(v > 0 for v in report["matmul_gflops"].values())
     md = (tmp_path / "speed.md").read_text()
-    assert "dm / reference" in md and "dm_dkkt / dm" in md and "eval_reference" in md
+    assert "dm / reference" in md and "dm_dkkt / dm" in md and "dm_dkkt_fp32 / dm" in md and "eval_reference" in md
+    assert {"dm_dkkt/dm", "dm_dkkt_fp32/dm"} <= set(cell["ratios"])
+
+
+def test_dm_dkkt_variants_differ_only_in_the_dkkt_precision(monkeypatch):
+    seen = []
+    monkeypatch.setattr(speed, "method_class", lambda name: lambda cfg, data, device: seen.append((name, cfg)))
+    real, labels = speed.generated_data(3)
+    for v in ("dm_dkkt", "dm_dkkt_fp32"):
+        speed.dm_variant(v, 1, real, labels, batch_real=2, width=4)
+    (name, auto), (name_fp32, fp32) = seen
+    assert name == name_fp32 == "dm_dkkt" and auto.dkkt.precision == "auto"
+    assert fp32 == dataclasses.replace(auto, dkkt=dataclasses.replace(auto.dkkt, precision="fp32"))
 
 
 def test_interleave_rotates_the_order():
@@ -70,7 +82,6 @@ def test_eval_variants_train_as_the_dm_protocol(monkeypatch):
     assert seen.pop("cfg") == get_protocol("dm", 3).train and get_protocol("dm").train.precision == "auto"
     speed.eval_variant("eval_fp32", 3, width=4)()
     assert seen["cfg"].precision == "fp32" and seen["cfg"].epochs == 3
-    seen.clear()
     seen.clear()
     speed.eval_variant("eval_torch", 3, width=4)()
     assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, fused=False)

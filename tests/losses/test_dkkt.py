@@ -26,7 +26,8 @@ def data(n=6, classes=3, dtype=torch.float32, seed=0):
 def test_stationarity_equals_per_sample_formulation(distance, params, scale, stationarity):
     net = tiny_net()
     x, y = data()
-    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, params=params, scale=scale, stationarity=stationarity))
+    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, params=params, scale=scale, stationarity=stationarity,
+                                       precision="fp32"))  # exact; bf16: test_bf16_feature_pass_...
     loss.set_multipliers(torch.linspace(0.5, 3.0, 6))
     got = loss.terms(x, y).stationarity
     grads = per_sample_grads(net, loss.param_names, x, y, loss=stationarity)
@@ -79,14 +80,14 @@ def test_primal_variants():
     logits = net(x)
     ce = F.cross_entropy(logits, y, reduction="none")
     wrong = logits.argmax(1) != y
-    t_ce = DKKTLoss(net, 6, primal="ce", alpha=0).terms(x, y)
-    t_b = DKKTLoss(net, 6, primal="boundary", alpha=0).terms(x, y)
+    t_ce = DKKTLoss(net, 6, primal="ce", alpha=0, precision="fp32").terms(x, y)
+    t_b = DKKTLoss(net, 6, primal="boundary", alpha=0, precision="fp32").terms(x, y)
     assert torch.allclose(t_ce.primal, ce.mean(), atol=1e-6)
     assert torch.allclose(t_b.primal, (ce * wrong).mean(), atol=1e-6)
     assert t_b.accuracy == pytest.approx(float((~wrong).float().mean()))
     # a correctly classified image contributes nothing to the boundary primal
     y_pred = logits.argmax(1)
-    assert float(DKKTLoss(net, 6, primal="boundary", alpha=0).terms(x, y_pred).primal.detach()) == 0.0
+    assert float(DKKTLoss(net, 6, primal="boundary", alpha=0, precision="fp32").terms(x, y_pred).primal.detach()) == 0.0
 
 
 def test_total_combines_weighted_parts():
@@ -198,7 +199,7 @@ def test_gradcheck_margin_stationarity_and_multiplier_floor(stationarity):
 def test_margin_stationarity_uses_the_margin_gradient():
     net = tiny_net()
     x, y = data()
-    loss = DKKTLoss(net, 6, DKKTConfig(distance="l2", params="classifier", stationarity="margin"))
+    loss = DKKTLoss(net, 6, DKKTConfig(distance="l2", params="classifier", stationarity="margin", precision="fp32"))
     got = loss.terms(x, y).stationarity
     w = dict(net.named_parameters())
     names = loss.param_names
@@ -271,7 +272,7 @@ def test_fused_edge_model_pass_gives_the_torch_loss_and_gradients(params, monkey
     assert DKKTLoss(net, 10, params=params).fused == (params == "classifier")
     out = []
     for on in (True, False):
-        loss_fn = DKKTLoss(net, 10, params=params, fused=on, primal="ce")
+        loss_fn = DKKTLoss(net, 10, params=params, fused=on, primal="ce", precision="fp32")
         images = x.clone().requires_grad_()
         loss = loss_fn(images, y)
         gx, grho = torch.autograd.grad(loss, [images, loss_fn.rho])
@@ -281,3 +282,48 @@ def test_fused_edge_model_pass_gives_the_torch_loss_and_gradients(params, monkey
     assert torch.allclose(la, lb, rtol=1e-5)
     assert float((ga - gb).norm()) <= 1e-4 * float(gb.norm())
     assert float((ra - rb).norm()) <= 1e-4 * float(rb.norm())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_feature_pass_is_close_to_fp32(fused):
+    # bf16 autocast on the blocks only: the classifier, the losses and the stationarity gradient
+    # stay fp32, so the loss is close and the images' and multipliers' gradients point the same way
+    net = ConvNet(1, 10, 28, width=8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(20) % 10
+    out = {}
+    for precision in ("fp32", "bf16"):
+        loss_fn = DKKTLoss(net, 20, precision=precision, fused=fused, primal="ce", alpha=1.0)
+        loss_fn.set_multipliers(torch.linspace(0.5, 2.0, 20))
+        assert loss_fn.uses_bf16(x) == (precision == "bf16")
+        images = x.clone().requires_grad_()
+        terms = loss_fn.terms(images, y)
+        gx, grho = torch.autograd.grad(terms.total, [images, loss_fn.rho])
+        assert gx.dtype == grho.dtype == torch.float32
+        out[precision] = (terms.primal.detach(), terms.stationarity.detach(), gx, grho)
+    (pa, sa, ga, ra), (pb, sb, gb, rb) = out["fp32"], out["bf16"]
+    assert not torch.equal(ga, gb)  # bf16 did run
+    assert torch.allclose(pb, pa, rtol=2e-2) and torch.allclose(sb, sa, rtol=2e-2)
+    for a, b in ((ga, gb), (ra, rb)):
+        assert float((a - b).norm()) <= 0.1 * float(a.norm())
+        assert F.cosine_similarity(a.flatten(), b.flatten(), 0) > 0.99
+
+
+def test_precision_auto_and_where_bf16_applies():
+    from dkkt_plugin.nets import native_bf16
+
+    net = tiny_net()
+    x, _ = data()
+    assert DKKTLoss(net, 6).config.precision == "auto"
+    assert DKKTLoss(net, 6).uses_bf16(x) == native_bf16("cpu")
+    assert not DKKTLoss(net, 6, precision="fp32").uses_bf16(x)
+    assert not DKKTLoss(net, 6, params="all").uses_bf16(x)  # auto: the blocks' parameters need fp32 there
+    assert not DKKTLoss(tiny_net(torch.float64), 6, precision="bf16").uses_bf16(x.double())
+    with pytest.raises(ConfigError, match="precision='bf16' needs params='classifier'"):
+        DKKTLoss(net, 6, precision="bf16", params="all")
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    with pytest.raises(ConfigError, match="a model with embed"):
+        DKKTLoss(flat, 6, precision="bf16")
+    assert not DKKTLoss(flat, 6).uses_bf16(x)
+    with pytest.raises(ConfigError, match="precision"):
+        DKKTConfig(precision="fp16")

@@ -27,7 +27,10 @@ def config(name, **kw):
     cls = method_class(name).config_class
     fields = {f for f in cls.__dataclass_fields__}
     opts = {k: v for k, v in {"ipc": 2, "pipc": 4, "iterations": 3, **FAST, **kw}.items() if k in fields}
-    return build_config(name, **opts)
+    # the DKKT term's feature pass in fp32: exact first-order descent on every CPU (bf16 is tested
+    # in tests/losses/test_dkkt.py)
+    nested = {"dkkt.precision": "fp32"} if "dkkt" in fields else {}
+    return build_config(name, nested, **opts)
 
 
 def test_all_builtin_methods_registered():

@@ -1,0 +1,36 @@
+"""benchmarks.precision distils its paired sets on a tiny Fashion-MNIST and writes JSON + Markdown."""
+import json
+
+import pytest
+
+from benchmarks import precision
+
+
+@pytest.mark.parametrize("method", ["dm_dkkt", "dsv"])
+def test_compare_dkkt_distils_fp32_and_bf16_dkkt_sets(method, tiny_fashion_mnist, tmp_path, monkeypatch):
+    built = []
+    orig = precision.build_config
+    monkeypatch.setattr(precision, "build_config", lambda *a, **k: built.append(orig(*a, **k)) or built[-1])
+    argv = ["--compare", "dkkt", "--method", method, "--ipc", "1", "--iterations", "2", "--eval-epochs", "1",
+            "--num-eval", "2", "--test-per-class", "2", "--data-root", str(tiny_fashion_mnist), "--out", str(tmp_path)]
+    assert precision.main(argv) == 0
+    assert [c.dkkt.precision for c in built] == ["fp32", "bf16"] and {c.ipc for c in built} == {1}
+    report = json.loads((tmp_path / "precision.json").read_text())
+    assert report["settings"]["method"] == method and set(report["distillation"]) == {"dkkt-fp32", "dkkt-bf16"}
+    assert [(c["distilled"], c["trained"]) for c in report["evaluation"]] == [("dkkt-fp32", "bf16"),
+                                                                              ("dkkt-bf16", "bf16")]
+    assert all(len(c["accuracies"]) == 2 for c in report["evaluation"])
+    (comparison,) = report["comparisons"]
+    assert comparison["changed"] == ["dkkt-bf16", "bf16"] and comparison["baseline"] == ["dkkt-fp32", "bf16"]
+    assert report["loss_relative_difference"]["first"] >= 0
+    md = (tmp_path / "precision.md").read_text()
+    assert f"DKKT term's feature pass in bf16 vs fp32 ({method})" in md and md.count("| dkkt-") == 4  # two cells, the comparison's two
+
+
+def test_dkkt_comparison_needs_a_dkkt_method_and_others_need_dm(capsys):
+    with pytest.raises(SystemExit):
+        precision.main(["--compare", "dkkt", "--method", "dm"])
+    assert "--compare dkkt needs a method with the DKKT term" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        precision.main(["--compare", "blocks", "--method", "dsv"])
+    assert "--method dm" in capsys.readouterr().err
