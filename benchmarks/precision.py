@@ -29,9 +29,11 @@ what fused training changes.
 
 ``--compare dkkt`` distils two sets with a method that has the DKKT term (``--method dm_dkkt``,
 the default here, or ``dsv``; the packaged Fashion-MNIST edge model), the edge model's feature
-pass in fp32 (``dkkt.precision="fp32"``: set ``dkkt-fp32``) and in bf16 (set ``dkkt-bf16``), and
-evaluates both with the default (bf16, fused) training, paired the same way; the method's loss
-difference is reported as for fp32 vs bf16.
+pass in fp32 (``dkkt.precision="fp32"``: set ``dkkt-fp32``), in bf16 (set ``dkkt-bf16``) and, as
+a control, in fp32 through torch's ops instead of the fused blocks (``fused_syn=False``: set
+``dkkt-fp32-torch``, the same arithmetic up to float rounding: how far rounding alone moves the
+result of a long, chaotic run such as DSV's), and evaluates them with the default (bf16, fused)
+training, paired the same way; the method's loss difference is reported as for fp32 vs bf16.
 
 Training cells: ``fp32`` / ``bf16`` (fused blocks, the default), ``+compile`` (compiled step),
 ``+torch`` (torch's ops only).
@@ -83,14 +85,18 @@ COMPARISONS = {
                (("fused synthetic passes in DM (bf16 training, torch ops)", ("bf16", "bf16+torch"),
                  ("bf16-torch-syn", "bf16+torch")),
                 ("fused training blocks (bf16 set, bf16 training)", ("bf16", "bf16"), ("bf16", "bf16+torch")))),
-    "dkkt": (("dkkt-fp32", "dkkt-bf16"), (("dkkt-fp32", "bf16"), ("dkkt-bf16", "bf16")),
-             (("bf16 DKKT feature pass (bf16 training)", ("dkkt-bf16", "bf16"), ("dkkt-fp32", "bf16")),)),
+    "dkkt": (("dkkt-fp32", "dkkt-bf16", "dkkt-fp32-torch"),
+             (("dkkt-fp32", "bf16"), ("dkkt-bf16", "bf16"), ("dkkt-fp32-torch", "bf16")),
+             (("bf16 DKKT feature pass (bf16 training)", ("dkkt-bf16", "bf16"), ("dkkt-fp32", "bf16")),
+              ("control: float rounding only, torch's ops instead of the fused blocks (fp32)",
+               ("dkkt-fp32-torch", "bf16"), ("dkkt-fp32", "bf16")))),
 }
 # the method's options of each set (dotted keys: nested settings)
 SETS = {"fp32": {"real_precision": "fp32"}, "bf16": {"real_precision": "bf16"},
         "bf16-torch": {"real_precision": "bf16", "fused_real": False},
         "bf16-torch-syn": {"real_precision": "bf16", "fused_syn": False},
-        "dkkt-fp32": {"dkkt.precision": "fp32"}, "dkkt-bf16": {"dkkt.precision": "bf16"}}
+        "dkkt-fp32": {"dkkt.precision": "fp32"}, "dkkt-bf16": {"dkkt.precision": "bf16"},
+        "dkkt-fp32-torch": {"dkkt.precision": "fp32", "fused_syn": False}}
 DKKT_METHODS = ("dm_dkkt", "dsv")  # the methods with a DKKT term (and an edge model)
 
 
@@ -159,10 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             data_root=args.data_root, train=train, method=method)
         print(f"distilled set {name}: final loss {sets[name]['losses'][-1]:.3f}, "
               f"{sets[name]['seconds_per_iteration']:.2f} s/it", flush=True)
-    loss_rel = None
-    if len(set_names) == 2:  # baseline first
-        a, b = sets[set_names[0]]["losses"], sets[set_names[1]]["losses"]
-        loss_rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
+    base_losses = sets[set_names[0]]["losses"]  # the baseline set comes first
+    loss_rel = {name: [abs(x - y) / abs(x) for x, y in zip(base_losses, sets[name]["losses"])]
+                for name in set_names[1:]}
     base = get_protocol("dm", args.eval_epochs)
     proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
     cells = []
@@ -193,8 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "distillation": {k: {"losses": v["losses"], "seconds_per_iteration": v["seconds_per_iteration"]}
                                for k, v in sets.items()},
               "compare": args.compare,
-              "loss_relative_difference": None if loss_rel is None else {
-                  "max": max(loss_rel), "median": statistics.median(loss_rel), "first": loss_rel[0]},
+              "loss_relative_difference": {  # each set against the first, per iteration
+                  name: {"max": max(r), "median": statistics.median(r), "first": r[0]} for name, r in loss_rel.items()},
               "evaluation": cells, "comparisons": comparisons}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,10 +215,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"- {method}: ipc {args.ipc}, pipc all, {args.iterations} iterations, seed {args.seed}; evaluation: "
              f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", ""]
-    if loss_rel is not None:
-        lines += [f"{method} loss, relative difference of set {set_names[1]} vs set {set_names[0]} (same seed, same "
+    for name, r in loss_rel.items():
+        lines += [f"{method} loss, relative difference of set {name} vs set {set_names[0]} (same seed, same "
                   "draws): first iteration "
-                  f"{loss_rel[0]:.2e}, median {statistics.median(loss_rel):.2e}, max {max(loss_rel):.2e} "
+                  f"{r[0]:.2e}, median {statistics.median(r):.2e}, max {max(r):.2e} "
                   "(the trajectories drift apart as the images do)", ""]
     lines += ["| set distilled with | evaluation training | accuracy (%) | s (all runs) | runs |", "|---|---|---|---|---|"]
     for c in cells:

@@ -14,17 +14,21 @@ def test_compare_dkkt_distils_fp32_and_bf16_dkkt_sets(method, tiny_fashion_mnist
     argv = ["--compare", "dkkt", "--method", method, "--ipc", "1", "--iterations", "2", "--eval-epochs", "1",
             "--num-eval", "2", "--test-per-class", "2", "--data-root", str(tiny_fashion_mnist), "--out", str(tmp_path)]
     assert precision.main(argv) == 0
-    assert [c.dkkt.precision for c in built] == ["fp32", "bf16"] and {c.ipc for c in built} == {1}
+    assert [(c.dkkt.precision, c.fused_syn) for c in built] == [("fp32", True), ("bf16", True), ("fp32", False)]
+    assert {c.ipc for c in built} == {1}
     report = json.loads((tmp_path / "precision.json").read_text())
-    assert report["settings"]["method"] == method and set(report["distillation"]) == {"dkkt-fp32", "dkkt-bf16"}
-    assert [(c["distilled"], c["trained"]) for c in report["evaluation"]] == [("dkkt-fp32", "bf16"),
-                                                                              ("dkkt-bf16", "bf16")]
+    assert report["settings"]["method"] == method and set(report["distillation"]) == {"dkkt-fp32", "dkkt-bf16",
+                                                                                        "dkkt-fp32-torch"}
+    assert [(c["distilled"], c["trained"]) for c in report["evaluation"]] == [
+        ("dkkt-fp32", "bf16"), ("dkkt-bf16", "bf16"), ("dkkt-fp32-torch", "bf16")]
     assert all(len(c["accuracies"]) == 2 for c in report["evaluation"])
-    (comparison,) = report["comparisons"]
-    assert comparison["changed"] == ["dkkt-bf16", "bf16"] and comparison["baseline"] == ["dkkt-fp32", "bf16"]
-    assert report["loss_relative_difference"]["first"] >= 0
+    bf16, control = report["comparisons"]
+    assert bf16["changed"] == ["dkkt-bf16", "bf16"] and bf16["baseline"] == ["dkkt-fp32", "bf16"]
+    assert control["changed"] == ["dkkt-fp32-torch", "bf16"] and control["baseline"] == ["dkkt-fp32", "bf16"]
+    assert set(report["loss_relative_difference"]) == {"dkkt-bf16", "dkkt-fp32-torch"}
+    assert all(d["first"] >= 0 for d in report["loss_relative_difference"].values())
     md = (tmp_path / "precision.md").read_text()
-    assert f"DKKT term's feature pass in bf16 vs fp32 ({method})" in md and md.count("| dkkt-") == 4  # two cells, the comparison's two
+    assert f"DKKT term's feature pass in bf16 vs fp32 ({method})" in md and md.count("| dkkt-") == 7  # three cells, two per comparison
 
 
 def test_dkkt_comparison_needs_a_dkkt_method_and_others_need_dm(capsys):
