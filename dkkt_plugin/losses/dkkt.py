@@ -18,8 +18,8 @@ restricted to the selected parameters (only they require a gradient, so with ``p
 double backward. The multipliers ``λ_i ≥ 0`` (one per
 synthetic image) are parameters of this module, learnt with the images.
 
-With ``precision="auto"`` (the default) and only classifier parameters selected, the frozen
-model's features (its blocks: the forward and the images' backward, most of the term's cost) run
+With ``precision="auto"`` (the default), a :class:`~dkkt_plugin.nets.ConvNet` edge model and
+only classifier parameters selected, the frozen model's features (its blocks: the forward and the images' backward, most of the term's cost) run
 under bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or
 AMX); the classifier, both losses and the stationarity gradient stay fp32. ``precision="fp32"``
 gives the exact loss. (Measured in ``benchmarks/results/precision-cpu/dkkt-*``.)
@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import check_input, default_chunk_size, fused_blocks, native_bf16
+from ..nets import ConvNet, check_input, default_chunk_size, fused_blocks, native_bf16
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
@@ -90,7 +90,7 @@ class DKKTConfig:
     lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
     # the edge model's feature pass (its blocks, forward and the images' backward): fp32; bf16
     # (autocast: bf16 convolutions, norms in fp32; the classifier, the losses and the stationarity
-    # gradient stay fp32), for a ConvNet-like model (embed() + classifier) with params="classifier";
+    # gradient stay fp32), for a dkkt_plugin.nets.ConvNet edge model with params="classifier";
     # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
@@ -199,13 +199,13 @@ class DKKTLoss(nn.Module):
         self.param_names = select_parameters(model, config.params, param_filter)
         head_only = all(n.startswith("classifier.") for n in self.param_names)
         self.fused = fused and head_only
-        # the bf16 feature pass needs the features and the classifier apart (ConvNet's interface)
-        self._splits = (head_only and callable(getattr(model, "embed", None))
-                        and isinstance(getattr(model, "classifier", None), nn.Module))
+        # the bf16 feature pass runs ConvNet's blocks (embed) and its classifier apart, which is
+        # its forward (unless a subclass changed that)
+        self._splits = head_only and isinstance(model, ConvNet) and type(model).forward is ConvNet.forward
         if config.precision == "bf16" and not self._splits:
-            raise ConfigError("DKKTConfig.precision='bf16' needs params='classifier' and a model with embed() and "
-                              f"a classifier module (dkkt_plugin.nets.ConvNet); got params={config.params!r}, "
-                              f"{type(model).__name__}; use precision='fp32' (or 'auto')")
+            raise ConfigError("DKKTConfig.precision='bf16' needs params='classifier' and a dkkt_plugin.nets.ConvNet "
+                              f"edge model; got params={config.params!r}, {type(model).__name__}; use "
+                              "precision='fp32' (or 'auto', which is fp32 there)")
         init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
         # images are scored in the model's dtype (a float64 model works)

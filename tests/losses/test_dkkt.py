@@ -322,7 +322,7 @@ def test_precision_auto_and_where_bf16_applies():
     with pytest.raises(ConfigError, match="precision='bf16' needs params='classifier'"):
         DKKTLoss(net, 6, precision="bf16", params="all")
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    with pytest.raises(ConfigError, match="a model with embed"):
+    with pytest.raises(ConfigError, match="a dkkt_plugin.nets.ConvNet edge model"):
         DKKTLoss(flat, 6, precision="bf16")
     assert not DKKTLoss(flat, 6).uses_bf16(x)
     with pytest.raises(ConfigError, match="precision"):
