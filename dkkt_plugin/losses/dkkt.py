@@ -91,7 +91,8 @@ class DKKTConfig:
     # the edge model's feature pass (its blocks, forward and the images' backward): fp32; bf16
     # (autocast: bf16 convolutions, norms in fp32; the classifier, the losses and the stationarity
     # gradient stay fp32), for a dkkt_plugin.nets.ConvNet edge model with params="classifier";
-    # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32
+    # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32 (the dsv method reads auto
+    # as fp32: DSVMethodConfig.auto_precision)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,10 @@ class DSVMethodConfig(AugmentedConfig):
     # the synthetic images' passes through a ConvNet with each block's norm, ReLU and pooling fused
     # on the CPU: the DKKT term's edge model (DKKTLoss(fused=True)) and DM+DKKT's DM term (as DM's)
     fused_syn: bool = True
+    # what dkkt.precision "auto" means here: DSV computes in fp32 (a bf16 feature pass moved its
+    # accuracy beyond what float rounding alone does, benchmarks/results/precision-cpu; opt in with
+    # --dkkt.precision bf16); DM+DKKT keeps "auto" (bf16 where native: no change beyond seed noise)
+    auto_precision: ClassVar[str] = "fp32"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,11 +92,14 @@ class DSVMethodConfig(AugmentedConfig):
         return self.downscale[stage] if stage < len(self.downscale) else None
 
     def dkkt_config(self) -> DKKTConfig:
-        """``dkkt`` with α resolved: 1.0 for cos, the paper's value for this pipc with l1 / l2."""
-        if self.dkkt.alpha is not None:
-            return self.dkkt
-        alpha = 1.0 if self.dkkt.distance == "cos" else paper_alpha(self.pipc)
-        return dataclasses.replace(self.dkkt, alpha=alpha)
+        """``dkkt`` with α resolved (1.0 for cos, the paper's value for this pipc with l1 / l2) and
+        precision ``"auto"`` resolved by :attr:`auto_precision`."""
+        cfg = self.dkkt
+        if cfg.alpha is None:
+            cfg = dataclasses.replace(cfg, alpha=1.0 if cfg.distance == "cos" else paper_alpha(self.pipc))
+        if cfg.precision == "auto":
+            cfg = dataclasses.replace(cfg, precision=self.auto_precision)
+        return cfg
 
 
 COS_ALPHA_ABOVE_IPC1 = 0.01  # DM+DKKT's α with cos at ipc > 1 (measured at ipc 10: α 1 cost DM 2.3 points)
@@ -109,6 +116,7 @@ class DKKTMethodConfig(DSVMethodConfig):
     fused_real: bool = True  # the fused CPU kernels for that embedding, as DM's
     image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
     downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
+    auto_precision: ClassVar[str] = "auto"  # bf16 DKKT feature pass where native (see DSV's)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,7 +131,7 @@ class DKKTMethodConfig(DSVMethodConfig):
         """As DSV's, but with the cos distance α is 1.0 at ipc 1 and 0.01 above: on the validation
         split at ipc 10, α 1 put DM+DKKT 2.3 points below DM and α 0.01 1.2 points above it."""
         if self.dkkt.alpha is None and self.dkkt.distance == "cos" and self.ipc > 1:
-            return dataclasses.replace(self.dkkt, alpha=COS_ALPHA_ABOVE_IPC1)
+            return dataclasses.replace(super().dkkt_config(), alpha=COS_ALPHA_ABOVE_IPC1)
         return super().dkkt_config()
 
 

@@ -112,6 +112,21 @@ def test_paper_defaults():
     assert build_config("dm_dkkt").dkkt.stationarity == "margin"
 
 
+def test_dkkt_precision_auto_is_bf16_capable_for_dm_dkkt_and_fp32_for_dsv():
+    # measured (benchmarks/results/precision-cpu): DM+DKKT unchanged by the bf16 feature pass,
+    # DSV moved beyond the float-rounding control, so DSV resolves "auto" to fp32
+    assert build_config("dm_dkkt", ipc=10).dkkt_config().precision == "auto"
+    assert build_config("dm_dkkt", ipc=1).dkkt_config().precision == "auto"
+    assert build_config("dsv").dkkt_config().precision == "fp32"
+    assert build_config("dsv", {"dkkt.precision": "bf16"}).dkkt_config().precision == "bf16"
+    assert build_config("dm_dkkt", {"dkkt.precision": "fp32"}).dkkt_config().precision == "fp32"
+    small = dict(ipc=2, pipc=4, iterations=3, net_width=4, net_depth=1)
+    dsv = method_class("dsv")(build_config("dsv", **small), tiny_data())
+    assert dsv.dkkt.config.precision == "fp32" and not dsv.dkkt.uses_bf16(dsv.images)
+    both = method_class("dm_dkkt")(build_config("dm_dkkt", **small), tiny_data())
+    assert both.dkkt.config.precision == "auto"
+
+
 def test_errors():
     with pytest.raises(ConfigError, match="has no setting 'alpha'"):
         build_config("dm", alpha=0.1)
