@@ -325,5 +325,14 @@ def test_precision_auto_and_where_bf16_applies():
     with pytest.raises(ConfigError, match="a dkkt_plugin.nets.ConvNet edge model"):
         DKKTLoss(flat, 6, precision="bf16")
     assert not DKKTLoss(flat, 6).uses_bf16(x)
+
+    class Scaled(ConvNet):  # a forward that is not classifier(embed(x)): the split would be wrong
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    scaled = Scaled(1, 3, 8, width=3, depth=1)
+    assert not DKKTLoss(scaled, 6).uses_bf16(x)
+    with pytest.raises(ConfigError, match="ConvNet edge model"):
+        DKKTLoss(scaled, 6, precision="bf16")
     with pytest.raises(ConfigError, match="precision"):
         DKKTConfig(precision="fp16")
