@@ -256,6 +256,18 @@ def default_chunk_size(device: torch.device | str, *, training: bool = False, fu
     return CPU_CHUNK
 
 
+BF16_PRECISIONS = ("auto", "bf16", "fp32")  # a pass's precision where bf16 is optional
+
+
+def runs_bf16(precision: str, x: torch.Tensor) -> bool:
+    """Whether a pass over the float32 tensor ``x`` runs in bf16 under ``precision`` (one of
+    :data:`BF16_PRECISIONS`): ``"bf16"`` always, ``"auto"`` where :func:`native_bf16`, ``"fp32"``
+    never; other dtypes (a float64 model) never."""
+    if precision == "fp32" or x.dtype != torch.float32:
+        return False
+    return precision == "bf16" or native_bf16(x.device)
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """True where bf16 matrix products run natively: CUDA with bf16 support, or a CPU with
     AVX-512 BF16 / AMX (as oneDNN reports it)."""

@@ -19,10 +19,11 @@ double backward. The multipliers ``λ_i ≥ 0`` (one per
 synthetic image) are parameters of this module, learnt with the images.
 
 With ``precision="auto"`` (the default), a :class:`~dkkt_plugin.nets.ConvNet` edge model and
-only classifier parameters selected, the frozen model's features (its blocks: the forward and the images' backward, most of the term's cost) run
-under bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or
-AMX); the classifier, both losses and the stationarity gradient stay fp32. ``precision="fp32"``
-gives the exact loss. (Measured in ``benchmarks/results/precision-cpu/dkkt-*``.)
+only classifier parameters selected, the frozen model's features (its blocks: the forward and
+the images' backward, most of the term's cost) run under bf16 autocast where the hardware
+computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX); the classifier, both losses and
+the stationarity gradient stay fp32. ``precision="fp32"`` gives the exact loss. (Measured in
+``benchmarks/results/precision-cpu/dkkt-*``.)
 
 The stationarity *floor* is the value of L_stat when the gradient sum is zero (``D(θ*, 0)``): a
 term that stays at its floor carries no model knowledge (see DESIGN.md §7).
@@ -39,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import ConvNet, check_input, default_chunk_size, fused_blocks, native_bf16
+from ..nets import BF16_PRECISIONS as PRECISIONS, ConvNet, check_input, default_chunk_size, fused_blocks, runs_bf16
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 DISTANCES = ("l1", "l2", "cos")
@@ -47,7 +48,6 @@ PRIMALS = ("ce", "boundary")
 MULTIPLIERS = ("log", "projected")
 SCALES = ("none", "floor")
 STATIONARITIES = ("margin", "ce")
-PRECISIONS = ("auto", "bf16", "fp32")
 COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
 
 
@@ -317,9 +317,7 @@ class DKKTLoss(nn.Module):
 
     def uses_bf16(self, x: torch.Tensor) -> bool:
         """Whether the edge model's features of ``x`` are computed in bf16 under ``config.precision``."""
-        if self.config.precision == "fp32" or not self._splits or x.dtype != torch.float32:
-            return False
-        return self.config.precision == "bf16" or native_bf16(x.device)
+        return self._splits and runs_bf16(self.config.precision, x)
 
     # -- helpers -------------------------------------------------------------------------------
     def _embed_bf16(self, x: torch.Tensor) -> torch.Tensor:

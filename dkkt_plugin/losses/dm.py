@@ -50,11 +50,10 @@ from torch import nn
 from ..compiled import StaticCompiled
 from ..errors import ConfigError
 from ..fused import FusedEmbed
-from ..nets import check_input, default_chunk_size, fused_blocks, native_bf16
+from ..nets import BF16_PRECISIONS as PRECISIONS, check_input, default_chunk_size, fused_blocks, runs_bf16
 from .dkkt import check_labels
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class DMLoss(nn.Module):
@@ -184,9 +183,7 @@ class DMLoss(nn.Module):
 
     def uses_bf16(self, x: torch.Tensor) -> bool:
         """Whether the real embedding of ``x`` runs in bf16 under this loss's ``real_precision``."""
-        if self.real_precision == "fp32" or x.dtype != torch.float32:
-            return False
-        return self.real_precision == "bf16" or native_bf16(x.device)
+        return runs_bf16(self.real_precision, x)
 
     def _chunk(self, device: torch.device) -> int:
         if self.chunk_size is not None:
