@@ -16,10 +16,15 @@ Selection (reproducible, and stable across datasets that differ in other classes
   ``pipc=50`` subset. Torch's global RNG is never used.
 - ``pipc="all"`` keeps every image in dataset order (the seed is irrelevant).
 - ``indices`` are sorted by class, then by draw order within the class.
+
+Labels must be class indices, one per item: one-hot (or soft) label rows are refused with an
+error that says to pass ``labels.argmax(1)`` (a row of probabilities has no single class, and
+guessing one silently would hide that).
 """
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -40,6 +45,16 @@ def _check_pipc(pipc) -> int | str:
     return int(pipc)
 
 
+def _one_hot_error(source: str, shape: tuple, per_item: bool = False) -> DatasetError:
+    if per_item:
+        return DatasetError(f"the label of {source} has shape {shape}: a one-hot (or soft) label; "
+                            "PracticalSubset needs one class index per item: return label.argmax() "
+                            "from the dataset (e.g. a target_transform)")
+    return DatasetError(f"labels from {source} have shape {shape}: one-hot (or soft) labels; "
+                        "PracticalSubset needs one class index per item: pass labels.argmax(1) "
+                        "(e.g. TensorDataset(images, labels.argmax(1)))")
+
+
 def _as_labels(values, source: str) -> Tensor:
     """Labels from a list / numpy array / tensor -> int64 ``(N,)``; integral values only."""
     try:
@@ -47,6 +62,8 @@ def _as_labels(values, source: str) -> Tensor:
     except (TypeError, ValueError, RuntimeError) as e:
         raise DatasetError(f"labels from {source} are not numbers ({e}); give the dataset "
                            "integer class labels") from e
+    if y.ndim > 1 and any(d > 1 for d in y.shape[1:]):  # (N, K): one row per item, not an index
+        raise _one_hot_error(source, tuple(y.shape))
     y = y.reshape(-1)
     if y.is_complex() or (y.is_floating_point() and not torch.equal(y, y.round())):
         raise DatasetError(f"labels from {source} are not integers ({y.dtype}); give the "
@@ -63,6 +80,8 @@ def _labels_from_items(dataset) -> Tensor:
                                "(x, y) pair: PracticalSubset needs labelled items or a "
                                "`.targets` attribute")
         y = item[1]
+        if (y.numel() if isinstance(y, Tensor) else y.size if isinstance(y, np.ndarray) else 1) > 1:
+            raise _one_hot_error(f"{type(dataset).__name__}[{i}]", tuple(y.shape), per_item=True)
         if isinstance(y, Tensor) and y.numel() == 1:
             y = y.item()
         if isinstance(y, bool) or not isinstance(y, (numbers.Integral, np.integer)):
@@ -131,7 +150,8 @@ class PracticalSubset(Dataset):
         indices: int64 ``(M,)`` positions in ``dataset``, sorted by class then draw order.
         targets: int64 ``(M,)`` labels of the kept items.
         class_counts: ``{class: number kept}`` for every class.
-        access_ratio: ``100 * M / len(dataset)``, the percentage of the data the server sees.
+        access_percent: ``100 * M / len(dataset)``, the percentage of the data the server sees
+            (``access_ratio`` is a deprecated name of the same percentage).
 
     Raises:
         ConfigError: bad ``pipc`` / ``seed`` / ``num_classes``.
@@ -142,7 +162,7 @@ class PracticalSubset(Dataset):
         >>> from torch.utils.data import TensorDataset
         >>> x, y = torch.randn(30, 1, 4, 4), torch.arange(30) % 3   # 10 images per class
         >>> sub = PracticalSubset(TensorDataset(x, y), pipc=2, seed=0)
-        >>> len(sub), sub.class_counts, sub.access_ratio
+        >>> len(sub), sub.class_counts, sub.access_percent
         (6, {0: 2, 1: 2, 2: 2}, 20.0)
         >>> sub.targets.tolist()
         [0, 0, 1, 1, 2, 2]
@@ -191,7 +211,14 @@ class PracticalSubset(Dataset):
         self.indices = torch.cat(chosen)                         # (M,)
         self.targets = labels[self.indices]                      # (M,)
         self.class_counts = counts
-        self.access_ratio = 100.0 * len(self.indices) / len(labels)
+        self.access_percent = 100.0 * len(self.indices) / len(labels)
+
+    @property
+    def access_ratio(self) -> float:
+        """Deprecated name of :attr:`access_percent` (it is a percentage, not a ratio)."""
+        warnings.warn("PracticalSubset.access_ratio is a percentage and is renamed access_percent; "
+                      "read access_percent instead", DeprecationWarning, stacklevel=2)
+        return self.access_percent
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -201,7 +228,7 @@ class PracticalSubset(Dataset):
 
     def __repr__(self) -> str:
         return (f"PracticalSubset(pipc={self.pipc!r}, seed={self.seed}, n={len(self)}, "
-                f"access_ratio={self.access_ratio:.3g}%, dataset={type(self.dataset).__name__})")
+                f"access_percent={self.access_percent:.3g}%, dataset={type(self.dataset).__name__})")
 
     def _stack(self, rows: Tensor) -> Tensor:
         """Images of the kept items at ``rows`` (positions in this subset) as ``(k, C, H, W)``."""

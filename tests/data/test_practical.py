@@ -60,7 +60,7 @@ def test_counts_order_and_access_ratio():
     ds = _tensor_ds((10, 20, 30))
     sub = PracticalSubset(ds, pipc=5, seed=0)
     assert len(sub) == 15 and sub.class_counts == {0: 5, 1: 5, 2: 5}
-    assert sub.access_ratio == pytest.approx(25.0)
+    assert sub.access_percent == pytest.approx(25.0)
     assert sub.indices.dtype == torch.int64 and sub.targets.dtype == torch.int64
     assert sub.targets.tolist() == [0] * 5 + [1] * 5 + [2] * 5           # sorted by class
     assert len(set(sub.indices.tolist())) == 15
@@ -73,7 +73,7 @@ def test_counts_order_and_access_ratio():
 def test_all(pipc):
     ds = _tensor_ds((3, 4, 5))
     sub = PracticalSubset(ds, pipc=pipc, seed=7)
-    assert sub.pipc == "all" and len(sub) == 12 and sub.access_ratio == 100.0
+    assert sub.pipc == "all" and len(sub) == 12 and sub.access_percent == 100.0
     assert sub.class_counts == {0: 3, 1: 4, 2: 5}
     for c in range(3):   # dataset order within each class
         idx = sub.indices[sub.targets == c]
@@ -210,3 +210,31 @@ def test_validation_split_is_balanced_reproducible_and_disjoint_from_practical_s
             assert not set(val.tolist()) & set(PracticalSubset(ds, pipc, seed=seed).indices.tolist())
     assert torch.equal(val, validation_indices(ds, per_class=20))
     assert not torch.equal(val, validation_indices(ds, per_class=20, seed=1))
+
+
+def test_access_percent_is_named_a_percentage_and_the_old_name_still_reads():
+    sub = PracticalSubset(_tensor_ds((10, 20, 30)), pipc=3, seed=0)  # 9 of 60 images
+    assert sub.access_percent == pytest.approx(15.0)
+    assert "access_percent=15%" in repr(sub)
+    with pytest.warns(DeprecationWarning, match="access_percent"):
+        assert sub.access_ratio == sub.access_percent
+
+
+@pytest.mark.parametrize("where", ["tensor_dataset", "targets", "items"])
+def test_one_hot_labels_get_one_clear_error(where):
+    y = _labels((5, 5))
+    one_hot = torch.nn.functional.one_hot(y, 2)  # (10, 2)
+    ds = {"tensor_dataset": TensorDataset(torch.zeros(10, 1, 2, 2), one_hot),
+          "targets": _Targets(one_hot.numpy(), 10),
+          "items": _Items([(torch.zeros(1), row) for row in one_hot])}[where]
+    with pytest.raises(DatasetError, match="one-hot") as e:
+        PracticalSubset(ds, pipc=2)
+    shape = "(2,)" if where == "items" else "(10, 2)"  # an item's label, or all labels
+    assert "argmax(" in str(e.value) and shape in str(e.value) and "\n" not in str(e.value)
+    fixed = TensorDataset(torch.zeros(10, 1, 2, 2), one_hot.argmax(1))
+    assert PracticalSubset(fixed, pipc=2).class_counts == {0: 2, 1: 2}
+
+
+def test_column_of_labels_is_one_label_per_item():
+    y = _labels((3, 3))
+    assert PracticalSubset(TensorDataset(torch.zeros(6, 1), y[:, None]), pipc=1).class_counts == {0: 1, 1: 1}
