@@ -16,7 +16,9 @@ training set's gradient at θ*: gradient matching against data the server never 
 restricted to the selected parameters (only they require a gradient, so with ``params=
 "classifier"`` it never enters the convolutions); the images' gradient then goes through the
 double backward. The multipliers ``λ_i ≥ 0`` (one per
-synthetic image) are parameters of this module, learnt with the images.
+synthetic image) are parameters of this module, learnt with the images; the classifier is only
+referenced: it is scored in eval mode with detached copies of its weights, so its mode, its
+``requires_grad`` flags and its ``.grad`` stay as they were.
 
 With ``precision="auto"`` (the default), a :class:`~dkkt_plugin.nets.ConvNet` edge model and
 only classifier parameters selected, the frozen model's features (its blocks: the forward and
@@ -30,9 +32,10 @@ term that stays at its floor carries no model knowledge (see DESIGN.md §7).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -134,9 +137,20 @@ class DKKTTerms:
 class DKKTLoss(nn.Module):
     """Deep-KKT loss of a frozen classifier, with one learnable multiplier per synthetic image.
 
-    The classifier is switched to eval mode and frozen (its own parameters get no gradient);
-    ``parameters()`` of this module yields only the multipliers, so it can be handed to the
-    images' optimizer: ``torch.optim.Adam([images, *dkkt.parameters()])``.
+    The loss owns the multipliers only: ``parameters()`` yields ``rho`` (their parameterisation,
+    see :attr:`multipliers`) and ``state_dict()`` holds ``rho`` alone, so the module can be handed
+    to an optimiser as it is: ``torch.optim.Adam([images, *dkkt.parameters()])``. The classifier
+    is referenced (:attr:`model`), not registered as a submodule, and left as it is: every call
+    computes its eval-mode forward with detached copies of its weights (its modules' ``training``
+    flags are set to eval inside the call and restored before it returns), so the model keeps its
+    mode, its parameters' ``requires_grad`` and its ``.grad`` (no gradient reaches it), and it can
+    be trained further afterwards. The loss reads the model's weights at every call but computes
+    the stationarity floors at construction: build a new loss after changing the weights.
+
+    ``.to(device)`` / ``.cuda()`` / ``.double()`` move or cast the multipliers only; the model
+    stays where it is (move it yourself: images, multipliers and model must share one device).
+    ``load_state_dict`` also accepts state dicts that hold the model's weights under ``model.``
+    (as the loss wrote them when it registered the model); those entries are ignored.
 
     Args:
         model: pretrained classifier mapping ``(B, C, H, W)`` images to ``(B, K)`` logits.
@@ -157,19 +171,24 @@ class DKKTLoss(nn.Module):
 
     Raises:
         ConfigError: ``model`` is not a module; or, when called, images whose channels or size
-            do not fit the model, labels that are not integers, not one per image, or outside
-            the model's classes (the message names the shapes).
+            do not fit the model or that are not on the model's device, labels that are not
+            integers, not one per image, or outside the model's classes (the message names the
+            shapes).
 
     Example:
         >>> from dkkt_plugin.nets import ConvNet
         >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)
         >>> dkkt = DKKTLoss(net, num_images=10, alpha=0.1)
+        >>> [name for name, _ in dkkt.named_parameters()], list(dkkt.state_dict())
+        (['rho'], ['rho'])
         >>> images = torch.randn(10, 1, 28, 28, requires_grad=True)
         >>> labels = torch.arange(10)
         >>> loss = dkkt(images, labels)   # scalar: add it to any other loss
         >>> loss.backward()
         >>> images.grad.shape, dkkt.multipliers.shape
         (torch.Size([10, 1, 28, 28]), torch.Size([10]))
+        >>> net.training, all(p.requires_grad and p.grad is None for p in net.parameters())
+        (True, True)
     """
 
     def __init__(
@@ -196,7 +215,9 @@ class DKKTLoss(nn.Module):
         self.config = config
         self.num_images = num_images
         self.augment = augment
-        self.model = model.eval().requires_grad_(False)
+        # referenced through a tuple, so nn.Module registers neither the model nor the wrapper that
+        # runs its embed(): no parameters, no state_dict entries, untouched by train() / to()
+        self._model = (model, _Embed(model))
         self.param_names = select_parameters(model, config.params, param_filter)
         head_only = all(n.startswith("classifier.") for n in self.param_names)
         self.fused = fused and head_only
@@ -215,6 +236,11 @@ class DKKTLoss(nn.Module):
         theta = dict(model.named_parameters())
         self._floors = [self._dist(theta[n].detach(), torch.zeros_like(theta[n])).item()
                         for n in self.param_names]
+
+    @property
+    def model(self) -> nn.Module:
+        """The classifier the loss scores the images with (referenced, never modified)."""
+        return self._model[0]
 
     # -- multipliers ---------------------------------------------------------------------------
     @property
@@ -245,8 +271,9 @@ class DKKTLoss(nn.Module):
         matches this loss's per-tensor averaging.
         """
         x = self.augment(images) if self.augment is not None else images
-        grads = per_sample_grads(self.model, self.param_names, x.detach(), labels, chunk_size,
-                                 loss=self.config.stationarity)
+        with eval_mode(self.model):
+            grads = per_sample_grads(self.model, self.param_names, x.detach(), labels, chunk_size,
+                                     loss=self.config.stationarity)
         lam, rel = fit_multipliers_nnls(self._theta(), grads, self._row_weights())
         self.set_multipliers(lam)
         return rel
@@ -274,13 +301,14 @@ class DKKTLoss(nn.Module):
         theta = {n: p.detach().requires_grad_(n in self.param_names)
                  for n, p in self.model.named_parameters()}
         params = {**theta, **dict(self.model.named_buffers())}
-        # per-sample models (e.g. ConvNet in eval mode) run in cache-sized chunks; the chunks'
-        # graphs stay separate, so both backward passes also run chunk by chunk
-        chunk = default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
-        with soft_relu_backward(self.model, self.config.soft_relu), fused_blocks(self.fused):
+        with eval_mode(self.model), soft_relu_backward(self.model, self.config.soft_relu), fused_blocks(self.fused):
+            # per-sample models (e.g. ConvNet in eval mode) run in cache-sized chunks; the chunks'
+            # graphs stay separate, so both backward passes also run chunk by chunk
+            chunk = default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
             if self.uses_bf16(x):
                 head = {n[len("classifier."):]: t for n, t in theta.items() if n.startswith("classifier.")}
-                logits = torch.cat([functional_call(self.model.classifier, head, (self._embed_bf16(xc).float(),))
+                logits = torch.cat([functional_call(self.model.classifier, head,
+                                                    (self._embed_bf16(params, xc).float(),))
                                     for xc in x.split(max(chunk, 1))])  # (B, K) fp32
             else:
                 logits = torch.cat([functional_call(self.model, params, (xc,))
@@ -320,21 +348,28 @@ class DKKTLoss(nn.Module):
         return self._splits and runs_bf16(self.config.precision, x)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _embed_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen blocks under bf16 autocast: (B, C, H, W) -> (B, D) bf16."""
+    def _embed_bf16(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The frozen blocks with the tensors ``params`` under bf16 autocast: (B, C, H, W) -> (B, D) bf16."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.model.embed(x)
+            return functional_call(self._model[1], {"net." + n: t for n, t in params.items()}, (x,))
 
-    def train(self, mode: bool = True) -> "DKKTLoss":
-        super().train(mode)
-        self.model.eval()  # the frozen classifier is always scored in eval mode
-        return self
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # state dicts written while the loss registered the model also hold its weights: ignored
+        for key in [k for k in state_dict if k.startswith(prefix + "model.")]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _check(self, images, labels, indices) -> torch.Tensor:
         """Shapes and dtypes only (no host synchronisation); the label range is checked once the
         logits give the number of classes (:func:`_check_label_range`)."""
         check_input(self.model, images, "DKKTLoss")
         check_labels(labels, images, "labels")
+        weight = next(self.model.parameters(), None)
+        if weight is not None and weight.device != images.device:
+            raise ConfigError(f"DKKTLoss got images on {images.device} but its model is on {weight.device} (.to() "
+                              f"moves the multipliers only); move the model: model.to({str(images.device)!r})")
         lam = self.multipliers
         if indices is not None:
             return lam[indices]
@@ -392,6 +427,42 @@ def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
     if lo < 0 or hi >= num_classes:
         raise ConfigError(f"labels {lo}..{hi} do not fit the model, which has {num_classes} classes "
                           f"(labels 0..{num_classes - 1}); give the labels of the model's classes")
+
+
+class _Embed(nn.Module):
+    """``net.embed`` as a forward, so :func:`torch.func.functional_call` runs it with other tensors."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(x)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every module of ``model`` is in eval mode; each module's own ``training``
+    flag is restored on exit (a model partly in train mode comes back exactly as it was).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> net[0].eval()
+        Linear(in_features=2, out_features=2, bias=True)
+        >>> with eval_mode(net):
+        ...     [m.training for m in net.modules()]
+        [False, False, False]
+        >>> [m.training for m in net.modules()]
+        [True, False, True]
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -135,6 +135,26 @@ class DKKTMethodConfig(DSVMethodConfig):
         return super().dkkt_config()
 
 
+def multiplier_optimizer_state(saved: dict, count: int) -> dict:
+    """The multipliers' optimiser state ``saved`` for an optimiser over ``count`` tensors.
+
+    Checkpoints written while ``DKKTLoss`` registered its edge model as a submodule list the
+    model's tensors after the multipliers in this optimiser's one group (never updated: they had
+    no gradient); they are dropped, so those runs resume. Any other state is returned as it is.
+
+    Example:
+        >>> old = {"state": {0: {"step": 3}}, "param_groups": [{"lr": 0.01, "params": [0, 1, 2]}]}
+        >>> multiplier_optimizer_state(old, 1)
+        {'state': {0: {'step': 3}}, 'param_groups': [{'lr': 0.01, 'params': [0]}]}
+    """
+    groups = saved["param_groups"]
+    if len(groups) != 1 or len(groups[0]["params"]) <= count:
+        return saved
+    keep = groups[0]["params"][:count]
+    return {"state": {k: v for k, v in saved["state"].items() if k in keep},
+            "param_groups": [{**groups[0], "params": keep}]}
+
+
 class DSV(Method):
     """Deep Support Vectors as a distillation method: the DKKT loss alone, from noise or real images."""
 
@@ -251,6 +271,13 @@ class DSV(Method):
             "lambda_max": float(lam.max()),
             "lambda_zero": int((lam <= 1e-6 * lam.max().clamp(min=1e-30)).sum()),
         }
+
+    def load_state_dict(self, state: dict) -> None:
+        opts = state["optimizers"]
+        if "multiplier_optimizer" in opts:
+            count = len(self.multiplier_optimizer.param_groups[0]["params"])
+            opts = {**opts, "multiplier_optimizer": multiplier_optimizer_state(opts["multiplier_optimizer"], count)}
+        super().load_state_dict({**state, "optimizers": opts})
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"rho": self.dkkt.rho.detach()}

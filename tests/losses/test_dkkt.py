@@ -132,12 +132,125 @@ def test_usable_as_a_term_in_another_loss():
     assert all(p.grad is None for p in net.parameters())  # the edge model stays untouched
 
 
-def test_only_multipliers_are_trainable_and_model_is_eval():
+def test_parameters_and_state_dict_hold_only_the_multipliers():
     net = tiny_net()
     dkkt = DKKTLoss(net, 6)
-    assert [n for n, p in dkkt.named_parameters() if p.requires_grad] == ["rho"]
+    assert [n for n, _ in dkkt.named_parameters()] == ["rho"]
+    assert list(dkkt.state_dict()) == ["rho"]
+    assert [n for n, _ in dkkt.named_modules()] == [""]  # the model is referenced, not a submodule
+    assert dkkt.model is net
+    dkkt.double()  # .to() and casts reach the multipliers only
+    assert dkkt.rho.dtype == torch.float64 and all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def _snapshot(net):
+    return ([(n, m.training) for n, m in net.named_modules()],
+            [(n, p, p.requires_grad, p.detach().clone()) for n, p in net.named_parameters()],
+            {n: b.clone() for n, b in net.named_buffers()})
+
+
+@pytest.mark.parametrize("precision,params,norm", [("fp32", "all", "batchnorm"), ("fp32", "classifier", "instancenorm"),
+                                                   ("bf16", "classifier", "batchnorm")])
+def test_user_model_is_left_alone_and_trains_afterwards(precision, params, norm):
+    net = ConvNet(1, 3, 8, width=3, depth=1, norm=norm, generator=torch.Generator().manual_seed(0))
+    net.train()
+    net.features[0].eval()  # a mixed mode must come back as it was
+    before = _snapshot(net)
+    x, y = data()
+    dkkt = DKKTLoss(net, 6, precision=precision, params=params, soft_relu=5.0)
+    dkkt.fit_multipliers(x, y)
     dkkt.train()
-    assert not dkkt.model.training
+    images = x.clone().requires_grad_()
+    dkkt(images, y).backward()
+    dkkt.eval()
+    assert images.grad is not None and dkkt.rho.grad is not None
+    after = _snapshot(net)
+    assert after[0] == before[0]  # every module's mode
+    for (n, p, rg, value), (n2, p2, rg2, value2) in zip(before[1], after[1], strict=True):
+        assert (n, rg) == (n2, rg2) and rg and p is p2 and torch.equal(value, value2)  # same tensors, flags, values
+        assert p.grad is None  # no gradient reached the model
+    assert all(torch.equal(b, after[2][n]) for n, b in before[2].items())  # BN statistics untouched
+    # the user keeps training the model: its weights move and its loss goes down
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    moved = {n for n, p, _, value in before[1] if not torch.equal(value, p)}
+    assert {"features.0.weight", "classifier.weight", "classifier.bias"} <= moved
+
+
+def test_the_model_is_scored_in_eval_mode_whatever_its_own_mode():
+    import copy
+
+    net = ConvNet(1, 3, 8, width=3, depth=1, norm="batchnorm", generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.features[1].running_mean.uniform_(-1, 1, generator=torch.Generator().manual_seed(2))
+    frozen = copy.deepcopy(net).eval()
+    x, y = data()
+    a, b = DKKTLoss(net.train(), 6, params="all"), DKKTLoss(frozen, 6, params="all")
+    ta, tb = a.terms(x, y), b.terms(x, y)
+    assert torch.equal(ta.total, tb.total) and torch.equal(ta.stationarity, tb.stationarity)
+    assert net.training and a.fit_multipliers(x, y) == b.fit_multipliers(x, y)
+    assert torch.equal(a.multipliers, b.multipliers)
+
+
+def test_state_dict_with_the_model_weights_loads_without_touching_the_model():
+    net = tiny_net()
+    x, y = data()
+    other = ConvNet(1, 3, 8, width=3, depth=1, generator=torch.Generator().manual_seed(9))
+    # a state dict as the loss wrote it while it registered the model: rho, then model.*
+    old = {"rho": torch.linspace(-1.0, 1.0, 6), **{f"model.{k}": v for k, v in other.state_dict().items()}}
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    dkkt = DKKTLoss(net, 6)
+    dkkt.load_state_dict(old)  # strict: the model's entries are dropped, not unexpected
+    assert torch.equal(dkkt.rho.detach(), old["rho"])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())  # the model is not overwritten
+    holder = torch.nn.ModuleDict({"loss": DKKTLoss(net, 6)})  # nested: the prefix is honoured
+    holder.load_state_dict({f"loss.{k}": v for k, v in old.items()})
+    assert torch.equal(holder["loss"].rho.detach(), old["rho"])
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        dkkt.load_state_dict({**old, "other.weight": torch.zeros(1)})  # anything else still fails
+
+
+def test_images_on_another_device_than_the_model_give_a_clear_error():
+    x, y = data()
+    with pytest.raises(ConfigError, match=r"model is on cpu.*model.to\('meta'\)"):
+        DKKTLoss(tiny_net(), 6)(x.to("meta"), y)
+
+
+def test_dsv_resumes_a_checkpoint_whose_multiplier_optimizer_lists_the_edge_model():
+    """A method checkpoint written while the loss registered its model: the multipliers'
+    optimiser's group lists the model's tensors after rho; the run resumes as if saved now."""
+    from dkkt_plugin.engine import build_config
+    from dkkt_plugin.methods import DistillData
+    from dkkt_plugin.methods.dkkt import DSV
+
+    def method():
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(3).repeat(4)
+        data_ = DistillData(torch.randn(12, 1, 8, 8, generator=g), y, 3, (0.0,), (1.0,), tiny_net())
+        return DSV(build_config("dsv", {"dkkt.precision": "fp32"}, ipc=2, pipc=4, iterations=3), data_)
+
+    a = method()
+    a.step(0)
+    state = a.state_dict()
+    # the same optimiser state, written over [rho, *model.parameters()]
+    old_opt = torch.optim.Adam([a.dkkt.rho, *a.dkkt.model.parameters()], lr=a.config.lr_multiplier)
+    old_opt.load_state_dict({**state["optimizers"]["multiplier_optimizer"],
+                             "param_groups": [{**state["optimizers"]["multiplier_optimizer"]["param_groups"][0],
+                                               "params": list(range(1 + len(list(a.dkkt.model.parameters()))))}]})
+    old = {**state, "optimizers": {**state["optimizers"], "multiplier_optimizer": old_opt.state_dict()}}
+    assert len(old["optimizers"]["multiplier_optimizer"]["param_groups"][0]["params"]) > 1
+    b = method()
+    b.load_state_dict(old)
+    a.step(1)
+    b.step(1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.dkkt.rho, b.dkkt.rho)
 
 
 def test_minibatch_indices_pick_multipliers():
