@@ -1,6 +1,7 @@
-"""PNG encoder (decoded back by an independent tiny decoder) and image grids."""
+"""PNG encoder (decoded back by an independent tiny decoder), image grids, labelled grids and loss plots."""
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from dkkt_plugin.errors import ConfigError
-from dkkt_plugin.viz import encode_png, image_grid, save_image_grid, save_png
+from dkkt_plugin import viz
+from dkkt_plugin.viz import encode_png, image_grid, labelled_image_grid, save_image_grid, save_loss_plot, save_png
 
 
 def decode_png(data: bytes):
@@ -139,3 +141,148 @@ def test_save_image_grid_round_trip(tmp_path):
     assert decoded.shape == (2 * (8 + 2) + 2, 3 * (8 + 2) + 2, 1)
     np.testing.assert_array_equal(decoded, expected)
     assert torch.equal(images.detach(), before)
+
+
+# -- labelled grids ------------------------------------------------------------------------------
+def _constant_images(values, size=28):
+    """One constant (1, size, size) image per value, values in [0, 1] (shown as round(255 v))."""
+    return torch.stack([torch.full((1, size, size), float(v)) for v in values])
+
+
+def _blocks(grid: np.ndarray, value: int, side: int) -> list[tuple[int, int]]:
+    """Top-left corners of the side x side squares of ``grid[..., 0]`` that hold only ``value``,
+    that no other such square holds (the images; anti-aliased text never fills a square)."""
+    mask = (grid[:, :, 0] == value).astype(np.int64)
+    integral = np.pad(mask, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    full = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side]
+            + integral[:-side, :-side]) == side * side  # (H - side + 1, W - side + 1)
+    corners = []
+    for y, x in zip(*np.nonzero(full)):
+        if not any(abs(y - cy) < side and abs(x - cx) < side for cy, cx in corners):
+            corners.append((int(y), int(x)))
+    return corners
+
+
+def test_ipc1_grid_is_two_rows_of_five_named_legible_images():
+    pytest.importorskip("matplotlib")
+    values = [(15 + 24 * i) / 255 for i in range(10)]  # distinct grey levels, none white
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+             "Ankle boot"]
+    grid = labelled_image_grid(_constant_images(values), torch.arange(10), names, mean=[0.0], std=[1.0])
+    side = 96  # at least LEGIBLE_PX: 28 px images upscaled
+    corners = [_blocks(grid, int(255 * v + 0.5), side) for v in values]
+    assert all(len(c) == 1 for c in corners), corners
+    tops, lefts = [c[0][0] for c in corners], [c[0][1] for c in corners]
+    assert len(set(tops)) == 2 and len(set(lefts)) == 5  # 2 rows of 5
+    assert tops[:5] == [min(tops)] * 5 and lefts[:5] == sorted(lefts[:5]) and lefts[5:] == lefts[:5]
+    white = grid[:, :, 0] == 255
+    for top, left in zip(tops, lefts):  # a name (dark pixels) right above each image
+        band = grid[max(top - 20, 0):top - 1, left:left + side, 0]
+        assert (band < 100).sum() > 20, (top, left)
+    assert white.mean() > 0.1  # a white background around the images
+    unnamed = labelled_image_grid(_constant_images(values), torch.arange(10), [""] * 10, mean=[0.0], std=[1.0])
+    for top, left in zip(tops, lefts):
+        assert (unnamed[max(top - 20, 0):top - 1, left:left + side, 0] == 255).all()
+
+
+def test_several_images_per_class_give_one_named_row_per_class():
+    pytest.importorskip("matplotlib")
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 2])  # 3 per class, shuffled
+    values = [(20 + 25 * i) / 255 for i in range(9)]
+    grid = labelled_image_grid(_constant_images(values, 8), labels, ["zero", "one", "two"], mean=[0.0],
+                               std=[1.0], scale=2, padding=2)
+    corner = {i: _blocks(grid, int(255 * v + 0.5), 16)[0] for i, v in enumerate(values)}
+    for c in range(3):
+        members = (labels == c).nonzero().flatten().tolist()
+        rows = {corner[i][0] for i in members}
+        assert rows == {2 + c * (16 + 2)}  # class c on row c
+        assert [corner[i][1] for i in members] == sorted(corner[i][1] for i in members)  # in set order
+        name_area = grid[2 + c * 18:2 + c * 18 + 16, :min(corner[i][1] for i in members), 0]
+        assert (name_area < 100).sum() > 10  # the class name left of its row
+    assert grid.shape[2] == 1  # grey images stay one channel
+
+
+def test_save_image_grid_with_labels_writes_the_labelled_grid(tmp_path):
+    pytest.importorskip("matplotlib")
+    images, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2])
+    path = save_image_grid(tmp_path / "syn.png", images, labels=labels, class_names=["a", "b", "c"])
+    decoded, colour = decode_png(path.read_bytes())
+    assert colour == 2
+    np.testing.assert_array_equal(decoded, labelled_image_grid(images, labels, ["a", "b", "c"]))
+
+
+def test_without_matplotlib_the_plain_grid_in_class_order_and_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(viz, "_matplotlib", lambda: None)
+    labels = torch.tensor([1, 0, 1, 0])  # 2 per class
+    images = _constant_images([0.2, 0.4, 0.6, 0.8], 4)
+    with pytest.warns(RuntimeWarning, match="matplotlib is not installed") as caught:
+        path = save_image_grid(tmp_path / "syn.png", images, labels=labels, mean=[0.0], std=[1.0])
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    decoded, _ = decode_png(path.read_bytes())
+    expected = image_grid(images[torch.tensor([1, 3, 0, 2])], nrow=2, mean=[0.0], std=[1.0], scale=2)
+    np.testing.assert_array_equal(decoded, expected.numpy())  # one class per row
+    with pytest.warns(RuntimeWarning):
+        path = save_image_grid(tmp_path / "one.png", _constant_images([0.1 * i for i in range(10)], 4),
+                               labels=torch.arange(10).flip(0), mean=[0.0], std=[1.0])
+    decoded, _ = decode_png(path.read_bytes())
+    assert decoded.shape[:2] == (2 * (8 + 2) + 2, 5 * (8 + 2) + 2)  # ipc 1: 2 rows of 5, not a strip
+    with pytest.raises(ModuleNotFoundError, match="pip install matplotlib"):
+        labelled_image_grid(images, labels)
+
+
+def test_labelled_grid_errors(tmp_path):
+    images = torch.rand(4, 1, 4, 4)
+    with pytest.raises(ConfigError, match="one per image"):
+        save_image_grid(tmp_path / "x.png", images, labels=torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="integer"):
+        save_image_grid(tmp_path / "x.png", images, labels=torch.rand(4))
+    with pytest.raises(ConfigError, match="label 3 has no name"):
+        save_image_grid(tmp_path / "x.png", images, labels=torch.tensor([0, 1, 2, 3]), class_names=["a", "b"])
+    with pytest.raises(ConfigError, match="need labels"):
+        save_image_grid(tmp_path / "x.png", images, class_names=["a"])
+    with pytest.raises(ConfigError, match="not both"):
+        save_image_grid(tmp_path / "x.png", images, 2, labels=torch.tensor([0, 0, 1, 1]))
+    assert not (tmp_path / "x.png").exists()
+
+
+# -- loss plots ----------------------------------------------------------------------------------
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _history(n=20, dkkt=False, scale=1.0):
+    out = []
+    for i in range(n):
+        entry = {"iteration": i, "loss": scale * (5.0 / (i + 1) + 0.1)}
+        if dkkt:
+            entry.update(primal=1.0 / (i + 1), stationarity=0.9 - 0.01 * i, floor=1.0, dm=50.0 / (i + 1),
+                         stat_ratio=float("nan"))
+        out.append(entry)
+    return out
+
+
+def test_loss_plot_draws_the_loss_and_a_panel_per_dkkt_term(tmp_path):
+    pytest.importorskip("matplotlib")
+    dm = save_loss_plot({"method": "dm", "config": {"ipc": 1, "pipc": 10}, "history": _history()},
+                        tmp_path / "dm" / "loss.png")
+    assert dm == tmp_path / "dm" / "loss.png" and os.listdir(tmp_path / "dm") == ["loss.png"]
+    both = save_loss_plot({"method": "dm_dkkt", "history": _history(dkkt=True), "resumes": [{"iteration": 10}]},
+                          tmp_path / "both.png")
+    (w1, h1), (w2, h2) = _png_size(dm), _png_size(both)
+    assert w1 == w2 and h2 > 2 * h1  # 4 panels (loss, primal, stationarity, DM) against 1
+    other = save_loss_plot({"method": "dm", "config": {"ipc": 1, "pipc": 10}, "history": _history(scale=3.0)},
+                           tmp_path / "other.png")
+    assert other.read_bytes() != dm.read_bytes()  # the curve comes from the history
+
+
+def test_loss_plot_without_a_history_or_matplotlib_writes_nothing(tmp_path, monkeypatch):
+    assert save_loss_plot({"history": []}, tmp_path / "a.png") is None
+    assert save_loss_plot({}, tmp_path / "a.png") is None
+    assert save_loss_plot({"history": [{"iteration": 0, "loss": float("nan")}]}, tmp_path / "a.png") is None
+    monkeypatch.setattr(viz, "_matplotlib", lambda: None)
+    with pytest.warns(RuntimeWarning, match="matplotlib is not installed"):
+        assert save_loss_plot({"history": _history()}, tmp_path / "a.png") is None
+    assert not (tmp_path / "a.png").exists()

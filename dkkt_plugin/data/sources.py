@@ -60,6 +60,7 @@ class ImageDataset(torch.utils.data.Dataset):
         mean: per-channel mean the images were normalised with (length C).
         std: per-channel std the images were normalised with (length C).
         name: short dataset name, e.g. ``"fashion_mnist"`` or ``"cifar10"``.
+        root: the folder the files were read from (the loaders set it; None: made in memory).
 
     Shape:
         - ``images``: ``(N, C, H, W)``; ``targets``: ``(N,)``; ``ds[i]``: ``((C, H, W), int)``.
@@ -75,7 +76,7 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: Tensor, targets: Tensor, *, classes: Sequence[str],
-                 mean: Sequence[float], std: Sequence[float], name: str):
+                 mean: Sequence[float], std: Sequence[float], name: str, root: str | None = None):
         if images.ndim != 4 or not images.is_floating_point():
             raise ConfigError(f"ImageDataset: images must be float (N, C, H, W), got "
                               f"{images.dtype} {tuple(images.shape)}")
@@ -91,6 +92,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.name = name
+        self.root = None if root is None else str(root)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -121,7 +123,7 @@ class ImageDataset(torch.utils.data.Dataset):
         """A new ImageDataset holding the images at ``indices`` (any 1-D index, in that order)."""
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         return ImageDataset(self.images[idx], self.targets[idx], classes=self.classes,
-                            mean=self.mean, std=self.std, name=self.name)
+                            mean=self.mean, std=self.std, name=self.name, root=self.root)
 
 
 def _normalised(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -196,7 +198,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, train: bool = True
     images = _normalised(pixels[:, None], FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return ImageDataset(images, torch.from_numpy(labels.astype(np.int64)),
                         classes=FASHION_MNIST_CLASSES, mean=FASHION_MNIST_MEAN,
-                        std=FASHION_MNIST_STD, name="fashion_mnist")
+                        std=FASHION_MNIST_STD, name="fashion_mnist", root=str(root))
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -219,7 +221,7 @@ def _read_cifar(root: Path, train: bool) -> ImageDataset:
     classes = read_label_names(meta) if meta.is_file() else CIFAR10_CLASSES
     images = _normalised(data.reshape(-1, 3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
     return ImageDataset(images, torch.from_numpy(labels), classes=classes,
-                        mean=CIFAR10_MEAN, std=CIFAR10_STD, name="cifar10")
+                        mean=CIFAR10_MEAN, std=CIFAR10_STD, name="cifar10", root=str(root))
 
 
 def _fetch(url: str, archive: Path, md5: str) -> None:
