@@ -21,15 +21,23 @@ import torch
 
 from dkkt_plugin import registry
 from dkkt_plugin.data.practical import PracticalSubset, validation_indices
-from dkkt_plugin.engine import (append_evaluation, build_config, load_distill_data, load_synthetic,
-                                method_class, run_distillation, save_synthetic)
+from dkkt_plugin.engine import (append_evaluation, build_config, checkpoint_iteration, load_distill_data,
+                                load_synthetic, method_class, run_distillation, save_synthetic, snapshot_path)
+from dkkt_plugin.initializers import real_init
 from dkkt_plugin.errors import CheckpointError, ConfigError
 from dkkt_plugin.evaluation import EvalResult, evaluate_synthetic, get_protocol
 from dkkt_plugin.pretrain import PretrainConfig, load_edge_model, pretrain
 from dkkt_plugin.provenance import provenance
 
-from .grid import Cell
-from .presets import BLEND_COLUMN, BLEND_SOURCES, Preset
+from .grid import Cell, append_jsonl, read_jsonl
+from .presets import BLEND_COLUMN, BLEND_SOURCES, RANDOM_COLUMN, EvalSpec, Preset
+
+NETWORKS = "networks.jsonl"  # per run folder: every evaluation network's accuracy, as it finishes
+NETWORKS_FORMAT = "dkkt-bench-network/1"
+
+
+def _read_lines(path: Path) -> list[dict]:
+    return read_jsonl(path, NETWORKS_FORMAT) if Path(path).is_file() else []
 
 
 @dataclass
@@ -65,6 +73,10 @@ class Context:
     def ensure_edge_model(self, explicit: Optional[str] = None) -> Path:
         """Reuse ``explicit``, else ``out/edge_model.pt``, pretraining it once (a lock file keeps
         concurrent shards from training it twice; the others wait)."""
+        if not explicit and self.preset.edge_model == "packaged" and self.dataset == "fashion_mnist":
+            from dkkt_plugin.demo import packaged_edge_model
+
+            explicit = str(packaged_edge_model())
         if explicit:
             path = Path(explicit)
             _, meta = load_edge_model(path)
@@ -116,17 +128,41 @@ class Context:
         test = self.data(train=False)
         return test.images, test.targets
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> EvalResult:
-        """The preset's evaluation; evaluation run r of distillation seed s uses seed
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, seed: int, spec: Optional[EvalSpec] = None,
+                 cache: Optional[Path] = None, iteration: Optional[int] = None) -> EvalResult:
+        """The preset's evaluation (or ``spec``); evaluation run r of distillation seed s uses seed
         ``seed_stride * s + r`` (1000 s + r: the columns of one seed are evaluated with the same
-        networks' initialisations)."""
-        spec = self.preset.evaluation
+        networks' initialisations).
+
+        ``cache``: a JSONL file keeping every finished network's accuracy (with ``iteration`` and
+        the spec), so that an interrupted evaluation resumes at the next network."""
+        spec = spec or self.preset.evaluation
         protocol = get_protocol(spec.protocol, spec.epochs)
         x, y = self.eval_set()
-        result = evaluate_synthetic(images, labels, x, y, protocol=protocol,
-                                    num_eval=spec.num_eval, seed=spec.seed_stride * seed, device=self.device,
-                                    width=spec.width, num_classes=self.data(train=True).num_classes,
-                                    precision=spec.precision)
+        kwargs = dict(protocol=protocol, device=self.device, width=spec.width,
+                      num_classes=self.data(train=True).num_classes, precision=spec.precision)
+        base = spec.seed_stride * seed
+        if cache is None:
+            result = evaluate_synthetic(images, labels, x, y, num_eval=spec.num_eval, seed=base, **kwargs)
+        else:
+            # a network's result depends on the set, the spec and its seed, not on how many there are
+            asked = {"iteration": iteration,
+                     "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "num_eval"}}
+            done = {r["seed"]: r for r in _read_lines(cache) if {k: r.get(k) for k in asked} == asked}
+            result = EvalResult(protocol="")
+            descriptions = []
+            for r in range(spec.num_eval):
+                if base + r not in done:
+                    one = evaluate_synthetic(images, labels, x, y, num_eval=1, seed=base + r, **kwargs)
+                    done[base + r] = {**asked, "seed": base + r, "accuracy": one.accuracies[0],
+                                      "protocol": one.protocol, "seconds": round(one.seconds, 3)}
+                    append_jsonl(cache, done[base + r], fmt=NETWORKS_FORMAT)
+                net = done[base + r]
+                result.accuracies.append(net["accuracy"])
+                result.seeds.append(base + r)
+                result.seconds += net["seconds"]
+                descriptions += [net["protocol"]] if net["protocol"] not in descriptions else []
+            result.protocol = " | ".join(descriptions)  # one text unless networks ran on different machines
         if spec.width != 128:
             result.protocol += f"; evaluation ConvNet width {spec.width} (standard: 128)"
         return result
@@ -173,8 +209,13 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     """Distil and evaluate ``cell``; returns its JSONL record.
 
     An existing ``checkpoint.pt`` in the cell's run folder is resumed (a run interrupted during
-    distillation continues where it stopped; a finished one only writes its outputs again).
+    distillation continues where it stopped; a finished one only writes its outputs again). A
+    cell with a budget continues its run to that budget (:func:`run_point`).
     """
+    if cell.column == RANDOM_COLUMN:
+        return run_random(ctx, cell)
+    if cell.budget is not None:
+        return run_point(ctx, cell)
     method, overrides = ctx.preset.method_overrides(cell.column, cell.ipc)
     needs_edge = method_class(method).needs_edge_model
     if needs_edge and ctx.edge_model is None:
@@ -204,9 +245,113 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
             **ctx.provenance()}
 
 
+def run_point(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """Evaluate the set of ``cell``'s run at ``cell.budget`` with ``cell.protocol``.
+
+    The run (one folder for every budget of the column, ipc, pipc and seed) is continued from its
+    checkpoint to the budget, stopping at every smaller budget of the preset on the way, and its
+    set at each is kept as ``snapshots/it<budget>.pt``; a run already past the budget evaluates
+    that snapshot. The evaluation resumes network by network (``networks.jsonl``).
+    """
+    method, overrides = ctx.preset.method_overrides(cell.column, cell.ipc)
+    needs_edge = method_class(method).needs_edge_model
+    if needs_edge and ctx.edge_model is None:
+        raise ConfigError(f"{cell}: the edge model is not ready (call ensure_edge_model first)")
+    overrides = {**overrides, "iterations": cell.budget}
+    cfg = build_config(method, overrides, dataset=ctx.dataset, data_root=ctx.data_root, ipc=cell.ipc,
+                       pipc=cell.pipc, seed=cell.seed, edge_model=str(ctx.edge_model) if needs_edge else None)
+    train = ctx.data(train=True)
+    run_dir = ctx.runs_dir / cell.run_name
+    snap = snapshot_path(run_dir, cell.budget)
+    distilled = None
+    if not snap.is_file():
+        at = checkpoint_iteration(run_dir)
+        if at is not None and at > cell.budget:
+            raise CheckpointError(f"{cell}: the run in {run_dir} is at iteration {at}, past {cell.budget}, and "
+                                  f"kept no set at {cell.budget}; move the run folder away to distil it again")
+        data = load_distill_data(cfg, ctx.device, train=train)
+        stops = [b for b in ctx.preset.column_budgets(cell.column, cell.ipc, cell.pipc) if b < cell.budget]
+        for budget in [*stops, cell.budget]:
+            at = checkpoint_iteration(run_dir)
+            if snapshot_path(run_dir, budget).is_file() or (at is not None and at > budget):
+                continue
+            distilled = run_distillation(method, dataclasses.replace(cfg, iterations=budget), run_dir,
+                                         device=ctx.device, resume=at is not None,
+                                         checkpoint_every=ctx.preset.checkpoint_every, data=data,
+                                         command=ctx.command, snapshot=True)
+    syn = load_synthetic(snap)
+    rec = distilled.record if distilled is not None else _read_record(run_dir)
+    spec = ctx.preset.eval_spec(cell.protocol)
+    t0 = time.perf_counter()
+    ev = ctx.evaluate(syn["images"], syn["labels"], cell.seed, spec=spec, cache=run_dir / NETWORKS,
+                      iteration=cell.budget)
+    eval_seconds = time.perf_counter() - t0
+    append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device, iteration=cell.budget)
+    subset_size = int(PracticalSubset(train, cell.pipc, seed=cell.seed).tensors()[0].shape[0])
+    same_run = rec.get("iterations") == cell.budget
+    return {**_base_record(ctx, cell, 100.0 * subset_size / len(train)), **_point_fields(cell, spec),
+            "method": method, "config": dataclasses.asdict(cfg), "resolved": rec.get("resolved"),
+            **_eval_fields(ev, eval_seconds),
+            "distill_seconds": rec.get("seconds") if same_run else None,
+            "seconds_per_iteration": rec.get("seconds_per_iteration"), "iterations": cell.budget,
+            "final": _history_at(rec, cell.budget), "fidelity": rec.get("fidelity") if same_run else None,
+            "resumed": distilled is None or bool(distilled.record.get("invocations", [{}])[-1].get("from")),
+            "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}
+
+
+def _point_fields(cell: Cell, spec: EvalSpec) -> dict[str, Any]:
+    return {"budget": cell.budget, "protocol": cell.protocol, "eval_spec": dataclasses.asdict(spec)}
+
+
+def _read_record(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "record.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _history_at(rec: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """The last logged losses at or before ``iteration``."""
+    rows = [h for h in rec.get("history", []) if h.get("iteration", 0) < iteration]
+    return rows[-1] if rows else {}
+
+
+def run_random(ctx: Context, cell: Cell) -> dict[str, Any]:
+    """The random-real baseline: ``ipc`` images per class drawn from the cell's practical subset
+    with ``torch.Generator().manual_seed(seed)``, evaluated like every set."""
+    train = ctx.data(train=True)
+    subset = PracticalSubset(train, cell.pipc, seed=cell.seed)
+    images, labels = real_init(cell.ipc, num_classes=train.num_classes, image_shape=tuple(train.image_shape),
+                               dataset=subset, generator=torch.Generator().manual_seed(cell.seed))
+    run_dir = ctx.runs_dir / cell.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"draw": "real_init", "generator_seed": cell.seed, "ipc": cell.ipc, "pipc": cell.pipc}
+    path = run_dir / "synthetic.pt"
+    if path.is_file():  # drawn before: the same draw (checked), never overwritten
+        old = load_synthetic(path)
+        if not (torch.equal(old["images"], images) and torch.equal(old["labels"], labels)):
+            raise CheckpointError(f"{cell}: {path} holds another draw than seed {cell.seed} gives now; move it away")
+    else:
+        save_synthetic(path, images, labels, method=RANDOM_COLUMN, config=config, mean=train.mean, std=train.std,
+                       iteration=0)
+    spec = ctx.preset.eval_spec(cell.protocol)
+    t0 = time.perf_counter()
+    ev = ctx.evaluate(images, labels, cell.seed, spec=spec, cache=run_dir / NETWORKS, iteration=0)
+    eval_seconds = time.perf_counter() - t0
+    append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device, iteration=0)
+    point = _point_fields(cell, spec) if cell.budget is not None else {}
+    return {**_base_record(ctx, cell, subset.access_percent), **point, "method": RANDOM_COLUMN, "config": config,
+            **_eval_fields(ev, eval_seconds), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
+            "iterations": 0, "resumed": False, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}
+
+
 def blend_sources(ctx: Context, cell: Cell) -> list[Path]:
     """The synthetic sets a blend cell averages; CheckpointError naming those not finished yet."""
-    paths = [ctx.runs_dir / dataclasses.replace(cell, column=c).run_name / "synthetic.pt" for c in BLEND_SOURCES]
+    if cell.budget is not None:
+        paths = [snapshot_path(ctx.runs_dir / dataclasses.replace(cell, column=c).run_name, cell.budget)
+                 for c in BLEND_SOURCES]
+    else:
+        paths = [ctx.runs_dir / dataclasses.replace(cell, column=c).run_name / "synthetic.pt" for c in BLEND_SOURCES]
     missing = [c for c, p in zip(BLEND_SOURCES, paths) if not p.is_file()]
     if missing:
         raise CheckpointError(f"{cell}: {', '.join(missing)} not distilled yet")
@@ -226,13 +371,28 @@ def run_blend(ctx: Context, cell: Cell) -> dict[str, Any]:
     run_dir = ctx.runs_dir / cell.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"sources": list(BLEND_SOURCES), "weights": [0.5, 0.5],
-              "source_runs": [str(p.parent.relative_to(ctx.out)) for p in paths]}
-    save_synthetic(run_dir / "synthetic.pt", images, a["labels"], method="blend", config=config,
-                   mean=a.get("mean"), std=a.get("std"))
+              "source_runs": [str((p.parent if cell.budget is None else p).relative_to(ctx.out)) for p in paths]}
+    point = {}
+    if cell.budget is None:
+        save_synthetic(run_dir / "synthetic.pt", images, a["labels"], method="blend", config=config,
+                       mean=a.get("mean"), std=a.get("std"))
+        ev = None
+    else:  # one blended set per budget, beside the sources' snapshots
+        target = snapshot_path(run_dir, cell.budget)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_synthetic(target, images, a["labels"], method="blend", config=config, mean=a.get("mean"),
+                           std=a.get("std"), iteration=cell.budget)
+        point = _point_fields(cell, ctx.preset.eval_spec(cell.protocol))
     t0 = time.perf_counter()
-    ev = ctx.evaluate(images, a["labels"], cell.seed)
+    if cell.budget is None:
+        ev = ctx.evaluate(images, a["labels"], cell.seed)
+    else:
+        ev = ctx.evaluate(images, a["labels"], cell.seed, spec=ctx.preset.eval_spec(cell.protocol),
+                          cache=run_dir / NETWORKS, iteration=cell.budget)
+        append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device, iteration=cell.budget)
     eval_seconds = time.perf_counter() - t0
     subset = PracticalSubset(ctx.data(train=True), cell.pipc, seed=cell.seed)
-    return {**_base_record(ctx, cell, subset.access_ratio), "method": "blend", "config": config,
+    return {**_base_record(ctx, cell, subset.access_percent), **point, "method": "blend", "config": config,
             **_eval_fields(ev, eval_seconds), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
             "iterations": 0, "resumed": False, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}

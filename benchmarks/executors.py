@@ -230,3 +230,25 @@ def print_status(out: Path, cells: Sequence[Cell], title: str) -> int:
         reason = f": {ev.get('reason', '')}" if state == "failed" else ""
         print(f"  {state:<11} {cell}{where}{reason}")
     return 1 if counts.get("failed") else 0
+
+
+def print_runs(runs_dir: Path, cells: Sequence[Cell]) -> None:
+    """How far each run of a grid with budgets is: its checkpoint's iteration against the largest
+    budget it is asked for, and the budgets whose set is kept."""
+    from dkkt_plugin.engine import SNAPSHOTS, checkpoint_iteration
+
+    target: dict[str, int] = {}
+    for cell in cells:
+        if cell.budget:
+            target[cell.run_name] = max(target.get(cell.run_name, 0), cell.budget)
+    print(f"runs ({len(target)}):")
+    for name, goal in target.items():
+        run = Path(runs_dir) / name
+        try:
+            at = checkpoint_iteration(run)
+        except DkktError as exc:
+            print(f"  {name}: unreadable checkpoint ({' '.join(str(exc).split())})")
+            continue
+        kept = sorted(int(p.stem[2:]) for p in (run / SNAPSHOTS).glob("it*.pt")) if (run / SNAPSHOTS).is_dir() else []
+        state = "not started" if at is None else f"iteration {at} of {goal} ({100 * at / goal:.0f} %)"
+        print(f"  {name}: {state}; sets kept at {', '.join(map(str, kept)) or 'none yet'}")

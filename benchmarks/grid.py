@@ -30,12 +30,14 @@ from .presets import BLEND_COLUMN, BLEND_SOURCES, Pipc, Preset, pipc_order
 RESULTS = "results.jsonl"
 FORMAT = "dkkt-bench/1"
 
-Key = tuple[str, str, str, int, str, int]
+Key = tuple  # (dataset, preset, column, ipc, pipc, seed[, budget, protocol])
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One column at one (ipc, pipc) for one seed."""
+    """One column at one (ipc, pipc) for one seed; in a preset with evaluation budgets, also one
+    budget (the distillation iteration whose set is evaluated) and one evaluation protocol. The
+    cells of every budget of a (column, ipc, pipc, seed) share one run folder: one trajectory."""
 
     dataset: str
     preset: str
@@ -43,10 +45,13 @@ class Cell:
     ipc: int
     pipc: Pipc
     seed: int
+    budget: Optional[int] = None
+    protocol: Optional[str] = None
 
     @property
     def key(self) -> Key:
-        return (self.dataset, self.preset, self.column, int(self.ipc), str(self.pipc), int(self.seed))
+        base = (self.dataset, self.preset, self.column, int(self.ipc), str(self.pipc), int(self.seed))
+        return base if self.budget is None else (*base, int(self.budget), str(self.protocol))
 
     @property
     def run_name(self) -> str:
@@ -54,7 +59,8 @@ class Cell:
         return f"{self.column}/ipc{self.ipc}-pipc{self.pipc}-seed{self.seed}"
 
     def __str__(self) -> str:
-        return f"{self.column} ipc {self.ipc} pipc {self.pipc} seed {self.seed}"
+        text = f"{self.column} ipc {self.ipc} pipc {self.pipc} seed {self.seed}"
+        return text if self.budget is None else f"{text} @ {self.budget} it, {self.protocol} protocol"
 
 
 def build_cells(preset: Preset, dataset: str, *, ipcs: Optional[Sequence[int]] = None,
@@ -65,10 +71,11 @@ def build_cells(preset: Preset, dataset: str, *, ipcs: Optional[Sequence[int]] =
     Raises:
         ConfigError: a filter names an ipc or a column the preset lacks, or selects nothing.
     """
-    unknown = [c for c in columns or () if c not in preset.columns]
+    known = (*preset.columns, *preset.extra_columns)
+    unknown = [c for c in columns or () if c not in known]
     if unknown:
         raise ConfigError(f"preset {preset.name!r} has no column(s) {', '.join(unknown)}; its columns: "
-                          f"{', '.join(preset.columns)}")
+                          f"{', '.join(known)}")
     ipcs = list(ipcs) if ipcs else list(preset.default_ipcs)
     for ipc in ipcs:
         preset.pipcs(ipc)  # raises for an ipc without a row
@@ -78,10 +85,17 @@ def build_cells(preset: Preset, dataset: str, *, ipcs: Optional[Sequence[int]] =
         for pipc in sorted(preset.pipcs(ipc), key=pipc_order):
             if pipcs and pipc not in pipcs:
                 continue
-            for column in preset.columns_for(ipc, pipc):
+            for column in (*preset.columns_for(ipc, pipc), *preset.extra_columns_for(ipc, pipc)):
                 if columns and column not in columns:
                     continue
-                cells.extend(Cell(dataset, preset.name, column, ipc, pipc, s) for s in seeds)
+                for s in seeds:
+                    if not preset.budgets:
+                        cells.append(Cell(dataset, preset.name, column, ipc, pipc, s))
+                        continue
+                    cells.extend(Cell(dataset, preset.name, column, ipc, pipc, s, b, p)
+                                 for b, p in preset.evaluation_points(column, ipc, pipc))
+    if preset.order is not None:
+        cells.sort(key=preset.order)
     if not cells:
         raise ConfigError(f"the filters select no cell of preset {preset.name!r} (ipc {ipcs}, pipc "
                           f"{list(pipcs or [])}, columns {list(columns or [])}, seeds {seeds})")
@@ -91,7 +105,7 @@ def build_cells(preset: Preset, dataset: str, *, ipcs: Optional[Sequence[int]] =
 def blend_cells(preset: Preset, cells: Iterable[Cell]) -> list[Cell]:
     """One blend cell per (ipc, pipc, seed) of ``cells`` that holds both source columns
     (dsv_noise and dm), i.e. only where the row has a DSV column."""
-    if not preset.blend:
+    if not preset.blend or preset.budgets:  # with budgets, blends are cells of their own (build_cells)
         return []
     cells = list(cells)
     have = {(c.ipc, str(c.pipc), c.seed, c.column) for c in cells}
@@ -142,7 +156,8 @@ def shard_file(out: Path, index: int, count: int) -> Path:
 
 
 def record_key(rec: dict) -> Key:
-    return (rec["dataset"], rec["preset"], rec["column"], int(rec["ipc"]), str(rec["pipc"]), int(rec["seed"]))
+    base = (rec["dataset"], rec["preset"], rec["column"], int(rec["ipc"]), str(rec["pipc"]), int(rec["seed"]))
+    return base if rec.get("budget") is None else (*base, int(rec["budget"]), str(rec["protocol"]))
 
 
 def read_jsonl(path: Path, fmt: str = FORMAT) -> list[dict]:
@@ -233,5 +248,5 @@ def merge(inputs: Sequence[Path], out: Path) -> tuple[int, int]:
 
 
 def _sort_key(key: Key) -> tuple:
-    dataset, preset, column, ipc, pipc, seed = key
-    return (dataset, preset, ipc, pipc_order(pipc if pipc == "all" else int(pipc)), column, seed)
+    dataset, preset, column, ipc, pipc, seed, *point = key
+    return (dataset, preset, ipc, pipc_order(pipc if pipc == "all" else int(pipc)), column, seed, *point)

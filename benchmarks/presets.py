@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.pretrain import PretrainConfig
@@ -40,8 +40,10 @@ COLUMNS = tuple(COLUMN_METHODS)
 DSV_COLUMNS = ("dsv_noise", "dsv_real")
 BLEND_COLUMN = "blend_dsv_dm"  # pixel-wise mean of the dsv_noise and dm sets (Fig. 3's blending)
 BLEND_SOURCES = ("dsv_noise", "dm")
+RANDOM_COLUMN = "random"  # ipc real images per class drawn at random (seeded) from the practical subset
 COLUMN_TITLES = {"dm": "DM", "dm_star": "DM*", "dc": "DC", "dsa": "DSA", "dsv_noise": "DSV(noise)",
-                 "dsv_real": "DSV(real)", "dm_dkkt": "DM+DKKT", BLEND_COLUMN: "(DSV+DM)/2"}
+                 "dsv_real": "DSV(real)", "dm_dkkt": "DM+DKKT", BLEND_COLUMN: "(DSV+DM)/2",
+                 RANDOM_COLUMN: "random"}
 GM_COLUMNS = ("dc", "dsa")
 
 # The ablation's columns: variant -> (method, config overrides, dotted keys as build_config takes
@@ -173,6 +175,18 @@ class Preset:
         blend: whether the (DSV+DM)/2 blend is evaluated where a row has both sets.
         reference: None for the paper's layout (DM+DKKT against each row's best baseline); else
             the column every other column is compared with (an ablation: one row per variant).
+        transfer: the independent classifier of the fidelity measures (None: none).
+        random: whether the ``random`` column (ipc real images drawn at random from the practical
+            subset, evaluated like every set) is in the grid.
+        budgets: column -> the distillation iterations at which its run is evaluated, along ONE
+            trajectory (the run continues from its own checkpoint). Empty: one evaluation per
+            cell, after ``iterations``. ``random`` has budget 0.
+        max_budget: ``(ipc, pipc)`` -> the largest budget run in that row (default: all of them).
+        final_evaluations: protocol -> evaluation spec applied, besides ``evaluation``, at each
+            column's final budget in the rows whose pipc is in ``final_pipcs``.
+        order: sort key of the cells (the order in which a grid runs them); None: row, column, seed.
+        edge_model: ``"packaged"``: the package's own edge model of the dataset instead of
+            pretraining one (``--edge-model`` still wins).
     """
 
     name: str
@@ -195,6 +209,13 @@ class Preset:
     # the independent classifier of the fidelity measures (transfer accuracy), trained once per
     # output folder: another width and seed than the edge model; None: no transfer accuracy
     transfer: Optional[PretrainConfig] = TRANSFER
+    random: bool = False
+    budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    max_budget: dict[tuple[int, str], int] = field(default_factory=dict)
+    final_evaluations: dict[str, EvalSpec] = field(default_factory=dict)
+    final_pipcs: tuple[Pipc, ...] = ()
+    order: Optional[Callable[[Any], tuple]] = None
+    edge_model: Optional[str] = None
 
     # -- grid shape --------------------------------------------------------------------------
     @property
@@ -216,6 +237,44 @@ class Preset:
         dsv = not self.dsv_at_smallest_pipc or pipc == self.dsv_pipc(ipc)
         return tuple(c for c in self.columns if dsv or c not in DSV_COLUMNS)
 
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        """Columns that are not methods: ``random``, and the blend where it is a cell of its own."""
+        return ((RANDOM_COLUMN,) if self.random else ()) + ((BLEND_COLUMN,) if self.blend and self.budgets else ())
+
+    def extra_columns_for(self, ipc: int, pipc: Pipc) -> tuple[str, ...]:
+        """:attr:`extra_columns` with a cell at ``(ipc, pipc)`` (the blend needs its two sources)."""
+        return tuple(c for c in self.extra_columns if c != BLEND_COLUMN or self.has_blend(ipc, pipc))
+
+    def column_budgets(self, column: str, ipc: int, pipc: Pipc) -> tuple[int, ...]:
+        """The budgets at which ``column`` is evaluated at ``(ipc, pipc)`` (ascending)."""
+        if column == RANDOM_COLUMN:
+            return (0,)
+        source = BLEND_SOURCES[0] if column == BLEND_COLUMN else column
+        cap = self.max_budget.get((ipc, str(pipc)))
+        budgets = self.budgets.get(source, ())
+        if column == BLEND_COLUMN:  # the blend exists where both of its sources have a set
+            budgets = tuple(b for b in budgets if b in self.budgets.get(BLEND_SOURCES[1], ()))
+        return tuple(sorted(b for b in budgets if cap is None or b <= cap))
+
+    def evaluation_points(self, column: str, ipc: int, pipc: Pipc) -> list[tuple[int, str]]:
+        """``(budget, protocol)`` of every evaluation of ``column`` at ``(ipc, pipc)``: the main
+        protocol at each budget, plus :attr:`final_evaluations` at the final budget of a
+        :attr:`final_pipcs` row."""
+        budgets = self.column_budgets(column, ipc, pipc)
+        points = [(b, self.evaluation.protocol) for b in budgets]
+        if budgets and pipc in self.final_pipcs:
+            points += [(budgets[-1], name) for name in self.final_evaluations]
+        return points
+
+    def eval_spec(self, protocol: Optional[str]) -> EvalSpec:
+        """The evaluation spec of a cell's protocol (None or the main one: :attr:`evaluation`)."""
+        if protocol is None or protocol == self.evaluation.protocol:
+            return self.evaluation
+        if protocol not in self.final_evaluations:
+            raise ConfigError(f"preset {self.name!r} has no evaluation with the {protocol!r} protocol")
+        return self.final_evaluations[protocol]
+
     def has_blend(self, ipc: int, pipc: Pipc) -> bool:
         """Whether the (DSV+DM)/2 blend exists at this row (it needs the dsv_noise and dm cells)."""
         return self.blend and all(c in self.columns_for(ipc, pipc) for c in BLEND_SOURCES)
@@ -236,9 +295,28 @@ class Preset:
     @property
     def label(self) -> str:
         """What every output says about the preset (CPU-sized ones are never the paper's)."""
+        if self.cpu_sized and self.budgets:
+            return f"preset '{self.name}', CPU-sized: {self.budget_text()}"
         if self.cpu_sized:
             return f"preset '{self.name}', CPU-sized (scaled down; NOT the paper's protocol)"
         return f"preset '{self.name}' (the paper's protocol)"
+
+    def budget_text(self) -> str:
+        """What a preset with budgets runs, against the paper (20 000 iterations, batch_real 256,
+        SAM for 5 000 epochs with 5 networks): every concession, from the preset's own values."""
+        rows = []
+        for ipc, pipcs in self.rows:
+            for pipc in pipcs:
+                most = max((b for c in self.columns for b in self.column_budgets(c, ipc, pipc)), default=0)
+                rows.append(f"ipc {ipc} pipc {pipc}: up to {most}")
+        batch = self.common.get("batch_real")
+        specs = [("", self.evaluation), *((" at the final budget of pipc " + "/".join(map(str, self.final_pipcs)),
+                                           s) for s in self.final_evaluations.values())]
+        evals = [f"{s.protocol} protocol {'unscaled' if s.epochs is None else f'SCALED to {s.epochs} epochs'} with "
+                 f"{s.num_eval} network(s){where}" for where, s in specs]
+        return (f"budgets {', '.join(rows)} iterations (paper: 20 000); batch_real {batch} (paper: 256; at pipc 10 "
+                f"and 50 every practical image either way); evaluation: {'; '.join(evals)} (paper: SAM, 5 000 "
+                f"epochs, 5 networks)")
 
     @property
     def tag(self) -> str:
@@ -255,14 +333,29 @@ class Preset:
         if changes.get("precision") is not None and changes["precision"] == self.evaluation.precision:
             changes.pop("precision")
         changes = {k: v for k, v in changes.items() if v is not None}
-        evaluation = {{"eval_epochs": "epochs"}.get(k, k): v for k, v in changes.items() if k != "iterations"}
+        if "eval_at" in changes:
+            if not self.budgets:
+                raise ConfigError(f"preset {self.name!r} evaluates each run once; --eval-at needs a preset with "
+                                  "budgets (e.g. reproduce)")
+            if any(int(b) < 1 for b in changes["eval_at"]):
+                raise ConfigError(f"--eval-at budgets must be positive iterations, got {list(changes['eval_at'])}")
+            changes["eval_at"] = tuple(sorted({int(b) for b in changes["eval_at"]}))
+        evaluation = {{"eval_epochs": "epochs"}.get(k, k): v for k, v in changes.items()
+                      if k not in ("iterations", "eval_at")}
         if not changes:
             return self
         new = dataclasses.replace(self, evaluation=dataclasses.replace(self.evaluation, **evaluation))
+        scaled = {k: v for k, v in evaluation.items() if k in ("epochs", "split", "precision")}
+        if scaled and self.final_evaluations:  # every protocol of the preset scaled alike
+            new = dataclasses.replace(new, final_evaluations={
+                name: dataclasses.replace(spec, **scaled) for name, spec in self.final_evaluations.items()})
+        if "eval_at" in changes:
+            new = dataclasses.replace(new, budgets={c: changes["eval_at"] for c in self.budgets}, max_budget={},
+                                      iterations={c: max(changes["eval_at"]) for c in self.iterations})
         if "iterations" in changes:
             new = dataclasses.replace(new, iterations={c: changes["iterations"] for c in self.iterations},
                                       iterations_by_ipc={})
-        tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        tag = ",".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(changes.items()))
         return dataclasses.replace(new, name=f"{self.name}[{tag}]")
 
 
@@ -359,7 +452,64 @@ ABLATION = Preset(
     reference="dm",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION)}
+
+REPRODUCE_COLUMNS = (RANDOM_COLUMN, "dm", "dm_dkkt", "dsv_noise", BLEND_COLUMN)
+
+
+def reproduce_order(cell: Any) -> tuple:
+    """The order in which the ``reproduce`` grid runs its cells, most wanted first:
+
+    0. ipc 1, pipc 10: every column at budgets 200, 1 000, 5 000 (dm protocol), budget-major;
+    1. DM and DM+DKKT continued to 20 000 for seeds 0-2;
+    2. the paper's protocol at the final budget of every ipc 1, pipc 10 column (seeds 0-2 for
+       the 20 000-iteration runs);
+    3. ipc 1, pipc 50 to 5 000;
+    4. seeds 3 and 4 of DM and DM+DKKT to 20 000 (and their paper-protocol evaluation);
+    5. ipc 10, pipc 10 to 5 000.
+    """
+    row, final = (cell.ipc, str(cell.pipc)), cell.protocol != "dm"
+    if row == (1, "10"):
+        if cell.budget <= 5000:
+            stage = 2 if final else 0
+        else:
+            stage = (2 if final else 1) if cell.seed <= 2 else 4
+    else:
+        stage = 3 if row == (1, "50") else 5
+    column = REPRODUCE_COLUMNS.index(cell.column) if cell.column in REPRODUCE_COLUMNS else len(REPRODUCE_COLUMNS)
+    return (stage, cell.budget, cell.seed, column, cell.protocol)
+
+
+# The paper's claim at the paper's budget, as far as 2 CPU cores go (benchmarks/README.md,
+# "reproduce"): one trajectory per run evaluated at 200 / 1 000 / 5 000 / 20 000 iterations
+# with the dm protocol UNSCALED (1 000 epochs, 3 networks, the whole test set), the paper's
+# protocol (SAM, 5 000 epochs, 1 network) at each pipc-10 column's final budget, the random-real
+# baseline, package defaults only, the packaged Fashion-MNIST edge model. One DM or DM+DKKT step
+# at pipc 10 is ~0.3 s on one core, a 1 000-epoch evaluation of 10 images ~25-40 s per network.
+REPRODUCE = Preset(
+    name="reproduce",
+    summary=("DM vs DM+DKKT along one trajectory per run (200 / 1 000 / 5 000 / 20 000 iterations) with "
+             "DSV, (DSV+DM)/2 and a random-real baseline; dm protocol unscaled"),
+    cpu_sized=True,
+    rows=((1, (10, 50)), (10, (10,))),
+    default_ipcs=(1, 10),
+    seeds=(0, 1, 2, 3, 4),
+    iterations={"dm": 20000, "dm_dkkt": 20000, "dsv_noise": 5000},
+    columns={c: COLUMN_METHODS[c] for c in ("dm", "dm_dkkt", "dsv_noise")},
+    evaluation=EvalSpec(protocol="dm", epochs=None, num_eval=3),
+    final_evaluations={"paper": EvalSpec(protocol="paper", epochs=None, num_eval=1)},
+    final_pipcs=(10,),
+    pretrain=PretrainConfig(epochs=3, weight_decay=5e-3),  # the packaged edge model's recipe (CIFAR-10)
+    edge_model="packaged",
+    common={"batch_real": 256},
+    budgets={"dm": (200, 1000, 5000, 20000), "dm_dkkt": (200, 1000, 5000, 20000), "dsv_noise": (200, 1000, 5000)},
+    max_budget={(1, "50"): 5000, (10, "10"): 5000},
+    random=True,
+    transfer=None,
+    checkpoint_every=100,
+    order=reproduce_order,
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION, REPRODUCE)}
 DEFAULT_PRESET = {"fashion_mnist": "cpu", "cifar10": "paper"}
 
 

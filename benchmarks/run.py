@@ -66,6 +66,9 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", nargs="+", default=None, help="columns (methods or ablation variants; default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the preset's)")
     p.add_argument("--iterations", type=int, default=None, help="override every column's iterations")
+    p.add_argument("--eval-at", type=int, nargs="+", default=None, metavar="N",
+                   help="evaluate each run at these iterations of one trajectory (presets with budgets, e.g. "
+                        "reproduce; default: the preset's)")
     p.add_argument("--eval-epochs", type=int, default=None, help="override the evaluation epochs")
     p.add_argument("--num-eval", type=int, default=None, help="override the evaluation runs per cell")
     p.add_argument("--split", choices=SPLITS, default=None,
@@ -107,7 +110,7 @@ def _context(args: argparse.Namespace, command_line: str, check_data: bool = Tru
         raise DkktError(f"unknown dataset {args.dataset!r}; choose fashion_mnist or cifar10")
     base = get_preset(args.preset or DEFAULT_PRESET[dataset])
     preset = base.modified(iterations=args.iterations, eval_epochs=args.eval_epochs, num_eval=args.num_eval,
-                           split=args.split, precision=args.eval_precision)
+                           split=args.split, precision=args.eval_precision, eval_at=args.eval_at)
     root = args.data_root or (os.environ.get(DATA_ENV[dataset]) if dataset == "cifar10" else None)
     out = Path(args.out) if args.out else RESULTS_ROOT / f"{dataset}-{base.name}"
     if args.threads:
@@ -181,7 +184,7 @@ def cmd_grid(args: argparse.Namespace, command_line: str) -> int:
         else:
             queue.append(cell)
     needs_edge = any(method_class(ctx.preset.method_overrides(c.column, c.ipc)[0]).needs_edge_model
-                     for c in queue if c.column != BLEND_COLUMN)
+                     for c in queue if c.column not in ctx.preset.extra_columns and c.column != BLEND_COLUMN)
     run = uuid.uuid4().hex[:12]
     results = shard_file(ctx.out, index, count)
     if args.executor == "slurm" and not args.pretrain_only:
@@ -239,7 +242,10 @@ def cmd_status(args: argparse.Namespace, command_line: str) -> int:
     ctx = _context(args, command_line, check_data=False)
     cells, _ = _cells(args, ctx)
     every = [*cells, *([] if args.no_blend else blend_cells(ctx.preset, cells))]
-    return executors.print_status(ctx.out, every, f"{ctx.dataset}, {ctx.preset.label}, {ctx.out}")
+    failed = executors.print_status(ctx.out, every, f"{ctx.dataset}, {ctx.preset.label}, {ctx.out}")
+    if ctx.preset.budgets:
+        executors.print_runs(ctx.runs_dir, every)
+    return failed
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -54,7 +54,8 @@ def _job_id() -> Optional[str]:
 
 def event(cell: Cell, state: str, run: str, worker: int, reason: Optional[str] = None, **extra: Any) -> dict:
     """One status line for ``cell`` (``pid`` / ``host`` / ``job`` of the calling process)."""
-    rec = {"key": list(cell.key), "cell": str(cell), "state": state, "run": run, "worker": worker,
+    rec = {"key": list(cell.key), "cell": str(cell), "run_name": cell.run_name, "state": state, "run": run,
+           "worker": worker,
            "pid": os.getpid(), "host": socket.gethostname(), "job": _job_id(),
            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     if reason is not None:
@@ -144,18 +145,39 @@ class _Queue:
     def end(self, cell: Cell, state: str, reason: Optional[str] = None) -> None:
         append_jsonl(status_path(self.out), event(cell, state, self.run, self.worker, reason), fmt=STATUS_FORMAT)
 
-    def blend_ready(self, cell: Cell) -> Optional[bool]:
-        """A blend runs once both source sets exist; it waits while a live worker of this run makes one."""
+    def run_busy(self, cell: Cell, mine: dict[tuple, dict]) -> bool:
+        """Whether a live worker of this run holds another cell of ``cell``'s run folder (the
+        budgets of one trajectory run one after another, never side by side)."""
+        return any(ev["state"] == "running" and alive(ev) and tuple(ev["key"]) != cell.key
+                   and ev.get("run_name") == cell.run_name for ev in mine.values())
+
+    def ready(self, cell: Cell) -> Optional[bool]:
+        """True: run it now; None: not yet (its run folder or its inputs are being worked on);
+        False: never in this run."""
+        mine = self._mine()
+        if cell.column == BLEND_COLUMN:
+            return self.blend_ready(cell, mine)
+        return None if cell.budget is not None and self.run_busy(cell, mine) else True
+
+    def blend_ready(self, cell: Cell, mine: Optional[dict[tuple, dict]] = None) -> Optional[bool]:
+        """A blend runs once both source sets exist; it waits while a live worker of this run makes
+        one, or (with budgets) while a source's cell at this budget or later is still to run."""
         try:
             blend_sources(self.ctx, cell)
             return True
         except CheckpointError:
             pass
-        mine = self._mine()
+        mine = self._mine() if mine is None else mine
         for source in BLEND_SOURCES:
             ev = mine.get(dataclasses.replace(cell, column=source).key)
             if ev and ev["state"] == "running" and alive(ev):
                 return None
+            if cell.budget is not None:
+                sources = [c for c in self.cells if c.column == source and c.run_name.split("/")[1:] ==
+                           cell.run_name.split("/")[1:] and c.budget >= cell.budget]
+                if any(c.key not in finished_keys(self.out) and mine.get(c.key, {}).get("state") != "failed"
+                       for c in sources):
+                    return None
         return False
 
 
@@ -169,7 +191,7 @@ def work(ctx: Context, cells: Sequence[Cell], results: Path, *, run: str, worker
     queue = _Queue(ctx, run, worker, cells)
     ran = failed = 0
     while True:
-        cell, wait = queue.claim(lambda c: queue.blend_ready(c) if c.column == BLEND_COLUMN else True)
+        cell, wait = queue.claim(queue.ready)
         if cell is None:
             if not wait:
                 return ran, failed
@@ -188,6 +210,8 @@ def work(ctx: Context, cells: Sequence[Cell], results: Path, *, run: str, worker
         append_jsonl(results, rec)
         queue.end(cell, "done")
         ran += 1
-        print(f"{head}: {100 * rec['mean']:.2f} % (distill {rec['distill_seconds']:.1f} s, "
-              f"{rec['seconds_per_iteration']:.3f} s/it; eval {rec['eval_seconds']:.1f} s) "
+        distill = (f"distill {rec['distill_seconds']:.1f} s, " if rec.get("distill_seconds") is not None else "")
+        rate = rec.get("seconds_per_iteration")
+        print(f"{head}: {100 * rec['mean']:.2f} % ({distill}"
+              + (f"{rate:.3f} s/it; " if rate else "") + f"eval {rec['eval_seconds']:.1f} s) "
               f"[{ctx.preset.tag}]", flush=True)

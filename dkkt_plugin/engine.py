@@ -4,8 +4,15 @@ A run directory holds:
     checkpoint.pt      the full state every ``checkpoint_every`` iterations (atomic writes)
     synthetic.pt       images, labels, multipliers (if any), config, normalisation
     synthetic.png      a grid of the synthetic images (ipc > 1: one class per row; ipc 1: one row)
-    record.json        the distillation: config, losses over time, timings, provenance
-    evaluations.jsonl  one line per evaluation of the set (:func:`append_evaluation`)
+    record.json        the distillation: config, losses over time, timings, provenance, and one
+                       entry per invocation (``invocations``: from / to iteration, seconds, command)
+    evaluations.jsonl  one line per evaluation of the set, with the iteration of the set it
+                       evaluated (:func:`append_evaluation`)
+    snapshots/         ``it<N>.pt``: the set at iteration N, for every N a run was asked to stop at
+                       with ``snapshot=True`` (``dkkt distill --eval-at``, the benchmark grid)
+
+A run never goes backwards: resuming with fewer iterations than the checkpoint holds is a
+:class:`~dkkt_plugin.errors.CheckpointError`; resuming with exactly as many changes nothing.
 
 Example:
     >>> cfg = build_config("dm", {"augment.strategy": "crop"}, ipc=1, pipc=10, iterations=20)
@@ -138,7 +145,7 @@ def _lower_lr(cfg: DistillConfig, current: float) -> float:
 def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike, *,
                      device: Any = "cpu", resume: bool = False, checkpoint_every: int = 50,
                      data: Optional[DistillData] = None, command: str = "",
-                     transfer_model: Optional[torch.nn.Module] = None) -> RunResult:
+                     transfer_model: Optional[torch.nn.Module] = None, snapshot: bool = False) -> RunResult:
     """Distil with ``method`` under ``cfg``, checkpointing into ``out_dir``.
 
     Args:
@@ -152,6 +159,12 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
         command: the command line, kept in the record.
         transfer_model: an independent classifier whose accuracy on the synthetic images goes into
             the record's ``fidelity`` (with the high-frequency share and the edge model's accuracy).
+        snapshot: also keep the final set as ``out_dir/snapshots/it<iterations>.pt``, so that a run
+            continued later still has it (evaluations along one trajectory).
+
+    A resumed run whose checkpoint is already at ``cfg.iterations`` (and whose outputs hold that
+    set) returns them as they are, with ``iterations_run`` 0; fewer iterations than the checkpoint
+    holds raise CheckpointError.
 
     Raises:
         CheckpointError: a checkpoint exists without ``resume``, or is corrupt or mismatched
@@ -175,6 +188,17 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     if resume and not ckpt.exists():
         raise CheckpointError(f"nothing to resume: {ckpt} does not exist")
     state, changed = _load_checkpoint(ckpt, method, cfg) if resume else (None, {})
+    if state is not None and cfg.iterations < state["iteration"]:
+        raise CheckpointError(
+            f"{ckpt} is at iteration {state['iteration']}, past the {cfg.iterations} iterations asked for: a run "
+            f"never goes backwards; pass --iterations {state['iteration']} or more to continue it (the sets of "
+            f"earlier iterations exist only as {out}/snapshots/it<N>.pt where they were saved)")
+    if state is not None and cfg.iterations == state["iteration"]:
+        done = _finished(out, state["iteration"])
+        if done is not None:  # already there: nothing runs and nothing is rewritten
+            if snapshot:
+                _save_snapshot(out, state["iteration"])
+            return done
     cls = method_class(method)
     data = data if data is not None else load_distill_data(cfg, device)
     m = cls(cfg, data, device=device)
@@ -187,17 +211,27 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
         resumes = list(state.get("resumes", []))
         if changed:
             resumes.append({"iteration": start, "changed": changed, "date": provenance()["date"]})
+    invocations = list(state.get("invocations", [])) if state is not None else []
     out.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "config": asdict(cfg), **provenance(command=command, device=device),
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
+    resolved = getattr(m, "resolved_config", None)
+    if callable(resolved):
+        record["resolved"] = resolved()
+    record["threads"] = torch.get_num_threads()
     if resumes:
         record["resumes"] = resumes
+    invocation = {"from": start, "to": cfg.iterations, "seconds": 0.0, "command": command,
+                  "date": record.get("date"), "threads": record["threads"]}
 
     def checkpoint(iteration: int, method_state: dict) -> None:
+        invocation.update(to=iteration, seconds=round(seconds - seconds_before, 3))
         save_torch({"format": CHECKPOINT_FORMAT, "method": method, "fingerprint": _fingerprint(cfg),
                     "config": asdict(cfg), "iteration": iteration, "history": history, "resumes": resumes,
-                    "seconds": seconds, "method_state": method_state}, ckpt)
+                    "seconds": seconds, "invocations": [*invocations, invocation],
+                    "method_state": method_state}, ckpt)
 
+    seconds_before = seconds
     log_every = max(1, cfg.iterations // 500)
     bar = progress_bar(range(start, cfg.iterations), desc=f"distill {method}", unit="it",
                        initial=start, total=cfg.iterations)
@@ -225,20 +259,61 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
         if (it + 1) % checkpoint_every == 0 and it + 1 < cfg.iterations:
             checkpoint(it + 1, m.state_dict())
     checkpoint(cfg.iterations, m.state_dict())
-    done = cfg.iterations - start
-    record.update(history=history, seconds=round(seconds, 3), iterations_run=done,
-                  seconds_per_iteration=seconds / cfg.iterations if cfg.iterations else 0.0)
+    record.update(history=history, iterations=cfg.iterations, iterations_run=cfg.iterations - start,
+                  seconds=round(seconds, 3), invocation_seconds=round(seconds - seconds_before, 3),
+                  seconds_per_iteration=seconds / cfg.iterations if cfg.iterations else 0.0,
+                  invocations=[*invocations, invocation])
     images, labels = m.images.detach().cpu(), m.labels.cpu()
     record["fidelity"] = fidelity(m.images.detach(), m.labels, edge_model=data.edge_model,
                                   transfer_model=transfer_model)
     save_synthetic(out / "synthetic.pt", images, labels, method=method, config=asdict(cfg),
-                   mean=data.mean, std=data.std, extra=m.extra_outputs())
+                   mean=data.mean, std=data.std, extra=m.extra_outputs(), iteration=cfg.iterations)
+    if snapshot:
+        _save_snapshot(out, cfg.iterations)
     from .viz import save_image_grid
 
     nrow = cfg.ipc if cfg.ipc > 1 else data.num_classes  # one class per row; ipc 1: one row
     save_image_grid(out / "synthetic.png", images, nrow=nrow, mean=data.mean, std=data.std)
     write_record(out, record)
     return RunResult(out, images, labels, record)
+
+
+SNAPSHOTS = "snapshots"
+
+
+def checkpoint_iteration(run_dir: str | os.PathLike) -> Optional[int]:
+    """The iteration ``run_dir/checkpoint.pt`` holds (None: no checkpoint)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    return int(load_torch(path, "run checkpoint", CHECKPOINT_FORMAT,
+                          "move it away to start again, or restore a good copy")["iteration"])
+
+
+def snapshot_path(run_dir: str | os.PathLike, iteration: int) -> Path:
+    """Where a run keeps its set at ``iteration`` (``run_dir/snapshots/it<iteration>.pt``)."""
+    return Path(run_dir) / SNAPSHOTS / f"it{int(iteration)}.pt"
+
+
+def _save_snapshot(out: Path, iteration: int) -> None:
+    """Copy ``synthetic.pt`` (the set at ``iteration``) to its snapshot, once."""
+    path = snapshot_path(out, iteration)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (out / "synthetic.pt").read_bytes())
+
+
+def _finished(out: Path, iteration: int) -> Optional[RunResult]:
+    """The run's outputs when they hold the set at ``iteration`` (None: they must be written)."""
+    try:
+        syn = load_synthetic(out / "synthetic.pt")
+        record = json.loads((out / "record.json").read_text(encoding="utf-8"))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    if syn.get("iteration") != iteration or record.get("iterations") != iteration:
+        return None
+    record = {**record, "iterations_run": 0, "invocation_seconds": 0.0}
+    return RunResult(out, syn["images"], syn["labels"], record)
 
 
 def save_synthetic(path: Path, images: torch.Tensor, labels: torch.Tensor, **meta: Any) -> None:
@@ -264,14 +339,19 @@ EVALUATIONS = "evaluations.jsonl"
 
 
 def append_evaluation(run_dir: str | os.PathLike, evaluation: Mapping[str, Any], *, command: str = "",
-                      device: Any = None) -> Path:
+                      device: Any = None, iteration: Optional[int] = None) -> Path:
     """Add one evaluation (e.g. ``EvalResult.as_dict()``) to ``run_dir/evaluations.jsonl``, with
-    its provenance. The file is rewritten atomically, so a killed process never leaves half a line."""
+    its provenance and ``iteration``, the distillation iteration of the set it evaluated (default:
+    the iteration of ``run_dir/synthetic.pt``). The file is rewritten atomically, so a killed
+    process never leaves half a line."""
     path = Path(run_dir) / EVALUATIONS
+    if iteration is None and (Path(run_dir) / "synthetic.pt").is_file():
+        iteration = load_synthetic(run_dir).get("iteration")
     old = path.read_bytes() if path.is_file() else b""
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    line = json.dumps({**evaluation, **provenance(command=command, device=device)}, default=str)
+    line = json.dumps({"iteration": iteration, **evaluation, **provenance(command=command, device=device)},
+                      default=str)
     return write_atomic(path, old + line.encode() + b"\n")
 
 

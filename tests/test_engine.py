@@ -182,3 +182,46 @@ def test_edge_model_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_edge_model(tmp_path / "bad.pt")
+
+
+def test_resume_never_goes_backwards_and_at_the_same_iteration_changes_nothing(cifar, tmp_path):
+    run_distillation("dm", cfg("dm", cifar, iterations=4), tmp_path, checkpoint_every=2, command="first")
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match="at iteration 4, past the 2 iterations asked for: a run never goes"):
+        run_distillation("dm", cfg("dm", cifar, iterations=2), tmp_path, resume=True, command="second")
+    same = run_distillation("dm", cfg("dm", cifar, iterations=4), tmp_path, resume=True, command="third")
+    assert same.record["iterations_run"] == 0 and same.record["command"] == "first"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files
+
+
+def test_the_record_separates_this_invocation_from_the_whole_run(cifar, tmp_path):
+    run_distillation("dm", cfg("dm", cifar, iterations=2), tmp_path, checkpoint_every=1, command="a")
+    rec = run_distillation("dm", cfg("dm", cifar, iterations=5), tmp_path, resume=True, command="b").record
+    assert rec["iterations"] == 5 and rec["iterations_run"] == 3
+    assert [(i["from"], i["to"], i["command"]) for i in rec["invocations"]] == [(0, 2, "a"), (2, 5, "b")]
+    assert rec["seconds"] == pytest.approx(sum(i["seconds"] for i in rec["invocations"]), abs=0.01)
+    assert rec["invocation_seconds"] == rec["invocations"][-1]["seconds"] < rec["seconds"]
+    assert rec["threads"] == torch.get_num_threads()
+
+
+def test_outputs_behind_the_checkpoint_are_rewritten_not_returned(cifar, tmp_path):
+    """A run extended and interrupted: its synthetic.pt is older than its checkpoint."""
+    run_distillation("dm", cfg("dm", cifar, iterations=2), tmp_path, checkpoint_every=1)
+    old = load_synthetic(tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    run_distillation("dm", cfg("dm", cifar, iterations=3), tmp_path / "longer", checkpoint_every=1)
+    longer = torch.load(tmp_path / "longer" / "checkpoint.pt", weights_only=False)
+    torch.save({**longer, "invocations": state.get("invocations", [])}, tmp_path / "checkpoint.pt")
+    res = run_distillation("dm", cfg("dm", cifar, iterations=3), tmp_path, resume=True)
+    assert old["iteration"] == 2 and load_synthetic(tmp_path)["iteration"] == 3
+    assert torch.equal(res.images, load_synthetic(tmp_path / "longer")["images"])
+
+
+def test_evaluation_lines_carry_the_iteration_of_the_set(cifar, tmp_path):
+    from dkkt_plugin.engine import append_evaluation
+
+    run_distillation("dm", cfg("dm", cifar, iterations=3), tmp_path, checkpoint_every=1, snapshot=True)
+    append_evaluation(tmp_path, {"mean": 0.5})
+    append_evaluation(tmp_path, {"mean": 0.4}, iteration=1)
+    assert [(e["iteration"], e["mean"]) for e in read_evaluations(tmp_path)] == [(3, 0.5), (1, 0.4)]
+    assert torch.equal(load_synthetic(tmp_path / "snapshots" / "it3.pt")["images"], load_synthetic(tmp_path)["images"])

@@ -23,7 +23,7 @@ def test_paper_preset_is_table_1():
     assert get_protocol(PAPER.evaluation.protocol).train.optimizer == "sam"
 
 
-TABLE_PRESETS = [p for p in PRESETS.values() if p.reference is None]
+TABLE_PRESETS = [p for p in PRESETS.values() if p.reference is None and not p.budgets]  # the paper's whole table
 
 
 @pytest.mark.parametrize("preset", TABLE_PRESETS, ids=[p.name for p in TABLE_PRESETS])
