@@ -67,8 +67,8 @@ class DKKTConfig:
         0.1
     """
 
-    # stationarity rate α; auto: 1.0 with the cos distance, 0.1 with l1 / l2 (the methods use the
-    # paper's 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all with l1 / l2)
+    # stationarity rate α; auto: 1.0 with the cos distance (dm_dkkt above ipc 1: 0.01); with l1 / l2
+    # the paper's 0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all (DKKTLoss alone: 0.1)
     alpha: Optional[float] = None
     # l1, l2 (squared), averaged within each tensor; cos: 1 - cos per output row (scale-free; the
     # l1 / l2 terms' image gradients are ~1e-5..1e-3, too small to move anything, DESIGN.md §7)

@@ -8,6 +8,7 @@ it, so a run resumed from a checkpoint continues exactly as an uninterrupted one
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
@@ -18,7 +19,7 @@ from torch import nn
 from .. import registry
 from ..config import Pipc, parse_pipc
 from ..errors import ConfigError, NonFiniteLossError
-from ..nets import ConvNet
+from ..nets import ConvNet, runs_bf16
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
@@ -28,14 +29,18 @@ class DistillConfig:
     """Settings shared by every method (DatasetCondensation's names and defaults)."""
 
     dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
-    data_root: Optional[str] = None  # dataset folder; auto: the loader's default location
+    # dataset folder; auto: the loader's default (fashion_mnist: $DKKT_FASHION_MNIST_ROOT, else
+    # /usr/share/datasets/fashion-mnist; cifar10: $DKKT_CIFAR10_ROOT)
+    data_root: Optional[str] = None
     ipc: int = 1  # synthetic images per class
     pipc: Pipc = 10  # real images per class the server may see: a positive int or all
     iterations: int = 1000  # distillation iterations
     lr_img: float = 1.0  # learning rate of the images' SGD
     momentum: float = 0.5  # momentum of the images' SGD
     batch_real: int = 256  # real images per class per iteration (all of them when pipc is smaller)
-    init: str = "auto"  # noise, real, dsv or any registered initializer; auto: the method's choice
+    # noise, real, dsv or any registered initializer; auto: the method's default_init (dm, dm_star,
+    # dc, dsa: real; dsv: noise; dm_dkkt: noise at ipc 1, real above)
+    init: str = "auto"
     edge_model: Optional[str] = None  # checkpoint written by `dkkt pretrain` (methods that need one)
     net_width: int = 128  # ConvNet width of the embedding / matching networks
     net_depth: int = 3  # ConvNet depth of the embedding / matching networks
@@ -78,10 +83,22 @@ class DistillData:
     mean: tuple
     std: tuple
     edge_model: Optional[nn.Module] = None
+    classes: Optional[tuple] = None  # class names, index = label (for labelled image grids)
+    data_root: Optional[str] = None  # the folder the images were read from; None: given in memory
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.real.shape[1:])
+
+
+IN_MEMORY = "given in memory"  # a resolved data_root / edge_model that came as objects, not paths
+
+
+def precision_in_force(loss: Any, precision: str, x: torch.Tensor) -> str:
+    """``"bf16"`` or ``"fp32"``: the precision a pass over ``x`` runs in, as the loss decides it
+    (its ``uses_bf16(x)``), or by :func:`~dkkt_plugin.nets.runs_bf16` for a loss without one."""
+    uses = getattr(loss, "uses_bf16", None)
+    return "bf16" if (uses(x) if callable(uses) else runs_bf16(precision, x)) else "fp32"
 
 
 def check_finite(value: torch.Tensor, what: str) -> None:
@@ -147,6 +164,47 @@ class Method(ABC):
     @abstractmethod
     def step(self, iteration: int) -> dict[str, float]:
         """Run one iteration; return the numbers to log (at least ``loss``)."""
+
+    # -- what runs ------------------------------------------------------------------------------
+    def resolved_config(self) -> dict[str, Any]:
+        """This run's settings as a nested dict (the layout of ``dataclasses.asdict(config)``)
+        with every ``"auto"`` / None / by-ipc setting replaced by the value in force.
+
+        The values are read from what the method built and uses (its initializer, the
+        learning rate its image optimiser was built with, its losses' configs and loops), so a
+        record holding this dict says what ran. Subclasses add theirs in
+        :meth:`resolved_settings`.
+
+        Example:
+            >>> import torch
+            >>> from dkkt_plugin.methods import DM, DMConfig, DistillData
+            >>> data = DistillData(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), 2, (0.0,), (1.0,))
+            >>> m = DM(DMConfig(ipc=1, pipc=2, net_width=4, net_depth=1, real_precision="fp32"), data)
+            >>> r = m.resolved_config()
+            >>> r["init"], r["lr_img"], r["data_root"], r["real_precision"], r["augment"]["name"]
+            ('real', 1.0, 'given in memory', 'fp32', 'dsa')
+        """
+        out = dataclasses.asdict(self.config)
+        for path, value in self.resolved_settings().items():
+            node = out
+            *parents, leaf = path.split(".")
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf in node:  # a plugin's config may lack a base setting
+                node[leaf] = value
+        return out
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """``{dotted path: value in force}`` for the settings resolved at run time (see
+        :meth:`resolved_config`); subclasses extend it with their own."""
+        cfg, data = self.config, self.data
+        edge = getattr(cfg, "edge_model", None)
+        return {
+            "data_root": getattr(cfg, "data_root", None) or data.data_root or IN_MEMORY,
+            "edge_model": edge or (IN_MEMORY if data.edge_model is not None else "none"),
+            "init": self.init_name,
+            "lr_img": self.image_lr,
+        }
 
     # -- shared helpers ------------------------------------------------------------------------
     def initial_images(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,8 +5,8 @@
 
 The DKKT settings are one nested :class:`~dkkt_plugin.losses.DKKTConfig` (``dkkt.*`` flags).
 α defaults to 1.0 with the default cos distance (DM+DKKT above ipc 1: 0.01), and to the paper's
-0.1 / 0.01 / 0.001 for pipc 10 / 50 / all with its L1 / L2 distances; β (the DM ratio) to 0.01
-at ipc 50, 0.001 otherwise. DM+DKKT's images follow SGD with momentum at lr 1/β; DSV's follow
+0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all with its L1 / L2 distances; β (the DM
+ratio) to 0.01 from ipc 50, 0.001 below. :meth:`DSV.resolved_config` gives every value in force. DM+DKKT's images follow SGD with momentum at lr 1/β; DSV's follow
 Adam at lr 0.05 (the defaults measured best on the validation split,
 benchmarks/results/dsv-search/). The multipliers follow their own optimiser (Adam by default) on
 their own parameterisation. Every step logs the diagnostics of the stationarity term (its floor,
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .. import registry
 from ..errors import ConfigError
 from ..losses.dkkt import DKKTConfig
-from .base import AugmentedConfig, Method, check_finite
+from .base import AugmentedConfig, Method, check_finite, precision_in_force
 from .dm import speed_options
 
 DSV_LR = 100.0  # image SGD lr of the DKKT loss alone (DSV), when lr_img is not given
@@ -33,14 +33,15 @@ DSV_ADAM_LR = 0.05  # image Adam lr of DSV, when lr_img is not given
 
 
 def paper_alpha(pipc) -> float:
-    """The paper's stationarity rate: 0.1 / 0.01 / 0.001 for pipc 10 / 50 / all (nearest below)."""
+    """The paper's stationarity rate: 0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all
+    (the paper's pipc 10 / 50 / all)."""
     if pipc == "all" or (isinstance(pipc, int) and pipc > 50):
         return 0.001
     return 0.1 if pipc < 50 else 0.01
 
 
 def paper_beta(ipc: int) -> float:
-    """The paper's DM ratio: 0.01 at ipc 50, 0.001 otherwise."""
+    """The paper's DM ratio: 0.01 from ipc 50 (the paper's ipc 50), 0.001 below."""
     return 0.01 if ipc >= 50 else 0.001
 
 
@@ -48,9 +49,7 @@ def paper_beta(ipc: int) -> float:
 class DSVMethodConfig(AugmentedConfig):
     """DSV settings: the DKKT loss alone, from noise (default) or real images."""
 
-    # learning rate of the images' optimiser; auto: DSV 0.05 with adam (100 with sgd), DM+DKKT
-    # 1/β (so that its β·L_DM part moves the images as plain DM with lr 1 does)
-    lr_img: Optional[float] = None
+    lr_img: Optional[float] = None  # learning rate of the images' optimiser; auto: 0.05 with adam, 100 with sgd
     # the images' optimiser (sgd: with --momentum); DSV: adam (54.5 % vs 52.5 % from noise on the
     # validation split, and it keeps the images in range without tuning the lr)
     image_optimizer: Literal["sgd", "adam"] = "adam"
@@ -109,9 +108,15 @@ COS_ALPHA_ABOVE_IPC1 = 0.01  # DM+DKKT's α with cos at ipc > 1 (measured at ipc
 class DKKTMethodConfig(DSVMethodConfig):
     """DM+DKKT settings: DSV's plus the DM term."""
 
-    beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 at ipc 50, 0.001 otherwise
+    # learning rate of the images' optimiser; auto: 1/β (with β auto: 1000 below ipc 50, 100 from
+    # ipc 50), so that the β·L_DM part moves the images as plain DM with lr 1 does; with β 0: 0.05
+    # with adam, 100 with sgd
+    lr_img: Optional[float] = None
+    beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 from ipc 50, 0.001 below
     dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
-    real_precision: Literal["auto", "bf16", "fp32"] = "auto"  # the DM term's real embedding, as DM's
+    # the DM term's real embedding, as DM's: bf16, fp32 or auto: bf16 where the hardware computes
+    # bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32
+    real_precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile_real: bool = False  # torch.compile the DM term's real embedding, as DM's
     fused_real: bool = True  # the fused CPU kernels for that embedding, as DM's
     image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
@@ -289,6 +294,13 @@ class DSV(Method):
     def extra_outputs(self) -> dict[str, torch.Tensor]:
         return {"multipliers": self.dkkt.multipliers.detach().cpu()}
 
+    def resolved_settings(self) -> dict:
+        """The base's, plus α and the feature pass's precision as the DKKT loss runs them."""
+        config = getattr(self.dkkt, "config", None) or self.config.dkkt_config()  # a plugin loss may have none
+        images = self.images.detach().to(getattr(self.dkkt, "_dtype", self.images.dtype))  # as the loss scores them
+        return {**super().resolved_settings(), "dkkt.alpha": config.resolved_alpha,
+                "dkkt.precision": precision_in_force(self.dkkt, config.precision, images)}
+
 
 class DMDKKT(DSV):
     """The practical paper's method: DKKT (model knowledge) + β · DM (data knowledge)."""
@@ -303,6 +315,12 @@ class DMDKKT(DSV):
     @property
     def beta(self) -> float:
         return self.config.resolved_beta
+
+    def resolved_settings(self) -> dict:
+        """DSV's, plus β and the DM term's real precision (as DM's; with β 0 it is never run)."""
+        return {**super().resolved_settings(), "beta": self.beta,
+                "real_precision": precision_in_force(getattr(self, "dm", None), self.config.real_precision,
+                                                     self.real)}
 
     def setup_data_term(self, augment) -> None:
         if self.beta > 0:

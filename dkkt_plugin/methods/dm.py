@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from .base import AugmentedConfig, Method, check_finite
+from .base import AugmentedConfig, Method, check_finite, precision_in_force
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,9 @@ class DMConfig(AugmentedConfig):
     # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=,
     # generator=, real_precision=)
     dm_loss: str = "dm"
-    # the real images' embedding: auto (bf16 where the hardware computes bf16 natively: with the
-    # fused kernels a DM step 1.9-2.8x faster than in fp32 on our CPU, benchmarks/results/speed-cpu),
-    # bf16 or fp32 (exact)
+    # the real images' embedding: bf16, fp32 (exact) or auto: bf16 where the hardware computes bf16
+    # natively (CUDA, CPUs with AVX-512 BF16 or AMX; with the fused kernels a DM step 1.9-2.8x faster
+    # than in fp32 on our CPU, benchmarks/results/speed-cpu), else fp32
     real_precision: Literal["auto", "bf16", "fp32"] = "auto"
     # torch.compile the real images' embedding where the fused kernels do not apply
     # (DMLoss(compile_real=True)): a one-off 8-30 s compile per process; needs a C++ compiler
@@ -56,6 +56,11 @@ class DM(Method):
         self.dm = self.loss(self.config.dm_loss, self.embedding_net(), augment=self.augmenter(),
                             reinit=reinit, generator=self.generator, real_precision=self.config.real_precision,
                             **speed_options(self.config))
+
+    def resolved_settings(self) -> dict:
+        """The base's, plus the real embedding's precision as the DM loss runs it."""
+        return {**super().resolved_settings(),
+                "real_precision": precision_in_force(self.dm, self.config.real_precision, self.real)}
 
     def step(self, iteration: int) -> dict[str, float]:
         real, real_labels = self.sample_real()

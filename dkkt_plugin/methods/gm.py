@@ -33,8 +33,12 @@ class GMConfig(DistillConfig):
 
     lr_img: float = 0.1  # learning rate of the images' SGD
     lr_net: float = 0.01  # learning rate of the matching network's SGD
-    outer_loop: int = 0  # 0: by ipc, as in the reference (ipc 1: 1, ipc 10: 10, ipc 50: 50)
-    inner_loop: int = 0  # 0: by ipc (ipc 1: 1, ipc 10: 50, ipc 50: 10)
+    # matching steps per iteration; 0: by ipc, as in the reference: 1 / 10 / 20 / 30 / 40 / 50 for
+    # ipc 1 / up to 10 / 20 / 30 / 40 / above 40
+    outer_loop: int = 0
+    # network training epochs between two matching steps; 0: by ipc, as in the reference:
+    # 1 / 50 / 25 / 20 / 15 / 10 for ipc 1 / up to 10 / 20 / 30 / 40 / above 40
+    inner_loop: int = 0
     batch_train: int = 256  # minibatch of the inner network training
     metric: Literal["ours", "mse", "cos"] = "ours"  # ours: layer-wise sum of (1 - cos) over output rows
     # registered loss (group dkkt_plugin.losses) built as GradientMatchingLoss is: (metric, augment=)
@@ -67,6 +71,10 @@ class DC(Method):
         self.inner_loop = self.config.inner_loop or inner
         self.aug = self.augmenter()
         self.gm = self.loss(self.config.matching_loss, self.config.metric, augment=self.aug)
+
+    def resolved_settings(self) -> dict:
+        """The base's, plus the loops in force (0 in the config: by ipc, :func:`default_loops`)."""
+        return {**super().resolved_settings(), "outer_loop": self.outer_loop, "inner_loop": self.inner_loop}
 
     def step(self, iteration: int) -> dict[str, float]:
         net = self.fresh_net()
