@@ -3,8 +3,11 @@
 A run directory holds:
     checkpoint.pt      the full state every ``checkpoint_every`` iterations (atomic writes)
     synthetic.pt       images, labels, multipliers (if any), config, normalisation
-    synthetic.png      a grid of the synthetic images (ipc > 1: one class per row; ipc 1: one row)
-    record.json        the distillation: config, losses over time, timings, provenance, and one
+    synthetic.png      the synthetic images, labelled with their class names (ipc > 1: one row per
+                       class; ipc 1: a grid with each name above its image)
+    loss.png           the loss (and the DKKT terms) against the iteration (needs matplotlib)
+    record.json        the distillation: the config asked for and ``resolved`` (every "auto" as it
+                       ran), losses over time, timings, threads, provenance, and one
                        entry per invocation (``invocations``: from / to iteration, seconds, command)
     evaluations.jsonl  one line per evaluation of the set, with the iteration of the set it
                        evaluated (:func:`append_evaluation`)
@@ -79,7 +82,9 @@ def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None) -> Di
             raise ConfigError(f"edge model {cfg.edge_model} was trained on {meta.get('dataset')!r}, "
                               f"not {cfg.dataset!r}; pretrain one with `dkkt pretrain --dataset {cfg.dataset}`")
         check_edge_model(edge, cfg.edge_model, tuple(train.image_shape), train.num_classes)
-    return DistillData(x, y, train.num_classes, tuple(train.mean), tuple(train.std), edge)
+    return DistillData(x, y, train.num_classes, tuple(train.mean), tuple(train.std), edge,
+                       classes=tuple(getattr(train, "classes", ()) or ()) or None,
+                       data_root=getattr(train, "root", None))
 
 
 def check_edge_model(model: torch.nn.Module, path: Any, image_shape: tuple, num_classes: int) -> None:
@@ -215,9 +220,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "config": asdict(cfg), **provenance(command=command, device=device),
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
-    resolved = getattr(m, "resolved_config", None)
-    if callable(resolved):
-        record["resolved"] = resolved()
+    record["resolved"] = m.resolved_config()  # every "auto" / None setting as it runs
     record["threads"] = torch.get_num_threads()
     if resumes:
         record["resumes"] = resumes
@@ -270,11 +273,12 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
                    mean=data.mean, std=data.std, extra=m.extra_outputs(), iteration=cfg.iterations)
     if snapshot:
         _save_snapshot(out, cfg.iterations)
-    from .viz import save_image_grid
+    from .viz import save_image_grid, save_loss_plot
 
-    nrow = cfg.ipc if cfg.ipc > 1 else data.num_classes  # one class per row; ipc 1: one row
-    save_image_grid(out / "synthetic.png", images, nrow=nrow, mean=data.mean, std=data.std)
+    save_image_grid(out / "synthetic.png", images, labels=labels, class_names=data.classes, mean=data.mean,
+                    std=data.std)
     write_record(out, record)
+    save_loss_plot(record, out / "loss.png")
     return RunResult(out, images, labels, record)
 
 

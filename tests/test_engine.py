@@ -51,6 +51,9 @@ def test_run_writes_outputs(cifar, tmp_path):
     assert [h["iteration"] for h in rec["history"]] == list(range(6))
     assert {"stationarity", "floor", "lambda_median"} <= set(rec["history"][-1])
     assert (out / "synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rec["config"]["beta"] is None and isinstance(rec["resolved"]["beta"], float)  # asked vs ran
+    assert rec["resolved"]["data_root"] == str(cifar[0])
 
 
 def test_existing_checkpoint_needs_resume_and_is_not_overwritten(cifar, tmp_path):
