@@ -233,7 +233,10 @@ def header(dataset: str, preset: str, records: Sequence[dict]) -> list[str]:
     seeds = sorted({int(r["seed"]) for r in records})
     dates = sorted(str(r.get("date")) for r in records)
     lines = [f"# Benchmark report: {dataset}, {label}", ""]
-    if cpu_sized:
+    if cpu_sized and any(r.get("budget") is not None for r in records):
+        lines += [f"**CPU-sized** (preset `{preset}`): every concession is in the title above; each evaluation "
+                  "line below says SCALED where a protocol's epochs were cut.", ""]
+    elif cpu_sized:
         lines += [f"**CPU-sized** (preset `{preset}`): iterations, epochs and batches are scaled down; these "
                   "numbers are NOT the paper's protocol and are not comparable in absolute terms with the "
                   "published values in brackets.", ""]
@@ -338,6 +341,25 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
         columns = table_columns(preset, records)
         reference = getattr(_preset(preset), "reference", None)
         md += header(dataset, preset, records)
+        if any(r.get("budget") is not None for r in records):  # evaluations along one trajectory
+            from benchmarks import budget_report
+
+            btable = budget_report.summarise(records)
+            bl, tests = budget_report.tables(btable)
+            md += ["## Verdict", "", budget_report.verdict(tests), "",
+                   "## Accuracy (%) against distillation iterations", "",
+                   f"Values: {STD_NOTE}. DM+DKKT − DM: difference of the means, its 95 % interval and Welch's "
+                   "p (Welch–Satterthwaite degrees of freedom); the claim holds where the difference is at least "
+                   f"{budget_report.CLAIM_POINTS:g} points with p < {budget_report.CLAIM_P}.", "", *bl]
+            group = {"dataset": dataset, "preset": preset, "welch": tests,
+                     "table": [{"ipc": k[0], "pipc": k[1], "protocol": k[2], "budgets": v} for k, v in btable.items()]}
+            if figures:
+                try:
+                    md += ["## Figures", "", *budget_report.figures(dataset, btable, items, out), ""]
+                except ImportError as exc:
+                    md += [f"Figures skipped: {exc} (install matplotlib).", ""]
+            summary["groups"].append(group)
+            continue
         if reference:
             wl, tests = variant_table(table, columns, reference)
             md += [f"## Accuracy (%) per variant, Welch's t-test against {column_title(reference)} on per-seed means",

@@ -137,3 +137,17 @@ def test_a_snapshot_missing_at_the_checkpoint_is_written_again_without_distillin
     (tmp_path / "results.jsonl").unlink()
     assert run_main(argv)[0] == 0
     assert (run / "snapshots" / "it2.pt").read_bytes() == snap and (run / "record.json").read_text() == record
+
+
+def test_the_report_has_a_verdict_a_table_per_protocol_and_the_figures(budget_run, tmp_path):
+    pytest.importorskip("matplotlib", reason="figures need the bench extra (matplotlib)")
+    from benchmarks import report
+
+    _, _, out, _ = budget_run
+    assert report.main([str(out), "--out-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "## Verdict" in text and "### ipc 1, pipc 10: dm protocol (2 network(s)" in text
+    assert "### ipc 1, pipc 10: paper protocol (1 network(s)" in text
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "accuracy_vs_iterations_ipc1_pipc10_dm.png", "accuracy_vs_iterations_ipc1_pipc10_paper.png",
+        "sets_by_budget_ipc1_pipc10_seed0.png"]
