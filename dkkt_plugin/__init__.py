@@ -1,6 +1,8 @@
 """dkkt-plugin: Deep-KKT loss and practical-setting dataset distillation for PyTorch.
 
-The public API: everything a user's own distillation loop needs imports from here.
+The public API: everything a user's own distillation loop needs imports from here. Each name
+is imported on first use (``import dkkt_plugin`` alone loads neither torch nor any submodule),
+so the ``dkkt`` command line answers ``--help`` without loading torch.
 
 Example:
     >>> import torch
@@ -11,24 +13,34 @@ Example:
     >>> dkkt(images, torch.arange(10)).shape
     torch.Size([])
 """
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .augment import DSA, DSAConfig, DSADraw  # noqa: E402
-from .config import Pipc, parse_pipc  # noqa: E402
-from .data import ImageDataset, PracticalSubset, load_cifar10, load_fashion_mnist  # noqa: E402
-from .demo import packaged_edge_model  # noqa: E402
-from .engine import (RunResult, append_evaluation, build_config, distill, load_synthetic,  # noqa: E402
-                     read_evaluations, run_distillation, save_synthetic)
-from .errors import (CheckpointError, ConfigError, DatasetError, DkktError, NonFiniteLossError,  # noqa: E402
-                     PluginError, UnknownComponentError)
-from .evaluation import EvalProtocol, EvalResult, evaluate, evaluate_synthetic, get_protocol  # noqa: E402
-from .initializers import dsv_init, noise_init, real_init  # noqa: E402
-from .losses import DKKTConfig, DKKTLoss, DKKTTerms, DMLoss, GradientMatchingLoss  # noqa: E402
-from .methods import DistillConfig, DistillData, Method  # noqa: E402
-from .nets import ConvNet, fused_blocks  # noqa: E402
-from .pretrain import PretrainConfig, load_edge_model, pretrain, save_edge_model  # noqa: E402
-from .provenance import provenance, resolve_device  # noqa: E402
-from .training import TrainConfig, accuracy, train_classifier  # noqa: E402
+# public name -> the submodule that defines it (imported on first access, PEP 562)
+_SOURCES: dict[str, str] = {
+    **dict.fromkeys(("DSA", "DSAConfig", "DSADraw"), "augment"),
+    **dict.fromkeys(("Pipc", "parse_pipc"), "config"),
+    **dict.fromkeys(("ImageDataset", "PracticalSubset", "load_cifar10", "load_fashion_mnist"), "data"),
+    "packaged_edge_model": "demo",
+    **dict.fromkeys(("RunResult", "append_evaluation", "build_config", "distill", "load_synthetic",
+                     "read_evaluations", "run_distillation", "save_synthetic"), "engine"),
+    **dict.fromkeys(("CheckpointError", "ConfigError", "DatasetError", "DkktError", "NonFiniteLossError",
+                     "PluginError", "UnknownComponentError"), "errors"),
+    **dict.fromkeys(("EvalProtocol", "EvalResult", "evaluate", "evaluate_synthetic", "get_protocol"), "evaluation"),
+    **dict.fromkeys(("dsv_init", "noise_init", "real_init"), "initializers"),
+    **dict.fromkeys(("DKKTConfig", "DKKTLoss", "DKKTTerms", "DMLoss", "GradientMatchingLoss"), "losses"),
+    **dict.fromkeys(("DistillConfig", "DistillData", "Method"), "methods"),
+    **dict.fromkeys(("ConvNet", "fused_blocks"), "nets"),
+    **dict.fromkeys(("PretrainConfig", "load_edge_model", "pretrain", "save_edge_model"), "pretrain"),
+    **dict.fromkeys(("provenance", "resolve_device"), "provenance"),
+    **dict.fromkeys(("TrainConfig", "accuracy", "train_classifier"), "training"),
+}
 
 __all__ = [
     "__version__",
@@ -50,3 +62,31 @@ __all__ = [
     "provenance", "resolve_device", "DkktError", "ConfigError", "DatasetError", "PluginError",
     "UnknownComponentError", "CheckpointError", "NonFiniteLossError",
 ]
+
+
+class _Package(types.ModuleType):
+    """This package's module type. Importing a submodule binds it as an attribute of the package;
+    where a public function has the submodule's name (``pretrain``, ``provenance``), the function
+    stays bound instead, as it was when this package imported every name eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _SOURCES.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines the public ``name`` and cache the name here."""
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

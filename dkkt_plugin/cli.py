@@ -3,28 +3,86 @@
 Every subcommand is a function ``(args) -> int``; :func:`main` parses, dispatches, and turns the
 package's own errors (and argparse's) into ONE line on stderr with exit status 2. Library code
 never exits. Config flags are generated from the typed dataclass configs
-(:mod:`dkkt_plugin.config`): ``dkkt distill --method M --help`` lists every setting of method M
-with its help and real default.
+(:mod:`dkkt_plugin.settings`, walked by :mod:`dkkt_plugin.config`): ``dkkt distill --method M
+--help`` lists every setting of method M with its help and real default, the essential ones
+first.
+
+Parsing imports no torch (the configs are plain dataclasses), so every ``--help`` answers at
+once; torch is imported by the commands that compute (pretrain, distill, evaluate, demo), which
+run with the thread count of ``--threads`` (:func:`dkkt_plugin.provenance.use_threads`). Flags
+are never abbreviated: ``--iteration`` is an error that suggests ``--iterations``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import re
 import shlex
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from . import __version__, registry
 from . import config as configs
 from .errors import ConfigError, DkktError, UnknownComponentError
 
 DEFAULT_METHOD = "dm_dkkt"
+EVAL_PROTOCOLS = ("dm", "paper")  # the names of dkkt_plugin.evaluation.PROTOCOLS (that module needs torch)
+# The settings `dkkt distill --help` lists first, in this order ("--method" stands for that flag).
+ESSENTIALS = ("dataset", "data_root", "ipc", "pipc", "--method", "edge_model", "iterations")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (``dkkt distill: error: ...``) and exit 2."""
+    """argparse without abbreviated flags, whose usage errors are one line (``dkkt distill:
+    error: ...``, with "did you mean" where a close name exists) and exit 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_suggest_choice(message)} (see {self.prog} --help)\n")
+
+
+def _suggest_choice(message: str) -> str:
+    """argparse's "invalid choice: 'distil' (choose from ...)" with "; did you mean distill?"."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if found:
+        close = difflib.get_close_matches(found.group(1), re.findall(r"'([^']*)'", found.group(2)), n=1)
+        if close:
+            return f"{message}; did you mean {close[0]}?"
+    return message
+
+
+def _unrecognized(extras: Sequence[str], parser: argparse.ArgumentParser, command: Optional[str]) -> str:
+    """The error for arguments no flag takes, naming the closest flag of ``parser`` for each
+    mistyped one (or the methods that have it, for a setting of another method)."""
+    options = sorted({s for action in parser._actions for s in action.option_strings if s.startswith("--")})
+    hints: list[str] = []
+    elsewhere: list[str] = []
+    for arg in extras:
+        if not arg.startswith("--"):
+            continue
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.7)
+        if close:
+            hints.append(close[0])
+        elif command == "distill":
+            owners = _methods_with_flag(flag)
+            if owners:
+                elsewhere.append(f"{flag} is a setting of --method {' or '.join(owners)}")
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    if hints:
+        text += f"; did you mean {' or '.join(dict.fromkeys(hints))}?"
+    return "; ".join([text, *elsewhere])
+
+
+def _methods_with_flag(flag: str) -> list[str]:
+    """The built-in methods whose settings include the flag ``flag``."""
+    from .settings import METHOD_CONFIGS
+
+    return [name for name, cls in sorted(METHOD_CONFIGS.items())
+            if any(spec.flag == flag for spec in configs.config_fields(cls))]
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -55,12 +113,23 @@ def _command_line(argv: Optional[Sequence[str]]) -> str:
     return "dkkt " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
+@contextlib.contextmanager
+def _computing(args: argparse.Namespace) -> Iterator[None]:
+    """The body of a command that computes: torch's threads set by ``--threads`` (restored after)."""
+    from .provenance import use_threads
+
+    with use_threads(getattr(args, "threads", None)):
+        yield
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import PretrainConfig, pretrain
     from .provenance import resolve_device
 
     cfg = configs.build(PretrainConfig, configs.overrides_from_args(args))
-    meta = pretrain(cfg, args.out, device=resolve_device(args.device), command=args.command_line)
+    device = resolve_device(args.device)
+    with _computing(args):
+        meta = pretrain(cfg, args.out, device=device, command=args.command_line)
     print(f"edge model: {args.out}  test accuracy {100 * meta['test_accuracy']:.2f} % "
           f"(train {100 * meta['train_accuracy']:.2f} %, {meta['train_seconds']:.0f} s on {meta['device']})")
     return 0
@@ -68,8 +137,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _summary(record: dict) -> str:
     last = record["history"][-1] if record.get("history") else {}
-    line = (f"{record['method']}: {record['iterations_run']} iterations in {record['seconds']:.1f} s "
-            f"({1000 * record['seconds_per_iteration']:.0f} ms/it), final loss {last.get('loss', float('nan')):.4g}")
+    total = record.get("iterations", record["iterations_run"])
+    now, seconds = record["iterations_run"], record["seconds"]
+    this_time = record.get("invocation_seconds", seconds)
+    if now == total:  # one invocation ran the whole run
+        line = f"{record['method']}: {total} iterations in {seconds:.1f} s ({1000 * seconds / max(total, 1):.0f} ms/it)"
+    elif now == 0:
+        line = f"{record['method']}: already at iteration {total}, nothing ran; the run: {seconds:.1f} s"
+    else:
+        line = (f"{record['method']}: iterations {total - now}..{total}: {now} in {this_time:.1f} s "
+                f"({1000 * this_time / now:.0f} ms/it); the run: {total} iterations in {seconds:.1f} s")
+    line += f", final loss {last.get('loss', float('nan')):.4g}"
     fid = record.get("fidelity") or {}
     if fid:
         parts = [f"high-frequency share {fid['high_frequency_share']:.3f}"]
@@ -93,6 +171,26 @@ def _protocol(args: argparse.Namespace):
     return get_protocol(args.eval_protocol, args.eval_epochs)
 
 
+def _eval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``evaluate()`` that the evaluation flags set."""
+    return dict(num_eval=args.num_eval, seed=args.eval_seed, precision=args.eval_precision,
+                compile_step=args.eval_compile, fused=args.eval_fused, test_size=args.test_size,
+                test_seed=args.test_seed)
+
+
+def _check_test_size(args: argparse.Namespace, dataset: str, data_root: Optional[str]) -> None:
+    """Fail now, not after the distillation, when the test set cannot give ``--test-size``."""
+    if args.test_size is None:
+        return
+    if not args.num_eval:
+        raise ConfigError(f"--test-size {args.test_size} sets the test images of the evaluation after distilling: "
+                          "add --num-eval N (evaluation runs), or drop --test-size")
+    from .evaluation import stratified_subset
+
+    test = registry.load("datasets", dataset)(data_root, train=False)
+    stratified_subset(test.targets, args.test_size, seed=args.test_seed)
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from .engine import append_evaluation, build_config, run_distillation
     from .provenance import resolve_device
@@ -103,25 +201,26 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.num_eval < 0:
         raise ConfigError(f"--num-eval must be >= 0 (0: no evaluation), got {args.num_eval}")
     protocol = _protocol(args) if args.num_eval else None
-    transfer = None
-    if args.transfer_model:
-        from .pretrain import load_edge_model
+    _check_test_size(args, cfg.dataset, cfg.data_root)
+    with _computing(args):
+        transfer = None
+        if args.transfer_model:
+            from .pretrain import load_edge_model
 
-        transfer, _ = load_edge_model(args.transfer_model, device=device)
-    result = run_distillation(args.method, cfg, args.out, device=device, resume=args.resume,
-                              checkpoint_every=args.checkpoint_every, command=args.command_line,
-                              transfer_model=transfer)
-    print(_summary(result.record))
-    if protocol is not None:
-        from .evaluation import evaluate
+            transfer, _ = load_edge_model(args.transfer_model, device=device)
+        result = run_distillation(args.method, cfg, args.out, device=device, resume=args.resume,
+                                  checkpoint_every=args.checkpoint_every, command=args.command_line,
+                                  transfer_model=transfer)
+        print(_summary(result.record))
+        if protocol is not None:
+            from .evaluation import evaluate
 
-        aug = getattr(cfg, "augment", None)
-        ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
-                      protocol=protocol, num_eval=args.num_eval, seed=args.eval_seed, device=device,
-                      augmentation=aug.name if aug is not None else None, precision=args.eval_precision,
-                      compile_step=args.eval_compile, fused=args.eval_fused)
-        append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device)
-        print(f"accuracy: {ev}")
+            aug = getattr(cfg, "augment", None)
+            ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
+                          protocol=protocol, device=device, augmentation=aug.name if aug is not None else None,
+                          **_eval_options(args))
+            append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device)
+            print(f"accuracy: {ev}")
     print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, record.json"
           + (", evaluations.jsonl" if protocol is not None else ""))
     return 0
@@ -141,53 +240,78 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.json:
         check_writable(args.json, "--json")  # now, not after the evaluation
-    ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
-                  num_eval=args.num_eval, seed=args.eval_seed, device=device, augmentation=args.augmentation,
-                  precision=args.eval_precision, compile_step=args.eval_compile, fused=args.eval_fused)
-    print(f"{args.synthetic}: {ev}")
-    run_dir = Path(args.synthetic)
-    if run_dir.is_dir():
-        append_evaluation(run_dir, ev.as_dict(), command=args.command_line, device=device)
-    if args.json:
-        import json
+    with _computing(args):  # the records below say the threads that ran
+        ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
+                      device=device, augmentation=args.augmentation, **_eval_options(args))
+        print(f"{args.synthetic}: {ev}")
+        run_dir = Path(args.synthetic)
+        if run_dir.is_dir():
+            append_evaluation(run_dir, ev.as_dict(), command=args.command_line, device=device)
+        if args.json:
+            import json
 
-        payload = {"synthetic": str(args.synthetic), **ev.as_dict(), **provenance(command=args.command_line,
-                                                                                  device=device)}
-        write_atomic(args.json, json.dumps(payload, indent=1).encode())
+            payload = {"synthetic": str(args.synthetic), **ev.as_dict(),
+                       **provenance(command=args.command_line, device=device)}
+            write_atomic(args.json, json.dumps(payload, indent=1).encode())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
-    from .provenance import resolve_device
+    from .demo import DemoConfig, check_out, run_demo
 
     cfg = configs.build(DemoConfig, configs.overrides_from_args(args))
     for method in cfg.methods:  # every name now, not after the first methods have run
         registry.get("methods", method)
-    run_demo(args.out, cfg, device=resolve_device(args.device), command=args.command_line)
+    check_out(args.out, cfg.methods, args.resume)  # before any work: a demo folder is never rewritten unasked
+    from .provenance import resolve_device
+
+    device = resolve_device(args.device)
+    with _computing(args):
+        run_demo(args.out, cfg, device=device, command=args.command_line, resume=args.resume)
     return 0
 
 
 # -- parsers ---------------------------------------------------------------------------------------
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto = cuda when available)")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
-def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int) -> None:
-    from .evaluation import PROTOCOLS
+def _add_machine(p: argparse.ArgumentParser) -> None:
+    from .provenance import THREADS_ENV, choose_threads
 
-    g = p.add_argument_group("evaluation")
+    g = p.add_argument_group("machine")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto = cuda when available)")
+    default = choose_threads(None, environ={})
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help=f"torch threads of the computation (default: ${THREADS_ENV}, else $OMP_NUM_THREADS, else "
+                        f"min(cores, physical cores): {default.threads} here); a one-line note says when other work "
+                        "keeps the cores busy")
+
+
+def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int, title: str = "evaluation") -> None:
+    g = p.add_argument_group(title)
     g.add_argument("--num-eval", type=int, default=num_eval,
                    help=f"evaluation runs, each a fresh ConvNet (default: {num_eval}"
                         + (", i.e. no evaluation" if num_eval == 0 else "") + ")")
-    g.add_argument("--eval-protocol", default="dm", choices=sorted(PROTOCOLS),
-                   help="dm: SGD, 1000 epochs with DSA; paper: SAM, 5000 epochs (default: dm)")
     g.add_argument("--eval-epochs", type=int, default=None,
                    help="scale the protocol down to this many epochs (default: the protocol's own)")
+    g.add_argument("--test-size", type=_positive_int, default=None, metavar="N",
+                   help="test each network on a stratified subset of N test images (the same number of each "
+                        "class, drawn with --test-seed; N a multiple of the classes) instead of all of them; the "
+                        "result records which (default: the whole test set)")
+    g.add_argument("--eval-protocol", default="dm", choices=EVAL_PROTOCOLS,
+                   help="dm: SGD, 1000 epochs with DSA; paper: SAM, 5000 epochs (default: dm)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the first evaluation run (default: 0)")
+    g.add_argument("--test-seed", type=int, default=0, help="seed of the --test-size subset (default: 0)")
     g.add_argument("--eval-precision", default=None, choices=("auto", "fp32", "bf16"),
                    help="training precision of the evaluation networks (default: the protocol's, auto = bf16 "
-                        "autocast where the device computes bf16 natively, else fp32)")
+                        "autocast where the device computes bf16 natively, else fp32; the result says which ran)")
     g.add_argument("--eval-compile", default=None, type=_bool_arg, metavar="{true,false}",
                    help="train the evaluation networks through torch.compile (the same training up to float "
                         "rounding, faster after a one-off compile per process; needs a C++ compiler; default: false)")
@@ -204,13 +328,21 @@ def _bool_arg(text: str) -> bool:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _edge_model_help() -> str:
+    from .demo import EDGE_MODELS
+
+    names = "; ".join(f"{name}: {what}" for name, (_, what) in EDGE_MODELS.items())
+    return (f"the pretrained edge model (methods that need one): a packaged model's name ({names}) or "
+            "the path of a checkpoint written by `dkkt pretrain`")
+
+
 def _add_pretrain(sub, argv: Sequence[str]) -> None:
-    from .pretrain import PretrainConfig
+    from .settings import PretrainConfig
 
     p = sub.add_parser("pretrain", help="train the edge ConvNet on a full training set")
     p.add_argument("--out", required=True, help="checkpoint path (.pt); checked to be writable before training")
     configs.add_arguments(p, PretrainConfig, title="pretraining settings")
-    _add_device(p)
+    _add_machine(p)
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -224,32 +356,63 @@ def _method_in(argv: Sequence[str]) -> str:
     return DEFAULT_METHOD
 
 
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand of a command line: its first argument that is not a flag."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def method_config_class(method: str) -> type:
+    """The config class of the registered method ``method``, without importing torch for a
+    built-in method (:data:`dkkt_plugin.settings.METHOD_CONFIGS`); another's from its class."""
+    from .settings import METHOD_CONFIGS
+
+    comp = registry.get("methods", method)
+    if method in METHOD_CONFIGS and comp.value.startswith("dkkt_plugin."):
+        return METHOD_CONFIGS[method]
+    return comp.load().config_class
+
+
 def _add_distill(sub, argv: Sequence[str]) -> None:
     p = sub.add_parser("distill", help="distil a practical subset into a synthetic set",
-                       description="Distil with --method (its settings below; `dkkt distill --method M --help` "
-                                   "lists another method's). Nested settings are dotted: --dkkt.distance l1.")
-    names = registry.names("methods")
-    p.add_argument("--method", default=DEFAULT_METHOD,
-                   help=f"registered method: {', '.join(names)} (default: {DEFAULT_METHOD})")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default: 50)")
-    p.add_argument("--transfer-model", default=None, metavar="PATH",
-                   help="an independent classifier (a `dkkt pretrain` checkpoint of another seed or width): "
-                        "its accuracy on the synthetic images is reported as transfer accuracy")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any setting by dotted key, e.g. --set dkkt.alpha=0.1 (third-party methods too)")
+                       usage="%(prog)s --out DIR [--dataset D] [--ipc N] [--pipc N|all] [--method M]\n"
+                             + " " * len("usage: dkkt distill ")
+                             + "[--edge-model NAME|PATH] [--iterations N] [--num-eval N] [options]",
+                       description="Distil with --method: the essential settings first, then the evaluation of the "
+                                   "result and the method's other settings (`dkkt distill --method M --help` lists "
+                                   "another method's). Nested settings are dotted: --dkkt.distance l1.")
+    specs: dict[str, configs.FieldSpec] = {}
+    cls = None
     method = _method_in(argv)
-    if method in names or (argv and argv[0] == "distill"):
-        from .engine import method_class
-
+    if _command_in(argv) == "distill":
         try:
-            cls = method_class(method).config_class
+            cls = method_config_class(method)
         except UnknownComponentError as exc:
             raise UnknownComponentError(f"--method {method}: {exc}") from None
-        configs.add_arguments(p, cls, title=f"{method} settings ({cls.__name__})")
-    _add_eval_flags(p, num_eval=0)
-    _add_device(p)
+        specs = {spec.path: spec for spec in configs.config_fields(cls)}
+    main = p.add_argument_group("what to distil")
+    for key in ESSENTIALS:
+        if key == "--method":
+            main.add_argument("--method", default=DEFAULT_METHOD,
+                              help=f"registered method: {', '.join(registry.names('methods'))} "
+                                   f"(default: {DEFAULT_METHOD})")
+        elif key in specs:
+            edge = key == "edge_model"
+            configs.add_argument(main, specs[key], help=_edge_model_help() if edge else None,
+                                 metavar="NAME|PATH" if edge else None)
+    main.add_argument("--out", required=True, help="run directory")
+    main.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _add_eval_flags(p, num_eval=0, title="evaluation of the distilled set")
+    _add_machine(p)
+    if cls is not None:
+        configs.add_arguments(p, cls, skip=ESSENTIALS, title=f"advanced: {method} settings ({cls.__name__})")
+    run = p.add_argument_group("advanced: the run")
+    run.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default: 50)")
+    run.add_argument("--transfer-model", default=None, metavar="NAME|PATH",
+                     help="an independent classifier (a packaged model's name or a `dkkt pretrain` checkpoint of "
+                          "another seed or width): its accuracy on the synthetic images is reported as transfer "
+                          "accuracy")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any setting by dotted key, e.g. --set dkkt.alpha=0.1 (third-party methods too)")
     p.set_defaults(func=cmd_distill)
 
 
@@ -262,7 +425,7 @@ def _add_evaluate(sub, argv: Sequence[str]) -> None:
                    help="registered augmentation applying the protocol's DSA strategy (default: dsa)")
     p.add_argument("--json", default=None, help="also write the result here")
     _add_eval_flags(p, num_eval=5)
-    _add_device(p)
+    _add_machine(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -271,8 +434,10 @@ def _add_demo(sub, argv: Sequence[str]) -> None:
 
     p = sub.add_parser("demo", help="DM vs DM+DKKT vs DSV on Fashion-MNIST (CPU-sized, no download)")
     p.add_argument("--out", default="dkkt-demo", help="where the runs and image grids go (default: dkkt-demo)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the demo runs already in --out (without it, a folder that holds one is an error)")
     configs.add_arguments(p, DemoConfig, title="demo settings")
-    _add_device(p)
+    _add_machine(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -315,7 +480,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import warnings
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), "dkkt")
+    command = _command_in(argv) or "dkkt"
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings()
         return _main(argv, command)
@@ -324,7 +489,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: list[str], command: str) -> int:
     try:
         parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            chosen = getattr(args, "command", None)
+            subparsers = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+            target = subparsers.get(chosen, parser)
+            target.error(_unrecognized(extras, target, chosen))
         args.command_line = _command_line(argv)
         if not getattr(args, "func", None):
             parser.print_help()

@@ -11,7 +11,7 @@ field's comment. The same leaves serve three uses:
 - :func:`add_arguments` generates command-line flags (``--lr-img``, ``--dkkt.distance``).
 
 Example:
-    >>> from dkkt_plugin.methods import DKKTMethodConfig
+    >>> from dkkt_plugin.settings import DKKTMethodConfig
     >>> [f.path for f in config_fields(DKKTMethodConfig)][:3]
     ['dataset', 'data_root', 'ipc']
     >>> spec = {f.path: f for f in config_fields(DKKTMethodConfig)}["dkkt.distance"]
@@ -309,16 +309,23 @@ DEST = "cfg:"  # argparse dest prefix of generated flags
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
                   title: Optional[str] = None) -> None:
     """One flag per leaf of ``cls`` (``--lr-img``, ``--dkkt.distance``), help from its comment
-    and its real default; only flags given on the command line become overrides."""
+    and its real default, in a group titled ``title``; only flags given on the command line
+    become overrides. Leaves whose path is in ``skip`` get no flag here."""
     group = parser.add_argument_group(title or f"{cls.__name__} settings")
     for spec in config_fields(cls):
-        if spec.path in skip:
-            continue
-        metavar = "{" + ",".join(map(str, spec.choices)) + "}" if spec.choices else _metavar(spec)
-        text = spec.help or spec.path.replace("_", " ")
-        group.add_argument(spec.flag, dest=DEST + spec.path, default=None, type=_argparse_type(spec),
-                           metavar=metavar,
-                           help=f"{text} (default: {spec.describe_default()})".replace("%", "%%"))  # argparse formats help
+        if spec.path not in skip:
+            add_argument(group, spec)
+
+
+def add_argument(parser: Any, spec: FieldSpec, *, help: Optional[str] = None,
+                 metavar: Optional[str] = None) -> None:
+    """The flag of one leaf ``spec`` on ``parser`` (a parser or an argument group); ``help`` and
+    ``metavar`` replace the field's comment and name. Its value becomes an override only when given."""
+    metavar = metavar or ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices else _metavar(spec))
+    text = help or spec.help or spec.path.replace("_", " ")
+    parser.add_argument(spec.flag, dest=DEST + spec.path, default=None, type=_argparse_type(spec),
+                        metavar=metavar,
+                        help=f"{text} (default: {spec.describe_default()})".replace("%", "%%"))  # argparse formats help
 
 
 def _metavar(spec: FieldSpec) -> str:

@@ -5,6 +5,10 @@ model trained by ``dkkt pretrain`` on the full Fashion-MNIST training set, the p
 (10 training images per class) and a class-balanced test subset. ``scripts/make_demo_assets.py``
 regenerates them. Everything here is CPU-sized: far fewer iterations and evaluation epochs than
 the paper's protocol, and a test subset instead of the 10 000 test images.
+
+The packaged edge model also has a name, ``fmnist`` (:data:`EDGE_MODELS`): ``dkkt distill
+--edge-model fmnist`` and ``load_edge_model("fmnist")`` use it. This module imports torch only
+when a demo runs.
 """
 from __future__ import annotations
 
@@ -14,18 +18,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .engine import append_evaluation, build_config, run_distillation
-from .errors import DatasetError
-from .evaluation import evaluate_synthetic, get_protocol
-from .methods.base import DistillData
-from .pretrain import load_edge_model
+from .errors import CheckpointError, ConfigError, DatasetError
 
 ASSETS = "assets"
 EDGE = "fmnist_edge.pt"
 PRACTICAL = "fmnist_practical.pt"
 TEST = "fmnist_test.pt"
+
+# name -> (packaged asset, what it is): the names --edge-model and load_edge_model accept
+EDGE_MODELS = {"fmnist": (EDGE, "the packaged Fashion-MNIST ConvNet, 90.76 % test accuracy")}
+
+RUN_FILES = ("checkpoint.pt", "synthetic.pt", "record.json")  # any of them: the folder holds a run
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ def asset_path(name: str) -> Path:
 
 def packaged_edge_model() -> Path:
     """Path of the packaged Fashion-MNIST edge model (ConvNet, 90.76 % test accuracy, made by
-    ``dkkt pretrain --dataset fashion_mnist --epochs 3 --weight-decay 5e-3 --seed 0``).
+    ``dkkt pretrain --dataset fashion_mnist --epochs 3 --weight-decay 5e-3 --seed 0``); its name
+    is ``fmnist``.
 
     Example:
         >>> from dkkt_plugin import load_edge_model, packaged_edge_model
@@ -61,43 +65,115 @@ def packaged_edge_model() -> Path:
     return asset_path(EDGE)
 
 
-def load_images(name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def edge_model_path(value: Any) -> Any:
+    """The checkpoint an edge-model setting names: a packaged model's path for one of the names
+    of :data:`EDGE_MODELS` (``fmnist``), anything else unchanged (a path).
+
+    Example:
+        >>> edge_model_path("fmnist").name, edge_model_path("runs/edge.pt")
+        ('fmnist_edge.pt', 'runs/edge.pt')
+    """
+    if isinstance(value, str) and value in EDGE_MODELS:
+        return asset_path(EDGE_MODELS[value][0])
+    return value
+
+
+def load_images(name: str) -> tuple:
     """A packaged uint8 image set, normalised like the training data: (N, 1, 28, 28), (N,)."""
+    import torch
+
     payload = torch.load(asset_path(name), map_location="cpu", weights_only=True)
     mean, std = payload["mean"], payload["std"]
     images = (payload["images"].float() / 255.0 - mean) / std
     return images, payload["labels"].long(), payload
 
 
+def check_out(out_dir: str | Path, methods: tuple[str, ...], resume: bool = False) -> list[str]:
+    """The methods whose runs ``out_dir`` already holds; a CheckpointError when there are any and
+    ``resume`` is false (a demo folder is continued only when asked, never overwritten).
+
+    Example:
+        >>> check_out("a-folder-that-does-not-exist", ("dm", "dsv"))
+        []
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a folder; choose another --out")
+    found = [m for m in methods if any((out / m / name).exists() for name in RUN_FILES)]
+    if found and not resume:
+        raise CheckpointError(f"{out} already holds a demo run ({', '.join(m + '/' for m in found)}): pass --resume "
+                              "to continue it, or choose another --out (it is never overwritten)")
+    return found
+
+
+def _precisions(record: dict) -> str:
+    """``"real_precision fp32, dkkt.precision bf16"``: the precisions a run's record says ran."""
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        elif prefix.rstrip(".").rsplit(".", 1)[-1].endswith("precision") and isinstance(node, str):
+            found.append(f"{prefix.rstrip('.')} {node}")
+
+    walk(record.get("resolved") or {}, "")
+    return ", ".join(found)
+
+
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any = "cpu",
-             command: str = "", echo=print) -> list[dict]:
-    """Distil with each method, evaluate on the packaged test subset, print and return a table."""
+             command: str = "", echo=print, resume: bool = False) -> list[dict]:
+    """Distil with each method, evaluate on the packaged test subset, print and return a table.
+
+    ``out_dir`` must not hold a demo run already unless ``resume`` is true (:func:`check_out`):
+    then each method's run continues from its checkpoint (one without starts) and is evaluated
+    again.
+    """
+    import dataclasses
+
+    from .engine import append_evaluation, build_config, run_distillation
+    from .evaluation import evaluate_synthetic, get_protocol
+    from .methods.base import DistillData
+    from .nets import native_bf16
+    from .pretrain import load_edge_model
+    from .provenance import resolved_threads
+
+    out = Path(out_dir)
+    check_out(out, cfg.methods, resume)
     edge, meta = load_edge_model(asset_path(EDGE), device=device)
     real, real_labels, practical = load_images(PRACTICAL)
     test_x, test_y, test_meta = load_images(TEST)
     data = DistillData(real, real_labels, 10, (practical["mean"],), (practical["std"],), edge)
     protocol = get_protocol("dm", cfg.eval_epochs)
-    out = Path(out_dir)
+    ran = dataclasses.replace(protocol, train=protocol.train.resolved(device))  # "auto" -> what runs here
+    share = 100 * len(real) / meta.get("num_train", 60000)
     echo(f"dkkt demo (CPU-sized, not the paper's protocol): Fashion-MNIST, ipc 1, pipc 10 "
-         f"({len(real)} real images, {practical['access_ratio']:.3f} % of the training set), "
+         f"({len(real)} real images, {share:.3f} % of the training set), "
          f"{cfg.iterations} distillation iterations, DSV {cfg.dsv_iterations} (paper: 20000); evaluation: "
-         f"{protocol.describe()}, "
-         f"{cfg.num_eval} runs, on {len(test_x)} test images")
-    echo(f"edge model: test accuracy {100 * meta['test_accuracy']:.2f} % ({meta['command']})")
+         f"{ran.describe()}{'' if ran.train.precision == 'bf16' else ', fp32 training'}, "
+         f"{cfg.num_eval} run{'s' if cfg.num_eval != 1 else ''}, on {len(test_x)} test images")
+    native = native_bf16(device)
+    echo(f"precision: {'bf16 autocast for every pass set to auto' if native else 'fp32 for every pass'} "
+         f"({device} {'computes bf16 natively' if native else 'has no native bf16'}); "
+         f"threads: {resolved_threads()}")
+    echo(f"edge model: fmnist ({EDGE_MODELS['fmnist'][1]}, trained by dkkt pretrain on "
+         f"{meta.get('num_train', 60000)} images)")
     rows = []
     for method in cfg.methods:
         iterations = cfg.dsv_iterations if method == "dsv" else cfg.iterations
         run_cfg = build_config(method, dataset="fashion_mnist", ipc=1, pipc=10, iterations=iterations,
-                               seed=cfg.seed, edge_model=str(asset_path(EDGE)))
+                               seed=cfg.seed, edge_model="fmnist")
         start = time.time()
         res = run_distillation(method, run_cfg, out / method, device=device, data=data,
-                               command=command, resume=(out / method / "checkpoint.pt").exists())
+                               command=command, resume=resume and (out / method / "checkpoint.pt").exists())
         ev = evaluate_synthetic(res.images, res.labels, test_x, test_y, protocol=protocol,
                                 num_eval=cfg.num_eval, seed=cfg.seed, device=device, desc=f"evaluate {method}")
         append_evaluation(res.out_dir, ev.as_dict(), command=command, device=device)
         rows.append({"method": method, "accuracy": 100 * ev.mean, "std": 100 * ev.std,
                      "seconds": time.time() - start, "grid": str(res.out_dir / "synthetic.png")})
-        echo(f"  {method:<8} {100 * ev.mean:6.2f} ± {100 * ev.std:4.2f} %  ({rows[-1]['seconds']:.0f} s)")
+        detail = _precisions(res.record)
+        echo(f"  {method:<8} {100 * ev.mean:6.2f} ± {100 * ev.std:4.2f} %  ({rows[-1]['seconds']:.0f} s"
+             + (f"; {detail})" if detail else ")"))
     echo("")
     echo("| method | accuracy (%) | time (s) | image grid |")
     echo("|---|---|---|---|")

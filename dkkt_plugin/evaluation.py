@@ -1,6 +1,6 @@
 """Standard evaluation of a synthetic set: train fresh ConvNets on it, report test accuracy.
 
-Two protocols (DESIGN.md §3):
+Two protocols (docs/method.md, 'Evaluation protocols'):
 
 - ``dm``: DatasetCondensation/DM's evaluation. SGD lr 0.01, momentum 0.9, weight decay 5e-4,
   batch 256, 1000 epochs with DSA augmentation, lr × 0.1 at half the epochs. (The reference uses
@@ -18,6 +18,10 @@ precision used.
 
 Every run r draws its ConvNet's initial weights, minibatch order and augmentation from its own
 generator ``torch.Generator().manual_seed(seed + r)``; torch's global RNG is never touched.
+
+Every network is tested on the whole test set unless ``test_size`` asks for a stratified subset
+(:func:`stratified_subset`: the same number of images of each class, drawn with its own seeded
+generator); the result records how many test images were used, out of how many, and that seed.
 Results are mean ± population std (``np.std``, ddof 0, as DatasetCondensation reports them).
 """
 from __future__ import annotations
@@ -145,6 +149,9 @@ class EvalResult:
     accuracies: list[float] = field(default_factory=list)  # per run, in [0, 1]
     seeds: list[int] = field(default_factory=list)  # generator seed of each run
     seconds: float = 0.0  # wall time of all runs
+    test_size: Optional[int] = None  # test images each network was scored on
+    test_total: Optional[int] = None  # images of the test set they were drawn from
+    test_seed: Optional[int] = None  # seed of the stratified test subset; None: the whole test set
 
     @property
     def mean(self) -> float:
@@ -158,10 +165,69 @@ class EvalResult:
         """JSON-able summary (accuracies as fractions in [0, 1])."""
         return dict(protocol=self.protocol, mean=self.mean, std=self.std, num_eval=len(self.accuracies),
                     accuracies=[float(a) for a in self.accuracies], seeds=[int(s) for s in self.seeds],
-                    seconds=float(self.seconds))
+                    seconds=float(self.seconds), test_size=self.test_size, test_total=self.test_total,
+                    test_seed=self.test_seed)
+
+    def describe_test(self) -> str:
+        """Which test images the networks were scored on (empty when not recorded).
+
+        Example:
+            >>> EvalResult("p", test_size=1000, test_total=10000, test_seed=0).describe_test()
+            'tested on a stratified 1000 of 10000 test images (seed 0)'
+        """
+        if self.test_size is None:
+            return ""
+        if self.test_seed is None:
+            return f"tested on all {self.test_size} test images"
+        return f"tested on a stratified {self.test_size} of {self.test_total} test images (seed {self.test_seed})"
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({len(self.accuracies)} runs, {self.protocol})"
+        test = self.describe_test()
+        return (f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({len(self.accuracies)} runs, {self.protocol}"
+                + (f"; {test})" if test else ")"))
+
+
+def stratified_subset(labels: torch.Tensor, size: int, *, seed: int = 0) -> torch.Tensor:
+    """Indices of ``size`` test images, the same number of each class present in ``labels``,
+    drawn without replacement by ``torch.Generator().manual_seed(seed)`` (class by class, in
+    label order) and returned sorted.
+
+    Args:
+        labels: ``(M,)`` long, the test labels.
+        size: images to keep; a multiple of the number of classes, at most that number times the
+            size of the smallest class.
+        seed: seed of the draw; the same seed gives the same subset.
+
+    Raises:
+        ConfigError: ``size`` is not a positive multiple of the classes, or larger than the
+            classes allow.
+
+    Example:
+        >>> labels = torch.tensor([0, 1, 2] * 4 + [0] * 5)
+        >>> idx = stratified_subset(labels, 6, seed=0)
+        >>> torch.bincount(labels[idx]).tolist(), torch.equal(idx, stratified_subset(labels, 6, seed=0))
+        ([2, 2, 2], True)
+    """
+    labels = labels.detach().cpu()
+    classes, counts = torch.unique(labels, return_counts=True)  # (K,), (K,)
+    k, smallest = len(classes), int(counts.min()) if len(counts) else 0
+    if k == 0:
+        raise ConfigError("stratified_subset needs at least one test label, got none")
+    whole = isinstance(size, int) and not isinstance(size, bool)
+    if not whole or size < k or size % k:
+        near = [m for m in ((size // k) * k, (size // k + 1) * k) if m >= k] if whole else []
+        raise ConfigError(f"test_size (--test-size) must be a positive multiple of the {k} classes of the test set, "
+                          f"got {size!r} (e.g. {' or '.join(map(str, near)) or 100 * k})")
+    per = size // k
+    if per > smallest:
+        raise ConfigError(f"test_size (--test-size) {size} needs {per} test images of each class, but the smallest "
+                          f"class has {smallest}: use at most {k * smallest}")
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in classes:
+        members = (labels == c).nonzero().flatten()  # (M_c,)
+        picks.append(members[torch.randperm(members.numel(), generator=generator)[:per]])
+    return torch.cat(picks).sort().values  # (size,)
 
 
 def _check_shapes(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
@@ -187,7 +253,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
                        epochs: Optional[int] = None, num_classes: Optional[int] = None,
                        augmentation: Optional[str] = None, desc: str = "evaluate",
                        precision: Optional[str] = None, compile_step: Optional[bool] = None,
-                       fused: Optional[bool] = None) -> EvalResult:
+                       fused: Optional[bool] = None, test_size: Optional[int] = None,
+                       test_seed: int = 0) -> EvalResult:
     """Train ``num_eval`` fresh ConvNets on ``(images, labels)`` and test each on the test set.
 
     Args:
@@ -213,12 +280,17 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         fused: train with each ConvNet block's norm, ReLU and pooling fused on the CPU
             (``TrainConfig.fused``: the same training up to float rounding) or not; default: the
             protocol's (fused).
+        test_size: test on a stratified subset of this many test images (:func:`stratified_subset`,
+            equal per class) instead of all of them (the default).
+        test_seed: seed of that subset's draw.
 
     Returns:
-        An ``EvalResult`` with per-run test accuracies in [0, 1] and the protocol's description.
+        An ``EvalResult`` with per-run test accuracies in [0, 1], the protocol's description and
+        the test images used (``test_size`` of ``test_total``, ``test_seed`` None for all).
 
     Raises:
-        ConfigError: on bad shapes, dtypes, ``num_eval < 1`` or an unknown protocol name.
+        ConfigError: on bad shapes, dtypes, ``num_eval < 1``, an unknown protocol name or a
+            ``test_size`` the test set's classes cannot give equally.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -242,6 +314,10 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
     if num_eval < 1:
         raise ConfigError(f"num_eval must be >= 1, got {num_eval}")
     _check_shapes(images, labels, test_images, test_labels)
+    test_total = test_images.shape[0]
+    if test_size is not None:
+        keep = stratified_subset(test_labels, test_size, seed=test_seed).to(test_labels.device)  # (test_size,)
+        test_images, test_labels = test_images[keep], test_labels[keep]
     device = torch.device(device) if device is not None else images.device
     proto = dataclasses.replace(proto, train=proto.train.resolved(device))  # "auto" -> what runs here
     x = images.detach().to(device, torch.float32, copy=True)  # (N, C, H, W), the caller's stays as is
@@ -251,7 +327,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
     if num_classes is None:
         num_classes = int(max(int(y.max()), int(y_test.max())) + 1)
     start = time.perf_counter()
-    result = EvalResult(protocol=proto.describe())
+    result = EvalResult(protocol=proto.describe(), test_size=int(x_test.shape[0]), test_total=int(test_total),
+                        test_seed=None if test_size is None else int(test_seed))
     for r in progress_bar(range(num_eval), desc=desc, unit="run"):
         generator = torch.Generator().manual_seed(seed + r)  # CPU: init, minibatch order, augmentation
         net = ConvNet(x.shape[1], num_classes, x.shape[-1], width=width, depth=depth,
@@ -267,7 +344,8 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
              data_root: Optional[str] = None, protocol: Union[EvalProtocol, str] = "dm",
              epochs: Optional[int] = None, num_eval: int = 5, seed: int = 0, device: Any = "auto",
              augmentation: Optional[str] = None, precision: Optional[str] = None,
-             compile_step: Optional[bool] = None, fused: Optional[bool] = None) -> EvalResult:
+             compile_step: Optional[bool] = None, fused: Optional[bool] = None,
+             test_size: Optional[int] = None, test_seed: int = 0) -> EvalResult:
     """Evaluate a synthetic set on its dataset's test split in one call.
 
     Args:
@@ -278,6 +356,9 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
         data_root: the dataset's folder (default: the loader's).
         protocol, epochs, num_eval, seed, augmentation, precision, compile_step, fused: as in
             :func:`evaluate_synthetic`.
+        test_size: test on a stratified subset of this many test images (equal per class, drawn
+            with ``test_seed``); default: the whole test split. The result records which.
+        test_seed: seed of that subset.
         device: torch device or ``"auto"``.
 
     Example:
@@ -314,4 +395,4 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
     return evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol, epochs=epochs,
                               num_eval=num_eval, seed=seed, device=resolve_device(device),
                               num_classes=test.num_classes, augmentation=augmentation, precision=precision,
-                              compile_step=compile_step, fused=fused)
+                              compile_step=compile_step, fused=fused, test_size=test_size, test_seed=test_seed)

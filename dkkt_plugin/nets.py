@@ -256,7 +256,7 @@ def default_chunk_size(device: torch.device | str, *, training: bool = False, fu
     return CPU_CHUNK
 
 
-BF16_PRECISIONS = ("auto", "bf16", "fp32")  # a pass's precision where bf16 is optional
+from .settings import BF16_PRECISIONS  # noqa: E402 (a pass's precision where bf16 is optional)
 
 
 def runs_bf16(precision: str, x: torch.Tensor) -> bool:

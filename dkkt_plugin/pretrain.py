@@ -17,44 +17,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from dataclasses import asdict
+from typing import Any
 
 import torch
 
 from . import registry
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
 from .fileio import check_writable, load_torch, save_torch
 from .provenance import provenance
+from .settings import PretrainConfig  # noqa: F401 (defined torch-free, used here)
 from .nets import ConvNet
 from .training import TrainConfig, accuracy, train_classifier
 
 FORMAT = "dkkt-edge-model/1"
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """What ``dkkt pretrain`` trains. Weight decay makes θ* a stationary point of the
-    regularised loss, so the DKKT stationarity condition has an exact solution (DESIGN.md §7)."""
-
-    dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
-    data_root: Optional[str] = None  # dataset folder; auto: the loader's default location
-    width: int = 128  # ConvNet width
-    depth: int = 3  # ConvNet depth
-    epochs: int = 3  # passes over the full training set (3 epochs: about 40 min on one CPU core)
-    batch_size: int = 256  # minibatch size
-    lr: float = 0.05  # SGD learning rate (cosine schedule)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-3  # as the DSV paper's teacher; makes θ* a KKT point of the regularised loss
-    seed: int = 0  # initial weights and minibatch order
-    # after SGD, solve the classifier layer exactly (full-batch L-BFGS on frozen features) for the
-    # weight-decayed loss, so the classifier is a true KKT point: θ_c = -(1/(wd N)) Σ ∇θ_c ℓ_i
-    refit_classifier: bool = False
-
-    def __post_init__(self) -> None:
-        if min(self.width, self.depth, self.epochs, self.batch_size) < 1 or not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigError(f"pretrain needs width, depth, epochs, batch_size >= 1, lr > 0, weight_decay >= 0; "
-                              f"got {self}")
 
 
 def save_edge_model(path: str | os.PathLike, model: ConvNet, meta: dict[str, Any]) -> None:
@@ -65,11 +41,15 @@ def save_edge_model(path: str | os.PathLike, model: ConvNet, meta: dict[str, Any
 
 
 def load_edge_model(path: str | os.PathLike, device: Any = None) -> tuple[ConvNet, dict[str, Any]]:
-    """Rebuild the edge model from a checkpoint written by :func:`save_edge_model`.
+    """Rebuild the edge model from a checkpoint written by :func:`save_edge_model`, or from the
+    packaged one a name stands for (``fmnist``: :data:`dkkt_plugin.demo.EDGE_MODELS`).
 
     Raises:
         CheckpointError: the file is missing, unreadable, or not an edge-model checkpoint.
     """
+    from .demo import edge_model_path
+
+    path = edge_model_path(path)
     payload = load_torch(path, "edge model", FORMAT,
                          "create one with `dkkt pretrain --dataset DATASET --out PATH`")
     try:

@@ -1,18 +1,19 @@
-"""Every bad input of issue 11, through the real ``dkkt`` command in subprocesses and the Python API.
+"""Every bad input of the ``dkkt`` command line and of the Python API.
 
 Each CLI case must end with exit status 2, exactly ONE line on stderr that names the bad input
 (and no traceback), and leave every file that existed before byte-identical, with nothing new
-created (no half-made run directory, no temporary file). The cases run as real
-``python -m dkkt_plugin.cli`` processes, two at a time in one batch (each pays a torch import of
-about 3 CPU-seconds, so running them two at a time halves the wait on two cores).
+created (no half-made run directory, no temporary file). The cases call ``dkkt_plugin.cli.main``
+in this process (no interpreter start or torch import per case); a few run as real ``python -m
+dkkt_plugin.cli`` processes too, to show that the console command behaves the same.
 
 Also here: the advice printed after a NaN stop, followed literally; a SIGKILL during ``dkkt
 pretrain`` and ``dkkt evaluate`` leaves nothing half-written; plugin listing and shadowing.
 """
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import hashlib
+import io
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ import pytest
 import torch
 
 from dkkt_plugin import ConvNet, DKKTLoss, DMLoss, load_edge_model
+from dkkt_plugin.cli import main
 from dkkt_plugin.data import write_cifar10
 from dkkt_plugin.engine import build_config, run_distillation
 from dkkt_plugin.errors import CheckpointError, ConfigError
@@ -100,6 +102,8 @@ def ws(tmp_path_factory, tiny_fashion_mnist) -> Path:
     (ws / "runs" / "corrupt" / "checkpoint.pt").write_bytes(b"\x00garbage, not a checkpoint")
     (ws / "syn_garbage.pt").write_bytes(b"PK\x03\x04 half a zip")
     _write_tree(ws / "broken_plugin", BROKEN_DIST)
+    (ws / "demo_done" / "dm").mkdir(parents=True)  # a demo folder holding a run
+    (ws / "demo_done" / "dm" / "checkpoint.pt").write_bytes((ws / "runs" / "finished" / "checkpoint.pt").read_bytes())
     return ws
 
 
@@ -110,6 +114,28 @@ def snapshot(root: Path) -> dict[str, str]:
         rel = str(p.relative_to(root))
         out[rel + "/" if p.is_dir() else rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def run_in_process(args: list[str], env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """``dkkt_plugin.cli.main(ARGS)`` in this process, as :func:`run_cli` runs it in another: the
+    variables of ``env`` set (``PYTHONPATH`` goes to ``sys.path``), no progress bars, no bytecode
+    caches; its exit status (returned, or raised by argparse), stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(sys, "dont_write_bytecode", True)
+        mp.setenv("DKKT_PROGRESS", "0")
+        for key, value in (env or {}).items():
+            if key == "PYTHONPATH":
+                mp.syspath_prepend(value)
+            else:
+                mp.setenv(key, value)
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+    for module in ("broken_dkkt_thing_mod", "fine_dkkt_thing_mod"):  # a plugin imported from the workspace
+        sys.modules.pop(module, None)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def run_cli(args: list[str], env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -232,24 +258,31 @@ CASES = [
     Case("pretrain_data_missing", ["pretrain", "--data-root", "{ws}/nowhere", "--out", "{d}/new/edge.pt"],
          ("nowhere", "--data-root")),
     Case("demo_unknown_method", ["demo", "--methods", "dm,dmx", "--out", "{d}/demo", "--device", "cpu"], ("dmx",)),
-    Case("unknown_subcommand", ["distil"], ("distil",)),
+    Case("unknown_subcommand", ["distil"], ("distil", "did you mean distill?")),
+    # -- flags are whole, thread counts and test subsets are checked, a demo folder is kept --------
+    Case("abbreviated_flag", D("--method", "dm", "--iteration", "3"), ("--iteration", "did you mean --iterations?")),
+    Case("mistyped_flag", D("--method", "dm", "--iteratons", "3"), ("--iteratons", "did you mean --iterations?")),
+    Case("threads_zero", D("--method", "dm", "--threads", "0"), ("--threads", "'0'")),
+    Case("threads_variable_garbage", D("--method", "dm"), ("DKKT_THREADS", "abc"), env={"DKKT_THREADS": "abc"}),
+    Case("test_size_not_a_multiple", D("--method", "dm", "--num-eval", "1", "--test-size", "25"),
+         ("--test-size", "25", "10 classes")),
+    Case("evaluate_test_size_too_large", ["evaluate", "--synthetic", "{ws}/runs/finished", "--num-eval", "1",
+                                          "--eval-epochs", "1", "--test-size", "60", "--device", "cpu"],
+         ("--test-size", "at most 40")),
+    Case("demo_into_a_folder_with_a_run", ["demo", "--out", "{ws}/demo_done", "--iterations", "1", "--device", "cpu"],
+         ("demo_done", "--resume")),
 ]
 
 
 @pytest.fixture(scope="module")
 def outcomes(ws) -> dict[str, tuple]:
-    """Run every case, two processes at a time; ``id -> (case, completed process, before, after)``."""
+    """Run every case in this process; ``id -> (case, completed process, before, after)``."""
     dirs = {c.id: ws / "cases" / c.id for c in CASES}
     for d in dirs.values():
         d.mkdir(parents=True)
     before = snapshot(ws)
-
-    def run(case: Case):
-        env = {k: v.format(ws=ws) for k, v in case.env.items()}
-        return case.id, run_cli(case.argv(ws, dirs[case.id]), env=env)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        done = dict(pool.map(run, CASES))
+    done = {c.id: run_in_process(c.argv(ws, dirs[c.id]), env={k: v.format(ws=ws) for k, v in c.env.items()})
+            for c in CASES}
     after = snapshot(ws)
     return {c.id: (c, done[c.id], before, after) for c in CASES}
 
@@ -270,13 +303,24 @@ def test_bad_input_is_one_line_exit_2_and_nothing_changes(outcomes, case_id):
     assert not changed, f"files created, changed or removed: {sorted(changed)}"
 
 
+@pytest.mark.parametrize("case_id", ["abbreviated_flag", "edge_fewer_classes_dm_dkkt", "plugin_broken"])
+def test_the_console_command_behaves_as_main(ws, tmp_path, case_id):
+    """A parse error, an error deep in a run and a broken plugin, through a real process."""
+    case = next(c for c in CASES if c.id == case_id)
+    env = {k: v.format(ws=ws) for k, v in case.env.items()}
+    proc = run_cli(case.argv(ws, tmp_path), env=env)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert all(text.lower() in proc.stderr.lower() for text in case.expect), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- issue 11, case 11: the advice after a NaN stop works literally ---------------------------------
 def test_nan_stop_advice_works_literally_and_the_change_is_recorded(ws, tmp_path):
     import json
 
     args = D("--method", "dm", "--lr-img", "1e30", "--iterations", "6", "--checkpoint-every", "2")
     args = [a.format(ws=ws, d=tmp_path) for a in args]
-    first = run_cli(args)
+    first = run_in_process(args)
     assert first.returncode == 2 and len(first.stderr.splitlines()) == 1, first.stderr
     assert "Traceback" not in first.stderr
     ckpt = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
@@ -284,7 +328,7 @@ def test_nan_stop_advice_works_literally_and_the_change_is_recorded(ws, tmp_path
     stopped_at = ckpt["iteration"]
     advice = re.search(r"rerun the same command with `([^`]+)`", first.stderr, re.I)
     assert advice, first.stderr
-    second = run_cli(args + shlex.split(advice.group(1)))
+    second = run_in_process(args + shlex.split(advice.group(1)))
     assert second.returncode == 0, second.stderr
     record = json.loads((tmp_path / "out" / "record.json").read_text())
     [resumed] = record["resumes"]
@@ -292,7 +336,7 @@ def test_nan_stop_advice_works_literally_and_the_change_is_recorded(ws, tmp_path
     assert resumed["changed"]["lr_img"][0] == 1e30 and resumed["changed"]["lr_img"][1] < 1e30
     assert record["config"]["lr_img"] == resumed["changed"]["lr_img"][1]
     # an unsafe change is still refused, and names the field
-    third = run_cli(args + ["--resume", "--iterations", "8", "--momentum", "0.9"])
+    third = run_in_process(args + ["--resume", "--iterations", "8", "--momentum", "0.9"])
     assert third.returncode == 2 and "momentum: 0.5 -> 0.9" in third.stderr, third.stderr
 
 

@@ -68,3 +68,20 @@ def test_distill_help_lists_every_setting_of_the_method_with_its_real_default():
         assert "(default: auto)" in text or method in ("dc", "dsa", "dm", "dm_star")
     text = " ".join(build_parser(["distill"])._subparsers._group_actions[0].choices["distill"].format_help().split())
     assert "--dkkt.distance {l1,l2,cos}" in text and "(default: cos)" in text and "(default: 1000)" in text
+
+
+def test_builtin_configs_come_from_the_torch_free_settings_module():
+    """The command line reads a built-in method's config class from settings.METHOD_CONFIGS (no torch
+    import); it must be the class the method itself declares, re-exported where it always was."""
+    import dkkt_plugin.losses.dkkt as dkkt_loss
+    import dkkt_plugin.methods as methods
+    import dkkt_plugin.pretrain  # noqa: F401
+    from dkkt_plugin import settings
+    from dkkt_plugin.cli import method_config_class
+
+    builtin = {n for n in registry.names("methods") if registry.get("methods", n).value.startswith("dkkt_plugin.")}
+    assert builtin == set(settings.METHOD_CONFIGS)
+    for name in builtin:
+        assert registry.load("methods", name).config_class is settings.METHOD_CONFIGS[name] is method_config_class(name)
+    assert methods.DKKTMethodConfig is settings.DKKTMethodConfig and dkkt_loss.DKKTConfig is settings.DKKTConfig
+    assert PretrainConfig is settings.PretrainConfig and methods.DistillConfig is settings.DistillConfig

@@ -23,11 +23,21 @@ def test_assets_are_what_they_claim():
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
+    from dkkt_plugin.nets import native_bf16
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--iterations", "2", "--dsv-iterations", "2", "--eval-epochs", "2",
-                 "--num-eval", "1", "--device", "cpu"]) == 0
+    args = ["demo", "--out", str(out), "--iterations", "2", "--dsv-iterations", "2", "--eval-epochs", "2",
+            "--num-eval", "1", "--device", "cpu", "--threads", "1"]
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert "CPU-sized" in text and "SCALED to 2 of 1000 epochs" in text
+    # the header says which precision ran and names the edge model, not a path
+    assert "where the device has native bf16, else fp32" not in text and "threads: 1" in text
+    ran = "bf16 autocast" if native_bf16("cpu") else "fp32"
+    assert f"precision: {ran}" in text
+    assert (", bf16 autocast training," if ran != "fp32" else ", fp32 training,") in text
+    [edge_line] = [line for line in text.splitlines() if line.startswith("edge model:")]
+    assert edge_line.startswith("edge model: fmnist (") and "/" not in edge_line
     rows = dict(re.findall(r"^\| (\w+) \| (\d+\.\d+) ± \d+\.\d+ \|", text, flags=re.M))
     assert sorted(rows) == ["dm", "dm_dkkt", "dsv"]  # the table has every method, each with a number
     for method, accuracy in rows.items():
@@ -35,3 +45,24 @@ def test_demo_runs_and_reports(tmp_path, capsys):
         assert (out / method / "synthetic.png").is_file()
         [ev] = read_evaluations(out / method)
         assert abs(100 * ev["mean"] - float(accuracy)) < 0.006 and len(ev["accuracies"]) == 1
+
+    # the same folder again: refused without --resume, nothing touched; continued with it
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "already holds a demo run" in err and "--resume" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main([*args, "--resume"]) == 0
+    for method in rows:
+        assert len(read_evaluations(out / method)) == 2  # evaluated again, the first evaluation kept
+
+
+def test_demo_refuses_a_folder_that_holds_a_run_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "dm_dkkt").mkdir(parents=True)
+    (out / "dm_dkkt" / "record.json").write_text("{}")
+    assert main(["demo", "--out", str(out), "--iterations", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"dkkt demo: error: {out} already holds a demo run (dm_dkkt/): pass --resume to continue "
+                           "it, or choose another --out (it is never overwritten)")
+    assert sorted(p.name for p in out.rglob("*")) == ["dm_dkkt", "record.json"]

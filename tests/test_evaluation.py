@@ -188,3 +188,52 @@ def test_training_options_reach_training(option, value, expected, monkeypatch):
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
     evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=2, width=4, depth=1, **{option: value})
     assert seen == [expected] * 2
+
+
+# -- stratified test subsets (--test-size) ----------------------------------------------------------
+def test_stratified_subset_is_equal_per_class_and_set_by_its_seed():
+    from dkkt_plugin.evaluation import stratified_subset
+
+    labels = torch.arange(4).repeat_interleave(torch.tensor([30, 12, 50, 9]))  # unbalanced, (101,)
+    a = stratified_subset(labels, 36, seed=1)
+    assert torch.bincount(labels[a]).tolist() == [9, 9, 9, 9] and len(set(a.tolist())) == 36
+    assert torch.equal(a, a.sort().values)
+    assert torch.equal(a, stratified_subset(labels, 36, seed=1))  # deterministic by seed
+    assert not torch.equal(a, stratified_subset(labels, 36, seed=2))
+    state = torch.get_rng_state()
+    stratified_subset(labels, 8, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator, not torch's global one
+    for size, match in [(35, "positive multiple of the 4 classes.*e.g. 32 or 36"), (0, "e.g. 4"),
+                        (40, "smallest class has 9: use at most 36")]:
+        with pytest.raises(ConfigError, match=match):
+            stratified_subset(labels, size)
+
+
+def test_test_size_scores_on_the_subset_and_records_it(problem, monkeypatch):
+    from dkkt_plugin import evaluation
+
+    protos, x_test, y_test, _, _ = problem
+    scored = []
+    real_accuracy = evaluation.accuracy
+    monkeypatch.setattr(evaluation, "accuracy", lambda net, x, y: scored.append(y.clone()) or real_accuracy(net, x, y))
+    full = evaluate_synthetic(protos, torch.arange(3), x_test, y_test, protocol=TINY, num_eval=1, **NET)
+    part = evaluate_synthetic(protos, torch.arange(3), x_test, y_test, protocol=TINY, num_eval=2, test_size=30,
+                              test_seed=4, **NET)
+    assert [len(y) for y in scored] == [180, 30, 30] and torch.bincount(scored[1]).tolist() == [10, 10, 10]
+    assert torch.equal(scored[1], scored[2])  # every run scored on the same subset
+    assert (full.test_size, full.test_total, full.test_seed) == (180, 180, None)
+    assert (part.test_size, part.test_total, part.test_seed) == (30, 180, 4)
+    d = json.loads(json.dumps(part.as_dict()))
+    assert (d["test_size"], d["test_total"], d["test_seed"]) == (30, 180, 4)
+    assert str(full).endswith("; tested on all 180 test images)")
+    assert str(part).endswith("; tested on a stratified 30 of 180 test images (seed 4))")
+
+
+def test_evaluate_takes_test_size(tiny_fashion_mnist):
+    from dkkt_plugin.evaluation import evaluate
+
+    images, labels = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(10)
+    one_epoch = EvalProtocol("tiny", TrainConfig(epochs=1, lr=0.01, augment=""))
+    r = evaluate(images, labels, dataset="fashion_mnist", data_root=str(tiny_fashion_mnist), protocol=one_epoch,
+                 num_eval=1, device="cpu", test_size=20, test_seed=5)
+    assert (r.test_size, r.test_total, r.test_seed) == (20, 40, 5)

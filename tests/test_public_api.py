@@ -108,3 +108,21 @@ def test_module_names_exist(module, names):
     mod = importlib.import_module(module)
     missing = [n for n in names if not hasattr(mod, n)]
     assert not missing, f"{module} lost public names {missing}"
+
+
+def test_the_package_imports_its_names_on_first_use():
+    """``import dkkt_plugin`` loads no torch; each public name loads its module when first used, and
+    ``pretrain`` / ``provenance`` stay the functions after their modules are imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import dkkt_plugin; no_torch = 'torch' not in sys.modules; "
+            "import dkkt_plugin.pretrain, dkkt_plugin.provenance; from dkkt_plugin import DKKTLoss, pretrain; "
+            "print(no_torch, callable(dkkt_plugin.pretrain) and not hasattr(dkkt_plugin.pretrain, '__path__'), "
+            "dkkt_plugin.provenance.__module__, pretrain.__module__, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "dkkt_plugin.provenance", "dkkt_plugin.pretrain", "True"]
+    assert set(dir(dkkt_plugin)) >= set(dkkt_plugin.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dkkt_plugin.nope

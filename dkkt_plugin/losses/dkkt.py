@@ -43,78 +43,13 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import BF16_PRECISIONS as PRECISIONS, ConvNet, check_input, default_chunk_size, fused_blocks, runs_bf16
+from ..nets import ConvNet, check_input, default_chunk_size, fused_blocks, runs_bf16
+from ..settings import (DEFAULT_ALPHA, DISTANCES, MULTIPLIERS, PRIMALS, SCALES,  # noqa: F401
+                        STATIONARITIES, DKKTConfig)
+from ..settings import BF16_PRECISIONS as PRECISIONS  # noqa: F401
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
-DISTANCES = ("l1", "l2", "cos")
-PRIMALS = ("ce", "boundary")
-MULTIPLIERS = ("log", "projected")
-SCALES = ("none", "floor")
-STATIONARITIES = ("margin", "ce")
 COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
-
-
-DEFAULT_ALPHA = {"cos": 1.0, "l1": 0.1, "l2": 0.1}  # α when DKKTConfig.alpha is None
-
-
-@dataclass(frozen=True)
-class DKKTConfig:
-    """Settings of :class:`DKKTLoss`. Defaults are the best measured so far on a validation split
-    of Fashion-MNIST's training set (README, "Making the DKKT term do work").
-
-    Example:
-        >>> DKKTConfig(distance="l1").resolved_alpha
-        0.1
-    """
-
-    # stationarity rate α; auto: 1.0 with the cos distance (dm_dkkt above ipc 1: 0.01); with l1 / l2
-    # the paper's 0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all (DKKTLoss alone: 0.1)
-    alpha: Optional[float] = None
-    # l1, l2 (squared), averaged within each tensor; cos: 1 - cos per output row (scale-free; the
-    # l1 / l2 terms' image gradients are ~1e-5..1e-3, too small to move anything, DESIGN.md §7)
-    distance: Literal["l1", "l2", "cos"] = "cos"
-    # ce: mean cross-entropy; boundary: cross-entropy only where argmax f(x) != y (DSV Eq. 7)
-    primal: Literal["ce", "boundary"] = "boundary"
-    multiplier: Literal["log", "projected"] = "log"  # log: λ = exp(ρ); projected: λ = ρ clamped at 0
-    lambda_init: float = 1.0  # initial λ (refit with fit_multipliers() to start at the right scale)
-    # which θ* tensors enter L_stat: all, weights (ndim >= 2) or classifier (the last nn.Linear;
-    # best on the validation split: ten images can match its rank-10 gradient)
-    params: Literal["all", "weights", "classifier"] = "classifier"
-    scale: Literal["none", "floor"] = "none"  # floor: divide each tensor's distance by its floor
-    tv_weight: float = 0.0  # weight of the total-variation image prior
-    norm_weight: float = 0.0  # weight of the mean squared pixel prior
-    # per-sample term whose λ-weighted gradient must equal -θ*: margin (-(f_y - max_{k≠y} f_k),
-    # Haim et al.; it does not vanish on confident images as CE's does: DSV from noise 60.1 % vs
-    # 54.5 % on the validation split), or ce (cross-entropy, the DSV paper's ℓ)
-    stationarity: Literal["ce", "margin"] = "margin"
-    # > 0: in the DKKT term the edge model's ReLUs get the derivative sigmoid(soft_relu · z)
-    # (forward unchanged; Haim et al. use 19..150), so the double backward reaches the images
-    soft_relu: float = 0.0
-    lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
-    # the edge model's feature pass (its blocks, forward and the images' backward): fp32; bf16
-    # (autocast: bf16 convolutions, norms in fp32; the classifier, the losses and the stationarity
-    # gradient stay fp32), for a dkkt_plugin.nets.ConvNet edge model with params="classifier";
-    # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32 (the dsv method reads auto
-    # as fp32: DSVMethodConfig.auto_precision)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS), ("multiplier", MULTIPLIERS),
-                              ("scale", SCALES), ("stationarity", STATIONARITIES), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"DKKTConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
-        if (self.alpha is not None and self.alpha < 0) or self.tv_weight < 0 or self.norm_weight < 0:
-            raise ConfigError("DKKTConfig weights (alpha, tv_weight, norm_weight) must be >= 0")
-        if not self.lambda_init > 0:
-            raise ConfigError(f"DKKTConfig.lambda_init must be > 0, got {self.lambda_init}")
-        if self.soft_relu < 0 or self.lambda_min < 0:
-            raise ConfigError(f"DKKTConfig: soft_relu and lambda_min must be >= 0; got {self.soft_relu}, "
-                              f"{self.lambda_min}")
-
-    @property
-    def resolved_alpha(self) -> float:
-        """α, with None resolved by the distance (:data:`DEFAULT_ALPHA`)."""
-        return DEFAULT_ALPHA[self.distance] if self.alpha is None else self.alpha
 
 
 @dataclass

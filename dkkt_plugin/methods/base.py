@@ -17,60 +17,10 @@ import torch
 from torch import nn
 
 from .. import registry
-from ..config import Pipc, parse_pipc
 from ..errors import ConfigError, NonFiniteLossError
 from ..nets import ConvNet, runs_bf16
-
-DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Settings shared by every method (DatasetCondensation's names and defaults)."""
-
-    dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
-    # dataset folder; auto: the loader's default (fashion_mnist: $DKKT_FASHION_MNIST_ROOT, else
-    # /usr/share/datasets/fashion-mnist; cifar10: $DKKT_CIFAR10_ROOT)
-    data_root: Optional[str] = None
-    ipc: int = 1  # synthetic images per class
-    pipc: Pipc = 10  # real images per class the server may see: a positive int or all
-    iterations: int = 1000  # distillation iterations
-    lr_img: float = 1.0  # learning rate of the images' SGD
-    momentum: float = 0.5  # momentum of the images' SGD
-    batch_real: int = 256  # real images per class per iteration (all of them when pipc is smaller)
-    # noise, real, dsv or any registered initializer; auto: the method's default_init (dm, dm_star,
-    # dc, dsa: real; dsv: noise; dm_dkkt: noise at ipc 1, real above)
-    init: str = "auto"
-    edge_model: Optional[str] = None  # checkpoint written by `dkkt pretrain` (methods that need one)
-    net_width: int = 128  # ConvNet width of the embedding / matching networks
-    net_depth: int = 3  # ConvNet depth of the embedding / matching networks
-    seed: int = 0  # chooses the practical subset and drives every random draw of the run
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pipc", parse_pipc(self.pipc))
-        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1 or self.net_width < 1 or self.net_depth < 1:
-            raise ConfigError(f"need ipc >= 1, iterations >= 0, batch_real >= 1, net_width >= 1, net_depth >= 1; "
-                              f"got ipc={self.ipc}, iterations={self.iterations}, batch_real={self.batch_real}, "
-                              f"net_width={self.net_width}, net_depth={self.net_depth}")
-        if self.lr_img is not None and not self.lr_img > 0:
-            raise ConfigError(f"lr_img must be > 0, got {self.lr_img} (e.g. --lr-img 1.0)")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Which registered Siamese augmentation a method uses, and its strategy."""
-
-    name: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations)
-    strategy: str = DSA_STRATEGY  # the augmentation's strategy; '' or none: no augmentation
-
-
-@dataclass(frozen=True)
-class AugmentedConfig(DistillConfig):
-    """Settings of a method that augments real and synthetic images alike (DM, DSA, DSV, ...)."""
-
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
+from ..settings import (DSA_STRATEGY, AugmentConfig, AugmentedConfig,  # noqa: F401 (torch-free)
+                        DistillConfig)
 
 
 @dataclass

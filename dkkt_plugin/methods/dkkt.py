@@ -15,129 +15,16 @@ distribution).
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .. import registry
-from ..errors import ConfigError
-from ..losses.dkkt import DKKTConfig
-from .base import AugmentedConfig, Method, check_finite, precision_in_force
+from ..settings import (COS_ALPHA_ABOVE_IPC1, DSV_ADAM_LR, DSV_LR, DKKTConfig,  # noqa: F401 (torch-free)
+                        DKKTMethodConfig, DSVMethodConfig, paper_alpha, paper_beta)
+from .base import Method, check_finite, precision_in_force
 from .dm import speed_options
-
-DSV_LR = 100.0  # image SGD lr of the DKKT loss alone (DSV), when lr_img is not given
-DSV_ADAM_LR = 0.05  # image Adam lr of DSV, when lr_img is not given
-
-
-def paper_alpha(pipc) -> float:
-    """The paper's stationarity rate: 0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all
-    (the paper's pipc 10 / 50 / all)."""
-    if pipc == "all" or (isinstance(pipc, int) and pipc > 50):
-        return 0.001
-    return 0.1 if pipc < 50 else 0.01
-
-
-def paper_beta(ipc: int) -> float:
-    """The paper's DM ratio: 0.01 from ipc 50 (the paper's ipc 50), 0.001 below."""
-    return 0.01 if ipc >= 50 else 0.001
-
-
-@dataclass(frozen=True)
-class DSVMethodConfig(AugmentedConfig):
-    """DSV settings: the DKKT loss alone, from noise (default) or real images."""
-
-    lr_img: Optional[float] = None  # learning rate of the images' optimiser; auto: 0.05 with adam, 100 with sgd
-    # the images' optimiser (sgd: with --momentum); DSV: adam (54.5 % vs 52.5 % from noise on the
-    # validation split, and it keeps the images in range without tuning the lr)
-    image_optimizer: Literal["sgd", "adam"] = "adam"
-    dkkt: DKKTConfig = field(default_factory=DKKTConfig)  # the DKKT loss
-    dkkt_loss: str = "dkkt"  # registered loss (group dkkt_plugin.losses) built as DKKTLoss is
-    lr_multiplier: float = 0.01  # learning rate of the multipliers' own optimiser
-    multiplier_optimizer: Literal["adam", "sgd"] = "adam"  # the multipliers' optimiser (Haim et al.: sgd)
-    refit_every: int = 0  # refit λ by NNLS every k iterations (and at the start); 0: never
-    # η: add η·L_DKKT(A(X)) over augmented copies, the manifold condition (the DSV authors use 5)
-    manifold_weight: float = 0.0
-    # the manifold term's augmentation strategy (registered augment.name, one draw per image)
-    manifold_strategy: str = "crop_flip_scale_rotate"
-    # synthesise at 1/f of the image side for each factor f first (4,2: 7 then 14 px for 28 px),
-    # upscale_every iterations each, then at full size: the images are projected onto upsampled
-    # low-resolution ones after every step. DSV default 4,2 (61.6 % vs 60.1 % at full resolution
-    # on the validation split, and smoother: high-frequency share 0.12 vs 0.23); none: full size only
-    downscale: tuple[int, ...] = (4, 2)
-    upscale_every: int = 300  # iterations per entry of downscale
-    # the synthetic images' passes through a ConvNet with each block's norm, ReLU and pooling fused
-    # on the CPU: the DKKT term's edge model (DKKTLoss(fused=True)) and DM+DKKT's DM term (as DM's)
-    fused_syn: bool = True
-    # what dkkt.precision "auto" means here: DSV computes in fp32 (a bf16 feature pass moved its
-    # accuracy beyond what float rounding alone does, benchmarks/results/precision-cpu; opt in with
-    # --dkkt.precision bf16); DM+DKKT keeps "auto" (bf16 where native: no change beyond seed noise)
-    auto_precision: ClassVar[str] = "fp32"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.refit_every < 0 or not self.lr_multiplier > 0 or self.manifold_weight < 0:
-            raise ConfigError(f"need refit_every >= 0, lr_multiplier > 0, manifold_weight >= 0; got "
-                              f"{self.refit_every}, {self.lr_multiplier}, {self.manifold_weight}")
-        if self.downscale and (self.upscale_every < 1 or min(self.downscale) < 1):
-            raise ConfigError(f"downscale {self.downscale} needs upscale_every >= 1 and factors >= 1 "
-                              f"(got upscale_every={self.upscale_every})")
-
-    def factor_at(self, iteration: int) -> Optional[int]:
-        """The downscale factor in force at ``iteration`` (None: full resolution)."""
-        stage = iteration // self.upscale_every if self.downscale else 0
-        return self.downscale[stage] if stage < len(self.downscale) else None
-
-    def dkkt_config(self) -> DKKTConfig:
-        """``dkkt`` with α resolved (1.0 for cos, the paper's value for this pipc with l1 / l2) and
-        precision ``"auto"`` resolved by :attr:`auto_precision`."""
-        cfg = self.dkkt
-        if cfg.alpha is None:
-            cfg = dataclasses.replace(cfg, alpha=1.0 if cfg.distance == "cos" else paper_alpha(self.pipc))
-        if cfg.precision == "auto":
-            cfg = dataclasses.replace(cfg, precision=self.auto_precision)
-        return cfg
-
-
-COS_ALPHA_ABOVE_IPC1 = 0.01  # DM+DKKT's α with cos at ipc > 1 (measured at ipc 10: α 1 cost DM 2.3 points)
-
-
-@dataclass(frozen=True)
-class DKKTMethodConfig(DSVMethodConfig):
-    """DM+DKKT settings: DSV's plus the DM term."""
-
-    # learning rate of the images' optimiser; auto: 1/β (with β auto: 1000 below ipc 50, 100 from
-    # ipc 50), so that the β·L_DM part moves the images as plain DM with lr 1 does; with β 0: 0.05
-    # with adam, 100 with sgd
-    lr_img: Optional[float] = None
-    beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 from ipc 50, 0.001 below
-    dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
-    # the DM term's real embedding, as DM's: bf16, fp32 or auto: bf16 where the hardware computes
-    # bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32
-    real_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile_real: bool = False  # torch.compile the DM term's real embedding, as DM's
-    fused_real: bool = True  # the fused CPU kernels for that embedding, as DM's
-    image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
-    downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
-    auto_precision: ClassVar[str] = "auto"  # bf16 DKKT feature pass where native (see DSV's)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.beta is not None and self.beta < 0:
-            raise ConfigError(f"beta must be >= 0, got {self.beta}")
-
-    @property
-    def resolved_beta(self) -> float:
-        return paper_beta(self.ipc) if self.beta is None else self.beta
-
-    def dkkt_config(self) -> DKKTConfig:
-        """As DSV's, but with the cos distance α is 1.0 at ipc 1 and 0.01 above: on the validation
-        split at ipc 10, α 1 put DM+DKKT 2.3 points below DM and α 0.01 1.2 points above it."""
-        if self.dkkt.alpha is None and self.dkkt.distance == "cos" and self.ipc > 1:
-            return dataclasses.replace(super().dkkt_config(), alpha=COS_ALPHA_ABOVE_IPC1)
-        return super().dkkt_config()
 
 
 def multiplier_optimizer_state(saved: dict, count: int) -> dict:

@@ -5,33 +5,10 @@ pretrained edge model instead of fresh random networks (DESIGN.md §2), and labe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-from .base import AugmentedConfig, Method, check_finite, precision_in_force
-
-
-@dataclass(frozen=True)
-class DMConfig(AugmentedConfig):
-    """DM / DM* settings (DatasetCondensation's defaults: SGD lr 1.0, momentum 0.5, batch_real 256)."""
-
-    # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=,
-    # generator=, real_precision=)
-    dm_loss: str = "dm"
-    # the real images' embedding: bf16, fp32 (exact) or auto: bf16 where the hardware computes bf16
-    # natively (CUDA, CPUs with AVX-512 BF16 or AMX; with the fused kernels a DM step 1.9-2.8x faster
-    # than in fp32 on our CPU, benchmarks/results/speed-cpu), else fp32
-    real_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    # torch.compile the real images' embedding where the fused kernels do not apply
-    # (DMLoss(compile_real=True)): a one-off 8-30 s compile per process; needs a C++ compiler
-    compile_real: bool = False
-    # the package's fused CPU kernels for that embedding (DMLoss(fused_real=True), dkkt_plugin.fused)
-    fused_real: bool = True
-    # the synthetic images' forward and backward with each ConvNet block's norm, ReLU and pooling
-    # fused on the CPU (DMLoss(fused_syn=True), dkkt_plugin.nets.fused_blocks)
-    fused_syn: bool = True
+from ..settings import DMConfig  # noqa: F401 (defined torch-free)
+from .base import Method, check_finite, precision_in_force
 
 
 def speed_options(config) -> dict:

@@ -6,57 +6,11 @@ epochs on the current synthetic set (with per-image DSA for DSA).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .base import AugmentConfig, DistillConfig, Method, check_finite
-
-# DatasetCondensation's (outer_loop, inner_loop) per ipc; ipc between two rows takes the next row.
-LOOPS = ((1, (1, 1)), (10, (10, 50)), (20, (20, 25)), (30, (30, 20)), (40, (40, 15)), (50, (50, 10)))
-
-
-def default_loops(ipc: int) -> tuple[int, int]:
-    """(outer_loop, inner_loop) of the reference for ``ipc`` (ipc 3 uses ipc 10's loops)."""
-    for limit, loops in LOOPS:
-        if ipc <= limit:
-            return loops
-    return LOOPS[-1][1]
-
-
-@dataclass(frozen=True)
-class GMConfig(DistillConfig):
-    """DC settings (reference defaults); DC matches un-augmented gradients."""
-
-    lr_img: float = 0.1  # learning rate of the images' SGD
-    lr_net: float = 0.01  # learning rate of the matching network's SGD
-    # matching steps per iteration; 0: by ipc, as in the reference: 1 / 10 / 20 / 30 / 40 / 50 for
-    # ipc 1 / up to 10 / 20 / 30 / 40 / above 40
-    outer_loop: int = 0
-    # network training epochs between two matching steps; 0: by ipc, as in the reference:
-    # 1 / 50 / 25 / 20 / 15 / 10 for ipc 1 / up to 10 / 20 / 30 / 40 / above 40
-    inner_loop: int = 0
-    batch_train: int = 256  # minibatch of the inner network training
-    metric: Literal["ours", "mse", "cos"] = "ours"  # ours: layer-wise sum of (1 - cos) over output rows
-    # registered loss (group dkkt_plugin.losses) built as GradientMatchingLoss is: (metric, augment=)
-    matching_loss: str = "gradient_matching"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.outer_loop < 0 or self.inner_loop < 0 or self.batch_train < 1 or not self.lr_net > 0:
-            raise ConfigError(f"need outer_loop >= 0, inner_loop >= 0, batch_train >= 1, lr_net > 0; got "
-                              f"{self.outer_loop}, {self.inner_loop}, {self.batch_train}, {self.lr_net}")
-
-
-@dataclass(frozen=True)
-class DSAConfig(GMConfig):
-    """DSA settings: DC's plus the Siamese augmentation."""
-
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
-
+from ..settings import LOOPS, DSAConfig, GMConfig, default_loops  # noqa: F401 (defined torch-free)
+from .base import Method, check_finite
 
 class DC(Method):
     """Dataset condensation with gradient matching (no augmentation)."""
