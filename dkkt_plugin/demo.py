@@ -131,6 +131,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any
     """
     import dataclasses
 
+    from .data.sources import FASHION_MNIST_CLASSES
     from .engine import append_evaluation, build_config, run_distillation
     from .evaluation import evaluate_synthetic, get_protocol
     from .methods.base import DistillData
@@ -143,7 +144,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any
     edge, meta = load_edge_model(asset_path(EDGE), device=device)
     real, real_labels, practical = load_images(PRACTICAL)
     test_x, test_y, test_meta = load_images(TEST)
-    data = DistillData(real, real_labels, 10, (practical["mean"],), (practical["std"],), edge)
+    data = DistillData(real, real_labels, 10, (practical["mean"],), (practical["std"],), edge,
+                       classes=FASHION_MNIST_CLASSES)  # class names label the image grids
     protocol = get_protocol("dm", cfg.eval_epochs)
     ran = dataclasses.replace(protocol, train=protocol.train.resolved(device))  # "auto" -> what runs here
     share = 100 * len(real) / meta.get("num_train", 60000)
