@@ -1,4 +1,4 @@
-"""Published accuracies (%, ConvNet) to print beside ours, from DESIGN.md §4.
+"""Published accuracies (%, ConvNet) to print beside ours (docs/method.md, 'Published numbers').
 
 ``PUBLISHED[(dataset, ipc, pipc, column)] = (mean, std or None, source)``. The practical paper's
 Table 1 (CIFAR-10) gives DM, DM*, DSV(noise), DSV(real) and its own method; DC and DSA at pipc
@@ -33,7 +33,7 @@ _TABLE1 = {
 }
 _TABLE1_COLUMNS = ("dm", "dm_star", "dsv_noise", "dsv_real", "dm_dkkt")
 
-# Full-data DC / DSA (ipc 1 / 10 / 50), no std given in DESIGN.md.
+# Full-data DC / DSA (ipc 1 / 10 / 50), no std published.
 _FULL = {
     "cifar10": {"dc": (28.3, 44.9, 53.9), "dsa": (28.8, 52.1, 60.6)},
     "fashion_mnist": {"dc": (70.5, 82.3, 83.6), "dsa": (70.6, 84.6, 88.7)},

@@ -29,7 +29,7 @@ Pipc = Union[int, str]
 # Table columns in the paper's order -> (registered method, fixed config overrides).
 COLUMN_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dm": ("dm", {}),
-    "dm_star": ("dm_star", {}),  # our reading of DM*: DM embedded by the edge model (DESIGN.md §2)
+    "dm_star": ("dm_star", {}),  # our reading of DM*: DM embedded by the edge model (docs/method.md, 'Baselines')
     "dc": ("dc", {}),
     "dsa": ("dsa", {}),
     "dsv_noise": ("dsv", {"init": "noise"}),

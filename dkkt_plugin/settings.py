@@ -62,7 +62,7 @@ DEFAULT_ALPHA = {"cos": 1.0, "l1": 0.1, "l2": 0.1}  # α when DKKTConfig.alpha i
 @dataclass(frozen=True)
 class DKKTConfig:
     """Settings of :class:`DKKTLoss`. Defaults are the best measured so far on a validation split
-    of Fashion-MNIST's training set (README, "Making the DKKT term do work").
+    of Fashion-MNIST's training set (docs/method.md, 'Defaults and why').
 
     Example:
         >>> DKKTConfig(distance="l1").resolved_alpha

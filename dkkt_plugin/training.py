@@ -1,8 +1,9 @@
 """Training and testing a classifier: shared by ``dkkt pretrain`` and synthetic-set evaluation.
 
-One loop covers both protocols of DESIGN.md §3: plain SGD (momentum, weight decay, learning rate
-× 0.1 at half the epochs) and SAM (from the maintained ``pytorch-optimizer`` package) around the
-same SGD. Minibatch order and augmentation draws come from an explicit generator.
+One loop covers both evaluation protocols (docs/method.md, 'Evaluation protocols'): plain SGD
+(momentum, weight decay, learning rate × 0.1 at half the epochs) and SAM (from the maintained
+``pytorch-optimizer`` package) around the same SGD. Minibatch order and augmentation draws come
+from an explicit generator.
 
 Speed: a network whose samples are independent (``per_sample``: instance norm, as the
 DatasetCondensation ConvNet) runs each minibatch's forward and backward in chunks of

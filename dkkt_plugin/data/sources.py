@@ -1,8 +1,8 @@
 """Real image datasets, loaded whole into memory and normalised: Fashion-MNIST and CIFAR-10.
 
 Both loaders return an :class:`ImageDataset`: normalised float32 images ``(N, C, H, W)``, int64
-labels, class names and the mean / std used (DESIGN.md §3, as in DatasetCondensation). Files are
-decoded with ``numpy.frombuffer`` in one piece, never image by image.
+labels, class names and the mean / std used (as in DatasetCondensation: docs/method.md,
+'Baselines'). Files are decoded with ``numpy.frombuffer`` in one piece, never image by image.
 
 - Fashion-MNIST: the standard IDX files, plain or gzipped, e.g. the Debian package
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, the default root;

@@ -28,7 +28,8 @@ the stationarity gradient stay fp32. ``precision="fp32"`` gives the exact loss. 
 ``benchmarks/results/precision-cpu/dkkt-*``.)
 
 The stationarity *floor* is the value of L_stat when the gradient sum is zero (``D(θ*, 0)``): a
-term that stays at its floor carries no model knowledge (see DESIGN.md §7).
+term that stays at its floor carries no model knowledge (docs/method.md, 'The stationarity
+floor').
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """DM (random embedding networks) and DM* (the pretrained edge model as the embedding).
 
 DM* is not defined in the text we have; we read it as DM whose embedding function is the
-pretrained edge model instead of fresh random networks (DESIGN.md §2), and label it so.
+pretrained edge model instead of fresh random networks (docs/method.md, 'Baselines'), and label
+it so.
 """
 from __future__ import annotations
 
