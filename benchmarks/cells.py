@@ -73,7 +73,7 @@ class Context:
     def ensure_edge_model(self, explicit: Optional[str] = None) -> Path:
         """Reuse ``explicit``, else ``out/edge_model.pt``, pretraining it once (a lock file keeps
         concurrent shards from training it twice; the others wait)."""
-        if not explicit and self.preset.edge_model == "packaged" and self.dataset == "fashion_mnist":
+        if not explicit and self.packaged:
             from dkkt_plugin.demo import packaged_edge_model
 
             explicit = str(packaged_edge_model())
@@ -96,9 +96,23 @@ class Context:
         self._cache["edge_meta"] = meta
         return path
 
+    @property
+    def packaged(self) -> bool:
+        """Whether the preset takes the package's own Fashion-MNIST models instead of pretraining."""
+        return self.preset.edge_model == "packaged" and self.dataset == "fashion_mnist"
+
     def ensure_transfer_model(self) -> Optional[str]:
         """The independent classifier of the fidelity measures: ``--transfer-model``, else
         ``out/transfer_model.pt`` trained once by the preset's ``transfer`` recipe (None: none)."""
+        if self.transfer_model is None and self.preset.transfer is not None and self.packaged:
+            from dkkt_plugin.demo import packaged_transfer_model
+
+            _, meta = load_edge_model(packaged_transfer_model())
+            want = {k: v for k, v in dataclasses.asdict(self.preset.transfer).items() if k not in ("dataset", "data_root")}
+            if {k: meta["config"].get(k) for k in want} != want:
+                raise ConfigError(f"the packaged transfer model was made with {meta['config']}, not preset "
+                                  f"{self.preset.name!r}'s transfer recipe; pass --transfer-model PATH")
+            self.transfer_model = str(packaged_transfer_model())
         if self.transfer_model is None and self.preset.transfer is not None:
             path = self.out / "transfer_model.pt"
             cfg = dataclasses.replace(self.preset.transfer, dataset=self.dataset, data_root=self.data_root)

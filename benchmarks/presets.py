@@ -429,6 +429,7 @@ SMOKE = Preset(
     common={"batch_real": 4, "net_width": 8},
     checkpoint_every=1,
     transfer=PretrainConfig(width=4, epochs=1, seed=1),
+    edge_model="packaged",  # Fashion-MNIST: the packaged edge model, no pretraining
 )
 
 # The DKKT ablation (Fashion-MNIST, CPU-sized): what `benchmarks/ablation.py` ran before it became a

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from dkkt_plugin.engine import method_class  # noqa: E402
 from dkkt_plugin.errors import ConfigError, DatasetError, DkktError  # noqa: E402
-from dkkt_plugin.provenance import resolve_device  # noqa: E402
+from dkkt_plugin.provenance import busy_note, choose_threads, resolve_device  # noqa: E402
 
 from benchmarks import executors  # noqa: E402
 from benchmarks.cells import Context  # noqa: E402
@@ -78,7 +78,9 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
                    help="training precision of the evaluation networks (default: the preset's; the CPU presets "
                         "pin fp32, as their committed results; auto = bf16 where the device has native bf16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (auto: cuda:$LOCAL_RANK or cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: $DKKT_THREADS, else $OMP_NUM_THREADS, else min(cores, physical "
+                        "cores))")
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -113,8 +115,11 @@ def _context(args: argparse.Namespace, command_line: str, check_data: bool = Tru
                            split=args.split, precision=args.eval_precision, eval_at=args.eval_at)
     root = args.data_root or (os.environ.get(DATA_ENV[dataset]) if dataset == "cifar10" else None)
     out = Path(args.out) if args.out else RESULTS_ROOT / f"{dataset}-{base.name}"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = choose_threads(args.threads)  # --threads, $DKKT_THREADS, $OMP_NUM_THREADS, else the cores
+    torch.set_num_threads(threads.threads)
+    note = busy_note(threads)
+    if note:
+        print(note.replace("dkkt:", f"{PROG}:", 1), flush=True)
     ctx = Context(preset, dataset, root, out, device=resolve_device(args.device), command=command_line,
                   transfer_model=args.transfer_model)
     if not check_data:

@@ -40,7 +40,7 @@ def _check_smoke_records(records, dataset, access_ratio):
     for column in ("dm", "dsv_noise", "dm_dkkt"):  # fidelity measures, the transfer model trained once
         fid = by[column]["fidelity"]
         assert 0.0 <= fid["high_frequency_share"] <= 1.0 and 0.0 <= fid["transfer_accuracy"] <= 1.0
-        assert by[column]["transfer_model"].endswith("transfer_model.pt")
+        assert by[column]["transfer_model"].endswith(("transfer_model.pt", "fmnist_transfer.pt"))
     assert "edge_accuracy" in by["dsv_noise"]["fidelity"] and "edge_accuracy" not in by["dm"]["fidelity"]
 
 
@@ -139,4 +139,9 @@ def test_smoke_on_real_fashion_mnist(tmp_path, run_main):
     assert rc == 0, stdout
     records = _records(tmp_path)
     _check_smoke_records(records, "fashion_mnist", 100 * 100 / 60000)
-    assert records[0]["edge_model"]["test_accuracy"] > 0.5  # even a width-8 ConvNet learns Fashion-MNIST
+    # the packaged models, nothing pretrained
+    assert records[0]["edge_model"]["test_accuracy"] == pytest.approx(0.9076)
+    assert records[0]["edge_model"]["path"].endswith("fmnist_edge.pt")
+    assert {r["transfer_model"] for r in records if r.get("transfer_model")} == {
+        str(__import__("dkkt_plugin.demo", fromlist=["x"]).packaged_transfer_model())}
+    assert not (tmp_path / "edge_model.pt").exists() and not (tmp_path / "transfer_model.pt").exists()
