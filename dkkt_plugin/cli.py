@@ -192,7 +192,9 @@ def _check_test_size(args: argparse.Namespace, dataset: str, data_root: Optional
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .engine import append_evaluation, build_config, run_distillation
+    import dataclasses
+
+    from .engine import append_evaluation, build_config, checkpoint_iteration, run_distillation
     from .provenance import resolve_device
 
     overrides = {**configs.overrides_from_args(args), **configs.parse_set(args.set)}
@@ -201,6 +203,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.num_eval < 0:
         raise ConfigError(f"--num-eval must be >= 0 (0: no evaluation), got {args.num_eval}")
     protocol = _protocol(args) if args.num_eval else None
+    budgets = sorted(set(args.eval_at or ()))
+    if budgets and protocol is None:
+        raise ConfigError("--eval-at evaluates the set at those iterations: add --num-eval N (evaluation runs)")
+    if budgets and not 1 <= budgets[0] <= budgets[-1] <= cfg.iterations:
+        raise ConfigError(f"--eval-at iterations must lie in 1..--iterations ({cfg.iterations}), got {budgets}")
     _check_test_size(args, cfg.dataset, cfg.data_root)
     with _computing(args):
         transfer = None
@@ -208,21 +215,29 @@ def cmd_distill(args: argparse.Namespace) -> int:
             from .pretrain import load_edge_model
 
             transfer, _ = load_edge_model(args.transfer_model, device=device)
-        result = run_distillation(args.method, cfg, args.out, device=device, resume=args.resume,
-                                  checkpoint_every=args.checkpoint_every, command=args.command_line,
-                                  transfer_model=transfer)
-        print(_summary(result.record))
-        if protocol is not None:
-            from .evaluation import evaluate
+        resume = args.resume
+        for stop in [*(b for b in budgets if b < cfg.iterations), cfg.iterations]:
+            at = checkpoint_iteration(args.out) if resume else None
+            if at is not None and at > stop and stop != cfg.iterations:  # the last one never goes back
+                print(f"iteration {stop}: the run in {args.out} is already at iteration {at}; skipped")
+                continue
+            result = run_distillation(args.method, dataclasses.replace(cfg, iterations=stop), args.out, device=device,
+                                      resume=resume, checkpoint_every=args.checkpoint_every,
+                                      command=args.command_line, transfer_model=transfer, snapshot=bool(budgets))
+            resume = True
+            print(_summary(result.record))
+            if protocol is not None:
+                from .evaluation import evaluate
 
-            aug = getattr(cfg, "augment", None)
-            ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
-                          protocol=protocol, device=device, augmentation=aug.name if aug is not None else None,
-                          **_eval_options(args))
-            append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device)
-            print(f"accuracy: {ev}")
-    print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, record.json"
-          + (", evaluations.jsonl" if protocol is not None else ""))
+                aug = getattr(cfg, "augment", None)
+                ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
+                              protocol=protocol, device=device,
+                              augmentation=aug.name if aug is not None else None, **_eval_options(args))
+                append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device,
+                                  iteration=stop)
+                print(f"accuracy at iteration {stop}: {ev}")
+    print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, loss.png, record.json"
+          + (", evaluations.jsonl" if protocol is not None else "") + (", snapshots/" if budgets else ""))
     return 0
 
 
@@ -407,6 +422,9 @@ def _add_distill(sub, argv: Sequence[str]) -> None:
         configs.add_arguments(p, cls, skip=ESSENTIALS, title=f"advanced: {method} settings ({cls.__name__})")
     run = p.add_argument_group("advanced: the run")
     run.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default: 50)")
+    run.add_argument("--eval-at", type=int, nargs="+", default=None, metavar="N",
+                     help="also evaluate the set at these iterations of the same run (it stops at each, keeps the "
+                          "set as snapshots/it<N>.pt and continues); needs --num-eval")
     run.add_argument("--transfer-model", default=None, metavar="NAME|PATH",
                      help="an independent classifier (a packaged model's name or a `dkkt pretrain` checkpoint of "
                           "another seed or width): its accuracy on the synthetic images is reported as transfer "

@@ -42,7 +42,7 @@ from .fidelity import fidelity
 from .fileio import load_torch, save_torch, write_atomic
 from .methods.base import DistillConfig, DistillData, Method
 from .progress import progress_bar
-from .provenance import provenance, resolve_device
+from .provenance import provenance, resolve_device, resolved_threads
 
 CHECKPOINT_FORMAT = "dkkt-run/1"
 SYNTHETIC_FORMAT = "dkkt-synthetic/1"
@@ -221,7 +221,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     record = {"method": method, "config": asdict(cfg), **provenance(command=command, device=device),
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
     record["resolved"] = m.resolved_config()  # every "auto" / None setting as it runs
-    record["threads"] = torch.get_num_threads()
+    record["threads"] = resolved_threads()
     if resumes:
         record["resumes"] = resumes
     invocation = {"from": start, "to": cfg.iterations, "seconds": 0.0, "command": command,

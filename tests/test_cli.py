@@ -291,3 +291,49 @@ def test_edge_model_name_reaches_the_packaged_model(tiny_fashion_mnist, tmp_path
 def test_summary_separates_this_invocation_from_the_run(record, expect):
     full = {"method": "m", "history": [{"loss": 0.5}], "seconds_per_iteration": 0.25, **record}
     assert cli._summary(full) == expect
+
+
+RUN3 = ["--dataset", "fashion_mnist", "--ipc", "1", "--pipc", "2", "--net-width", "4", "--net-depth", "1",
+        "--device", "cpu", "--threads", "1", "--method", "dm"]
+
+
+def test_eval_at_evaluates_one_trajectory_at_each_budget(tiny_fashion_mnist, tmp_path, capsys):
+    from dkkt_plugin.engine import load_synthetic, read_evaluations
+
+    out = tmp_path / "run"
+    code, text, err = _run(["distill", "--data-root", str(tiny_fashion_mnist), *RUN3, "--iterations", "3",
+                            "--out", str(out), "--num-eval", "1", "--eval-epochs", "1", "--eval-at", "1", "2"], capsys)
+    assert code == 0, err
+    assert [e["iteration"] for e in read_evaluations(out)] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["it1.pt", "it2.pt", "it3.pt"]
+    assert "accuracy at iteration 2:" in text and load_synthetic(out)["iteration"] == 3
+    # the same trajectory as a run straight to 2 iterations
+    code, _, err = _run(["distill", "--data-root", str(tiny_fashion_mnist), *RUN3, "--iterations", "2",
+                         "--out", str(tmp_path / "two")], capsys)
+    assert code == 0, err
+    import torch
+
+    assert torch.equal(load_synthetic(tmp_path / "two")["images"], load_synthetic(out / "snapshots" / "it2.pt")["images"])
+
+
+@pytest.mark.parametrize("tail, expect", [
+    (["--eval-at", "2"], "add --num-eval N"),
+    (["--eval-at", "5", "--num-eval", "1"], "must lie in 1..--iterations (3)"),
+])
+def test_eval_at_mistakes_are_one_line(tiny_fashion_mnist, tmp_path, capsys, tail, expect):
+    code, _, err = _run(["distill", "--data-root", str(tiny_fashion_mnist), *RUN3, "--iterations", "3",
+                         "--out", str(tmp_path / "run"), *tail], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and expect in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_fewer_iterations_is_one_line_and_changes_nothing(tiny_fashion_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["distill", "--data-root", str(tiny_fashion_mnist), *RUN3, "--out", str(out)]
+    assert _run([*argv, "--iterations", "3"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, _, err = _run([*argv, "--iterations", "2", "--resume"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "never goes backwards" in err, err
+    code, text, err = _run([*argv, "--iterations", "3", "--resume"], capsys)
+    assert code == 0 and "already at iteration 3, nothing ran" in text, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
