@@ -41,7 +41,7 @@ from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .fidelity import fidelity
 from .fileio import load_torch, save_torch, write_atomic
 from .methods.base import DistillConfig, DistillData, Method
-from .progress import progress_bar
+from .progress import LogLines, progress_bar
 from .provenance import provenance, resolve_device, resolved_threads
 
 CHECKPOINT_FORMAT = "dkkt-run/1"
@@ -238,6 +238,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     log_every = max(1, cfg.iterations // 500)
     bar = progress_bar(range(start, cfg.iterations), desc=f"distill {method}", unit="it",
                        initial=start, total=cfg.iterations)
+    lines = LogLines(f"distill {method}", cfg.iterations, start, shown=not bar.disable)  # off a terminal
     prev = None  # the state before the previous step: a non-finite loss undoes the update that led to it
     for it in bar:
         good = m.state_dict()  # the state before this step
@@ -261,6 +262,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
             bar.set_postfix(loss=f"{log['loss']:.4g}")
         if (it + 1) % checkpoint_every == 0 and it + 1 < cfg.iterations:
             checkpoint(it + 1, m.state_dict())
+        lines.step(it + 1, loss=log["loss"])
     checkpoint(cfg.iterations, m.state_dict())
     record.update(history=history, iterations=cfg.iterations, iterations_run=cfg.iterations - start,
                   seconds=round(seconds, 3), invocation_seconds=round(seconds - seconds_before, 3),

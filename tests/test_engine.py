@@ -228,3 +228,14 @@ def test_evaluation_lines_carry_the_iteration_of_the_set(cifar, tmp_path):
     append_evaluation(tmp_path, {"mean": 0.4}, iteration=1)
     assert [(e["iteration"], e["mean"]) for e in read_evaluations(tmp_path)] == [(3, 0.5), (1, 0.4)]
     assert torch.equal(load_synthetic(tmp_path / "snapshots" / "it3.pt")["images"], load_synthetic(tmp_path)["images"])
+
+
+def test_off_a_terminal_a_run_logs_a_line_every_5_percent(cifar, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DKKT_PROGRESS", raising=False)
+    run_distillation("dm", cfg("dm", cifar, iterations=40), tmp_path, checkpoint_every=100)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("distill dm: ")]
+    assert len(lines) == 20 and lines[0].startswith("distill dm: 2/40 (5 %)") and "loss " in lines[0]
+    assert lines[-1].startswith("distill dm: 40/40 (100 %)")
+    monkeypatch.setenv("DKKT_PROGRESS", "0")
+    run_distillation("dm", cfg("dm", cifar, iterations=40), tmp_path / "quiet", checkpoint_every=100)
+    assert "distill dm:" not in capsys.readouterr().out
