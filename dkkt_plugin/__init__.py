@@ -20,7 +20,7 @@ import sys
 import types
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> the submodule that defines it (imported on first access, PEP 562)
 _SOURCES: dict[str, str] = {
