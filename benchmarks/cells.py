@@ -21,8 +21,8 @@ import torch
 
 from dkkt_plugin import registry
 from dkkt_plugin.data.practical import PracticalSubset, validation_indices
-from dkkt_plugin.engine import (append_evaluation, build_config, checkpoint_iteration, load_distill_data,
-                                load_synthetic, method_class, run_distillation, save_synthetic, snapshot_path)
+from dkkt_plugin.engine import (append_evaluation, build_config, checkpoint_iteration, distill_then_evaluate,
+                                load_distill_data, load_synthetic, method_class, save_synthetic, snapshot_path)
 from dkkt_plugin.initializers import real_init
 from dkkt_plugin.errors import CheckpointError, ConfigError
 from dkkt_plugin.evaluation import EvalResult, evaluate_synthetic, get_protocol
@@ -243,14 +243,18 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
     resumed = (run_dir / "checkpoint.pt").exists()
     transfer_path = ctx.ensure_transfer_model()
     transfer = load_edge_model(transfer_path, device=ctx.device)[0] if transfer_path else None
-    result = run_distillation(method, cfg, run_dir, device=ctx.device, resume=resumed,
-                              checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command,
-                              transfer_model=transfer)
-    t0 = time.perf_counter()
-    ev = ctx.evaluate(result.images, result.labels, cell.seed)
-    eval_seconds = time.perf_counter() - t0
-    append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device)
-    rec = result.record
+    seconds: list[float] = []
+
+    def evaluate(images: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+        t0 = time.perf_counter()
+        ev = ctx.evaluate(images, labels, cell.seed)
+        seconds.append(time.perf_counter() - t0)
+        return ev
+
+    [stop] = distill_then_evaluate(method, cfg, run_dir, evaluate=evaluate, resume=resumed, device=ctx.device,
+                                   checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command,
+                                   transfer_model=transfer)
+    ev, eval_seconds, rec = stop.evaluation, seconds[0], stop.run.record
     return {**_base_record(ctx, cell, access_ratio), "method": method, "config": dataclasses.asdict(cfg),
             **_eval_fields(ev, eval_seconds), "distill_seconds": rec["seconds"],
             "seconds_per_iteration": rec["seconds_per_iteration"], "iterations": cfg.iterations,
@@ -283,16 +287,11 @@ def run_point(ctx: Context, cell: Cell) -> dict[str, Any]:
         if at is not None and at > cell.budget:
             raise CheckpointError(f"{cell}: the run in {run_dir} is at iteration {at}, past {cell.budget}, and "
                                   f"kept no set at {cell.budget}; move the run folder away to distil it again")
-        data = load_distill_data(cfg, ctx.device, train=train)
         stops = [b for b in ctx.preset.column_budgets(cell.column, cell.ipc, cell.pipc) if b < cell.budget]
-        for budget in [*stops, cell.budget]:
-            at = checkpoint_iteration(run_dir)
-            if snapshot_path(run_dir, budget).is_file() or (at is not None and at > budget):
-                continue
-            distilled = run_distillation(method, dataclasses.replace(cfg, iterations=budget), run_dir,
-                                         device=ctx.device, resume=at is not None,
-                                         checkpoint_every=ctx.preset.checkpoint_every, data=data,
-                                         command=ctx.command, snapshot=True)
+        distilled = distill_then_evaluate(method, cfg, run_dir, stops=stops, resume=at is not None,
+                                          device=ctx.device, checkpoint_every=ctx.preset.checkpoint_every,
+                                          data=load_distill_data(cfg, ctx.device, train=train),
+                                          command=ctx.command, snapshot=True)[-1].run
     syn = load_synthetic(snap)
     rec = distilled.record if distilled is not None else _read_record(run_dir)
     spec = ctx.preset.eval_spec(cell.protocol)

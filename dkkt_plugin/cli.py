@@ -192,9 +192,7 @@ def _check_test_size(args: argparse.Namespace, dataset: str, data_root: Optional
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .engine import append_evaluation, build_config, checkpoint_iteration, run_distillation
+    from .engine import build_config, distill_then_evaluate
     from .provenance import resolve_device
 
     overrides = {**configs.overrides_from_args(args), **configs.parse_set(args.set)}
@@ -215,27 +213,25 @@ def cmd_distill(args: argparse.Namespace) -> int:
             from .pretrain import load_edge_model
 
             transfer, _ = load_edge_model(args.transfer_model, device=device)
-        resume = args.resume
-        for stop in [*(b for b in budgets if b < cfg.iterations), cfg.iterations]:
-            at = checkpoint_iteration(args.out) if resume else None
-            if at is not None and at > stop and stop != cfg.iterations:  # the last one never goes back
-                print(f"iteration {stop}: the run in {args.out} is already at iteration {at}; skipped")
-                continue
-            result = run_distillation(args.method, dataclasses.replace(cfg, iterations=stop), args.out, device=device,
-                                      resume=resume, checkpoint_every=args.checkpoint_every,
-                                      command=args.command_line, transfer_model=transfer, snapshot=bool(budgets))
-            resume = True
-            print(_summary(result.record))
-            if protocol is not None:
-                from .evaluation import evaluate
+        aug = getattr(cfg, "augment", None)
 
-                aug = getattr(cfg, "augment", None)
-                ev = evaluate(result.images, result.labels, dataset=cfg.dataset, data_root=cfg.data_root,
-                              protocol=protocol, device=device,
-                              augmentation=aug.name if aug is not None else None, **_eval_options(args))
-                append_evaluation(result.out_dir, ev.as_dict(), command=args.command_line, device=device,
-                                  iteration=stop)
-                print(f"accuracy at iteration {stop}: {ev}")
+        def evaluate(images, labels):
+            from .evaluation import evaluate
+
+            return evaluate(images, labels, dataset=cfg.dataset, data_root=cfg.data_root, protocol=protocol,
+                            device=device, augmentation=aug.name if aug is not None else None,
+                            **_eval_options(args))
+
+        def report(stop) -> None:
+            print(_summary(stop.run.record))
+            if stop.evaluation is not None:
+                print(f"accuracy at iteration {stop.iteration}: {stop.evaluation}")
+
+        stops = distill_then_evaluate(args.method, cfg, args.out, evaluate=evaluate if protocol else None,
+                                      stops=budgets, resume=args.resume, device=device,
+                                      checkpoint_every=args.checkpoint_every, command=args.command_line,
+                                      transfer_model=transfer, on_stop=report)
+        result = stops[-1].run
     print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, loss.png, record.json"
           + (", evaluations.jsonl" if protocol is not None else "") + (", snapshots/" if budgets else ""))
     return 0

@@ -142,7 +142,7 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any
     import dataclasses
 
     from .data.sources import FASHION_MNIST_CLASSES
-    from .engine import append_evaluation, build_config, run_distillation
+    from .engine import build_config, distill_then_evaluate
     from .evaluation import evaluate_synthetic, get_protocol
     from .methods.base import DistillData
     from .nets import native_bf16
@@ -176,11 +176,14 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any
         run_cfg = build_config(method, dataset="fashion_mnist", ipc=1, pipc=10, iterations=iterations,
                                seed=cfg.seed, edge_model="fmnist")
         start = time.time()
-        res = run_distillation(method, run_cfg, out / method, device=device, data=data,
-                               command=command, resume=resume and (out / method / "checkpoint.pt").exists())
-        ev = evaluate_synthetic(res.images, res.labels, test_x, test_y, protocol=protocol,
-                                num_eval=cfg.num_eval, seed=cfg.seed, device=device, desc=f"evaluate {method}")
-        append_evaluation(res.out_dir, ev.as_dict(), command=command, device=device)
+
+        def evaluate(images, labels, method=method):
+            return evaluate_synthetic(images, labels, test_x, test_y, protocol=protocol, num_eval=cfg.num_eval,
+                                      seed=cfg.seed, device=device, desc=f"evaluate {method}")
+
+        [stop] = distill_then_evaluate(method, run_cfg, out / method, evaluate=evaluate, device=device, data=data,
+                                       command=command, resume=resume and (out / method / "checkpoint.pt").exists())
+        res, ev = stop.run, stop.evaluation
         rows.append({"method": method, "accuracy": 100 * ev.mean, "std": 100 * ev.std,
                      "seconds": time.time() - start, "grid": str(res.out_dir / "synthetic.png")})
         detail = _precisions(res.record)

@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -367,6 +367,64 @@ def read_evaluations(run_dir: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclasses.dataclass
+class Stop:
+    """One stop of :func:`distill_then_evaluate`: the run at ``iteration`` and, when it was
+    evaluated there, the evaluation (``None`` otherwise)."""
+
+    iteration: int
+    run: RunResult
+    evaluation: Any = None
+
+
+def distill_then_evaluate(method: str, cfg: DistillConfig, out_dir: str | os.PathLike, *,
+                          evaluate: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None,
+                          stops: Sequence[int] = (), evaluate_at: Optional[Sequence[int]] = None,
+                          resume: bool = False, device: Any = "cpu", checkpoint_every: int = 50,
+                          data: Optional[DistillData] = None, command: str = "",
+                          transfer_model: Optional[torch.nn.Module] = None, snapshot: Optional[bool] = None,
+                          on_stop: Optional[Callable[[Stop], None]] = None) -> list[Stop]:
+    """Distil to ``cfg.iterations``, halting at each of ``stops`` on the way (its set kept as
+    ``snapshots/it<N>.pt``), and evaluate the set at the stops of ``evaluate_at`` (default: every
+    stop and the end) with ``evaluate(images, labels) -> EvalResult``; each evaluation is appended
+    to ``out_dir/evaluations.jsonl`` with its iteration. ``snapshot``: keep the final set too
+    (default: when there are stops). The one loop behind ``dkkt distill``, the demo and the
+    benchmark grid.
+
+    A resumed run already past a stop skips it (its set may be in ``snapshots/``); the final
+    iteration never goes backwards (:func:`run_distillation`).
+
+    Returns:
+        One :class:`Stop` per stop reached, in order (``on_stop`` is called with each as it ends).
+
+    Example:
+        >>> stops = distill_then_evaluate("dm", build_config("dm", iterations=1000), "runs/dm",
+        ...                               evaluate=my_eval, stops=(200,))      # doctest: +SKIP
+        >>> [(s.iteration, s.evaluation.mean) for s in stops]                # doctest: +SKIP
+        [(200, 0.66), (1000, 0.67)]
+    """
+    plan = [*sorted({int(b) for b in stops if 0 < int(b) < cfg.iterations}), cfg.iterations]
+    wanted = set(plan if evaluate_at is None else evaluate_at)
+    data = data if data is not None else load_distill_data(cfg, device)
+    done: list[Stop] = []
+    for stop in plan:
+        at = checkpoint_iteration(out_dir) if resume else None
+        if at is not None and at > stop and stop != cfg.iterations:
+            continue
+        run = run_distillation(method, dataclasses.replace(cfg, iterations=stop), out_dir, device=device,
+                               resume=resume, checkpoint_every=checkpoint_every, data=data, command=command,
+                               transfer_model=transfer_model, snapshot=len(plan) > 1 if snapshot is None else snapshot)
+        resume = True
+        evaluation = None
+        if evaluate is not None and stop in wanted:
+            evaluation = evaluate(run.images, run.labels)
+            append_evaluation(out_dir, evaluation.as_dict(), command=command, device=device, iteration=stop)
+        done.append(Stop(stop, run, evaluation))
+        if on_stop is not None:
+            on_stop(done[-1])
+    return done
 
 
 def distill(method: str = "dm_dkkt", out_dir: str | os.PathLike = "runs/distill", *,
