@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from dkkt_plugin.config import parse_pipc  # noqa: F401 (the grid's --pipc type)
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.pretrain import PretrainConfig
 
@@ -120,16 +121,6 @@ PAPER_ROWS: tuple[tuple[int, tuple[Pipc, ...]], ...] = (
 def pipc_order(pipc: Pipc) -> tuple[int, int]:
     """Sort key: integers ascending, then ``"all"``."""
     return (1, 0) if pipc == "all" else (0, int(pipc))
-
-
-def parse_pipc(text: str) -> Pipc:
-    """``"10"`` -> 10, ``"all"`` -> ``"all"`` (ConfigError otherwise)."""
-    if str(text).lower() == "all":
-        return "all"
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"pipc must be an integer or 'all', got {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -31,18 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from ..config import parse_pipc
 from ..errors import ConfigError, DatasetError
-
-
-def _check_pipc(pipc) -> int | str:
-    if isinstance(pipc, str):
-        if pipc.strip().lower() == "all":
-            return "all"
-        raise ConfigError(f"pipc must be a positive int or 'all', got the string {pipc!r}")
-    if isinstance(pipc, bool) or not isinstance(pipc, numbers.Integral) or pipc <= 0:
-        raise ConfigError(f"pipc must be a positive int or 'all', got {pipc!r}; "
-                          "e.g. pipc=10, pipc=50 or pipc='all'")
-    return int(pipc)
 
 
 def _one_hot_error(source: str, shape: tuple, per_item: bool = False) -> DatasetError:
@@ -172,7 +162,7 @@ class PracticalSubset(Dataset):
 
     def __init__(self, dataset, pipc: int | str = "all", *, seed: int = 0,
                  num_classes: int | None = None):
-        self.pipc = _check_pipc(pipc)
+        self.pipc = parse_pipc(pipc)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or

@@ -162,10 +162,14 @@ def test_pipc_too_large_names_class_and_fix():
     assert "pipc=15" in str(e.value) and "pipc='all'" in str(e.value)
 
 
-@pytest.mark.parametrize("pipc", [0, -1, "some", "10", True, False, 2.5, None])
+@pytest.mark.parametrize("pipc", [0, -1, "some", "-3", True, False, 2.5, None])
 def test_bad_pipc(pipc):
-    with pytest.raises(ConfigError, match="pipc"):
+    with pytest.raises(ConfigError, match="pipc must be a positive integer or 'all'"):
         PracticalSubset(_tensor_ds(), pipc=pipc)
+
+
+def test_pipc_is_read_as_the_command_line_reads_it():
+    assert PracticalSubset(_tensor_ds(), pipc="2").pipc == 2 and PracticalSubset(_tensor_ds(), pipc=" ALL ").pipc == "all"
 
 
 @pytest.mark.parametrize("kwargs", [{"seed": -1}, {"seed": 1.5}, {"num_classes": 0}])
