@@ -230,16 +230,14 @@ def config_fields(cls: type, prefix: str = "") -> list[FieldSpec]:
 
 # -- overrides -----------------------------------------------------------------------------------
 def resolve_key(cls: type, key: str) -> str:
-    """The dotted path ``key`` names: itself, or an unambiguous last segment (``alpha`` ->
-    ``dkkt.alpha``, kept so the flat spellings of earlier versions still work)."""
+    """``key`` itself when it is a full dotted path of ``cls`` (``dkkt.alpha``); one spelling per
+    setting, so a last segment alone (``alpha``) is an error that names the full path."""
     paths = [f.path for f in config_fields(cls)]
     key = key.replace("-", "_")
     if key in paths:
         return key
     tails = [p for p in paths if p.rsplit(".", 1)[-1] == key]
-    if len(tails) == 1:
-        return tails[0]
-    close = difflib.get_close_matches(key, paths, n=3)
+    close = tails or difflib.get_close_matches(key, paths, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(f"{cls.__name__} has no setting {key!r}{hint}; its settings: {', '.join(paths)}")
 

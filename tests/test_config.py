@@ -43,7 +43,8 @@ def test_nested_fields_are_declared_once_and_dotted():
     assert (cfg.dkkt.alpha, cfg.dkkt.distance, cfg.downscale, cfg.ipc) == (0.5, "l1", (4, 2), 3)
     assert flatten(cfg)["dkkt.alpha"] == 0.5
     assert build(DSVMethodConfig, {"downscale": "none"}).downscale == ()  # --downscale none: full size only
-    assert build(DKKTMethodConfig, {"alpha": 0.2}).dkkt.alpha == 0.2  # a unique flat name still resolves
+    with pytest.raises(ConfigError, match=r"no setting 'alpha' \(did you mean dkkt.alpha\?\)"):
+        build(DKKTMethodConfig, {"alpha": 0.2})  # one spelling per setting: the full dotted key
 
 
 def test_bad_overrides_name_the_setting():
