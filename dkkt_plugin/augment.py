@@ -147,8 +147,10 @@ class _Cutout(K.IntensityAugmentationBase2D):
 
 class _NormalisedAffine(K.RandomAffine):
     """RandomAffine whose rotation acts in normalised [-1, 1] coordinates, as the reference's
-    `F.affine_grid` theta does. Identical to RandomAffine on square images; on non-square ones
-    the pixel-space matrix is conjugated by the per-axis normalisation about the centre."""
+    `F.affine_grid` theta does (``align_corners=False``, PyTorch's default there: x_norm =
+    (2 x + 1) / W - 1, so one normalised unit is W / 2 pixels across and H / 2 down). Identical
+    to RandomAffine on square images; on non-square ones the pixel-space matrix is conjugated by
+    that per-axis normalisation about the centre."""
 
     def __init__(self) -> None:
         super().__init__(degrees=0.0, align_corners=True, p=1.0)
@@ -158,7 +160,7 @@ class _NormalisedAffine(K.RandomAffine):
         h, w = input.shape[-2:]
         if h == w:
             return m
-        sx, sy, cx, cy = 1.0 / max(w - 1, 1), 1.0 / max(h - 1, 1), (w - 1) / 2, (h - 1) / 2
+        sx, sy, cx, cy = 1.0 / w, 1.0 / h, (w - 1) / 2, (h - 1) / 2  # per-axis scale: 2/W, 2/H up to one factor
         # P scales pixel offsets from the centre to normalised units: P = T(c) diag(sx, sy) T(-c)
         p = m.new_tensor([[sx, 0.0, cx * (1 - sx)], [0.0, sy, cy * (1 - sy)], [0.0, 0.0, 1.0]])
         p_inv = m.new_tensor([[1 / sx, 0.0, cx * (1 - 1 / sx)], [0.0, 1 / sy, cy * (1 - 1 / sy)], [0, 0, 1]])

@@ -130,7 +130,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with _computing(args):
         meta = pretrain(cfg, args.out, device=device, command=args.command_line)
-    print(f"edge model: {args.out}  test accuracy {100 * meta['test_accuracy']:.2f} % "
+    print(f"edge model: {args.out} ({cfg.arch})  test accuracy {100 * meta['test_accuracy']:.2f} % "
           f"(train {100 * meta['train_accuracy']:.2f} %, {meta['train_seconds']:.0f} s on {meta['device']})")
     return 0
 
@@ -208,6 +208,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise ConfigError(f"--eval-at iterations must lie in 1..--iterations ({cfg.iterations}), got {budgets}")
     _check_test_size(args, cfg.dataset, cfg.data_root)
     with _computing(args):
+        data = None
+        edge = _edge_spec(args)
+        if edge is not None:  # an edge model that does not record everything itself
+            from .engine import load_distill_data
+
+            data = load_distill_data(cfg, device, edge=edge)
         transfer = None
         if args.transfer_model:
             from .pretrain import load_edge_model
@@ -230,7 +236,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         stops = distill_then_evaluate(args.method, cfg, args.out, evaluate=evaluate if protocol else None,
                                       stops=budgets, resume=args.resume, device=device,
                                       checkpoint_every=args.checkpoint_every, command=args.command_line,
-                                      transfer_model=transfer, on_stop=report)
+                                      transfer_model=transfer, on_stop=report, data=data)
         result = stops[-1].run
     print(f"wrote {result.out_dir}/synthetic.pt, synthetic.png, loss.png, record.json"
           + (", evaluations.jsonl" if protocol is not None else "") + (", snapshots/" if budgets else ""))
@@ -251,18 +257,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.json:
         check_writable(args.json, "--json")  # now, not after the evaluation
+    archs = list(dict.fromkeys(args.arch or ["convnet"]))
     with _computing(args):  # the records below say the threads that ran
-        ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
-                      device=device, augmentation=args.augmentation, **_eval_options(args))
-        print(f"{args.synthetic}: {ev}")
-        run_dir = Path(args.synthetic)
-        if run_dir.is_dir():
-            append_evaluation(run_dir, ev.as_dict(), command=args.command_line, device=device)
+        from .models import resolve
+
+        for arch in archs:  # every name now, not after the first architectures have trained
+            resolve(arch, "--arch")
+        results = []
+        for arch in archs:
+            ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
+                          device=device, augmentation=args.augmentation, arch=arch, **_eval_options(args))
+            print(f"{args.synthetic} [{arch}]: {ev}" if args.arch else f"{args.synthetic}: {ev}")
+            run_dir = Path(args.synthetic)
+            if run_dir.is_dir():
+                append_evaluation(run_dir, ev.as_dict(), command=args.command_line, device=device)
+            results.append(ev.as_dict())
         if args.json:
             import json
 
-            payload = {"synthetic": str(args.synthetic), **ev.as_dict(),
-                       **provenance(command=args.command_line, device=device)}
+            body = results[0] if len(results) == 1 else {"evaluations": results}
+            payload = {"synthetic": str(args.synthetic), **body, **provenance(command=args.command_line, device=device)}
             write_atomic(args.json, json.dumps(payload, indent=1).encode())
     return 0
 
@@ -343,8 +357,35 @@ def _edge_model_help() -> str:
     from .demo import EDGE_MODELS
 
     names = "; ".join(f"{name}: {what}" for name, (_, what) in EDGE_MODELS.items())
-    return (f"the pretrained edge model (methods that need one): a packaged model's name ({names}) or "
-            "the path of a checkpoint written by `dkkt pretrain`")
+    return (f"the pretrained edge model (methods that need one): a packaged model's name ({names}), the path "
+            "of a checkpoint written by `dkkt pretrain`, a TorchScript file, or a state dict with --edge-arch")
+
+
+def _add_edge_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("an edge model trained elsewhere (what its file does not record; a dkkt pretrain "
+                             "checkpoint records all of it)")
+    g.add_argument("--edge-arch", default=None, metavar="NAME",
+                   help="architecture of a state-dict --edge-model: a model of `dkkt plugins --group models` "
+                        "(convnet, mlp, lenet, alexnet, vgg11, resnet18, ...), module.path:factory, torchvision:NAME "
+                        "or timm:NAME")
+    g.add_argument("--edge-mean", type=float, nargs="+", default=None, metavar="M",
+                   help="per-channel mean the edge model's training images were normalised with (default: the data's)")
+    g.add_argument("--edge-std", type=float, nargs="+", default=None, metavar="S",
+                   help="per-channel std of that normalisation (with --edge-mean)")
+    g.add_argument("--edge-image-size", type=_positive_int, default=None, metavar="PX",
+                   help="side of the images the edge model takes (default: the data's)")
+    g.add_argument("--edge-num-classes", type=_positive_int, default=None, metavar="K",
+                   help="classes of the edge model (default: the data's)")
+
+
+def _edge_spec(args: argparse.Namespace):
+    """The ``--edge-*`` flags as a :class:`dkkt_plugin.pretrain.EdgeSpec`, or None when none is given."""
+    values = {k: getattr(args, f"edge_{k}", None) for k in ("arch", "mean", "std", "image_size", "num_classes")}
+    if all(v is None for v in values.values()):
+        return None
+    from .pretrain import EdgeSpec
+
+    return EdgeSpec(**values)
 
 
 def _add_pretrain(sub, argv: Sequence[str]) -> None:
@@ -412,6 +453,7 @@ def _add_distill(sub, argv: Sequence[str]) -> None:
                                  metavar="NAME|PATH" if edge else None)
     main.add_argument("--out", required=True, help="run directory")
     main.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    _add_edge_flags(p)
     _add_eval_flags(p, num_eval=0, title="evaluation of the distilled set")
     _add_machine(p)
     if cls is not None:
@@ -431,13 +473,19 @@ def _add_distill(sub, argv: Sequence[str]) -> None:
 
 
 def _add_evaluate(sub, argv: Sequence[str]) -> None:
-    p = sub.add_parser("evaluate", help="train fresh ConvNets on a synthetic set and test them")
+    p = sub.add_parser("evaluate", help="train fresh networks (ConvNets, or --arch) on a synthetic set and test them")
     p.add_argument("--synthetic", required=True, help="synthetic.pt or its run directory")
     p.add_argument("--dataset", default=None, help="default: the one the set was distilled from")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the loader's default location)")
     p.add_argument("--augmentation", default=None,
                    help="registered augmentation applying the protocol's DSA strategy (default: dsa)")
-    p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--arch", nargs="+", default=None, metavar="NAME",
+                   help="architectures of the evaluation networks, one result line (and one evaluations.jsonl line) "
+                        "each: convnet (the default), convnet_bn, convnet_nn, convnet_d1..d4, mlp, lenet, alexnet, "
+                        "alexnet_bn, vgg11, vgg11_bn, resnet18, resnet18_bn, a plugin's (`dkkt plugins --group "
+                        "models`), module.path:factory, torchvision:NAME or timm:NAME")
+    p.add_argument("--json", default=None,
+                   help="also write the result here (several --arch: under 'evaluations', one per architecture)")
     _add_eval_flags(p, num_eval=5)
     _add_machine(p)
     p.set_defaults(func=cmd_evaluate)

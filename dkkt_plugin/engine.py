@@ -63,10 +63,12 @@ def build_config(method: str, overrides: Optional[Mapping[str, Any]] = None, **k
         raise ConfigError(f"method {method!r}: {exc}") from None
 
 
-def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None) -> DistillData:
+def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None, edge=None) -> DistillData:
     """The practical subset of ``cfg.dataset`` (chosen with ``cfg.seed``) and the edge model.
 
     ``train``: the already loaded training set (an ImageDataset), to avoid reading it again.
+    ``edge``: a :class:`dkkt_plugin.pretrain.EdgeSpec` for an edge model that does not record its
+    architecture, normalisation, image size or class count (``--edge-arch`` and co.).
     """
     from .data.practical import PracticalSubset
     from .pretrain import load_edge_model
@@ -75,27 +77,75 @@ def load_distill_data(cfg: DistillConfig, device: Any = "cpu", train=None) -> Di
         train = registry.load("datasets", cfg.dataset)(cfg.data_root, train=True)
     subset = PracticalSubset(train, cfg.pipc, seed=cfg.seed)
     x, y = subset.tensors()
-    edge = None
+    model = None
     if cfg.edge_model:
-        edge, meta = load_edge_model(cfg.edge_model, device=device)
-        if meta.get("dataset") != cfg.dataset:
+        model, meta = load_edge_model(cfg.edge_model, device=device, edge=edge, image_shape=tuple(train.image_shape),
+                                      num_classes=train.num_classes)
+        if meta.get("source") == "checkpoint" and meta.get("dataset") != cfg.dataset:
             raise ConfigError(f"edge model {cfg.edge_model} was trained on {meta.get('dataset')!r}, "
                               f"not {cfg.dataset!r}; pretrain one with `dkkt pretrain --dataset {cfg.dataset}`")
-        check_edge_model(edge, cfg.edge_model, tuple(train.image_shape), train.num_classes)
-    return DistillData(x, y, train.num_classes, tuple(train.mean), tuple(train.std), edge,
+        check_edge_model(model, cfg.edge_model, tuple(train.image_shape), train.num_classes, meta=meta,
+                         mean=tuple(train.mean), std=tuple(train.std))
+    elif edge is not None and edge.given:
+        raise ConfigError("--edge-arch, --edge-mean, --edge-std, --edge-image-size and --edge-num-classes describe "
+                          "the edge model: give it with --edge-model PATH")
+    return DistillData(x, y, train.num_classes, tuple(train.mean), tuple(train.std), model,
                        classes=tuple(getattr(train, "classes", ()) or ()) or None,
                        data_root=getattr(train, "root", None))
 
 
-def check_edge_model(model: torch.nn.Module, path: Any, image_shape: tuple, num_classes: int) -> None:
-    """ConfigError unless ``model`` takes ``image_shape`` images and has ``num_classes`` outputs."""
-    arch = getattr(model, "config", {})
+def check_edge_model(model: torch.nn.Module, path: Any, image_shape: tuple, num_classes: int, *,
+                     meta: Optional[Mapping[str, Any]] = None, mean: Optional[tuple] = None,
+                     std: Optional[tuple] = None) -> None:
+    """ConfigError (one line) unless ``model`` takes the data's images and has its classes.
+
+    Compares what the model declares (``meta["arch"]``'s ``channels``, ``image_size``,
+    ``num_classes`` and ``meta``'s ``mean`` / ``std``, else a ConvNet's ``config``) with the
+    data's ``image_shape`` ``(C, H, W)``, ``num_classes`` and normalisation ``mean`` / ``std``
+    (equal within 1e-3),
+    then runs the model on a batch of two zero images (``torch.no_grad``, eval mode) and checks
+    its output is ``(2, num_classes)``; a failure inside the model becomes that line too.
+    """
+    from .losses.dkkt import eval_mode
+
+    meta = dict(meta or {})
+    declared = dict(getattr(model, "config", None) or {}) if isinstance(getattr(model, "config", None), dict) else {}
+    declared.update({k: v for k, v in (meta.get("arch") or {}).items() if v is not None})
     want = {"channels": image_shape[0], "image_size": image_shape[-1], "num_classes": num_classes}
-    wrong = {k: (arch.get(k), v) for k, v in want.items() if k in arch and arch[k] != v}
+    wrong = [f"{k} {declared[k]} (the data needs {need})" for k, need in want.items()
+             if k in declared and declared[k] != need]
+    if mean is not None and meta.get("mean") is not None:
+        got_mean, got_std = tuple(meta["mean"]), tuple(meta.get("std") or ())
+        if len(got_mean) != len(mean) or len(got_std) != len(std) or any(
+                abs(a - b) > 1e-3 for a, b in zip((*got_mean, *got_std), (*mean, *std))):
+            wrong.append(f"normalisation mean {_floats(got_mean)} std {_floats(got_std)} (the data is normalised "
+                         f"with mean {_floats(mean)} std {_floats(std)})")
     if wrong:
-        detail = ", ".join(f"{k} {got} (the data needs {need})" for k, (got, need) in wrong.items())
-        raise ConfigError(f"edge model {path} does not fit the data: {detail}; pretrain one on this dataset "
-                          "with `dkkt pretrain`")
+        raise ConfigError(f"edge model {path} does not fit the data: {', '.join(wrong)}; use an edge model trained on "
+                          "this dataset (`dkkt pretrain`), or correct the --edge-* flags")
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    probe = torch.zeros(2, *image_shape, device=first.device if first is not None else "cpu",
+                        dtype=first.dtype if first is not None else torch.float32)  # (2, C, H, W)
+    from .pretrain import error_line
+
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(probe)
+    except Exception as exc:  # any failure inside the user's model: its message, on one line
+        raise ConfigError(f"edge model {path} cannot take the data's images ({image_shape[0]} channel(s), "
+                          f"{image_shape[1]}x{image_shape[2]} px): {error_line(exc)}; use an edge model trained on "
+                          "images of this shape") from None
+    if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != 2:
+        what = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
+        raise ConfigError(f"edge model {path} returns {what} for 2 images, not logits of shape (2, classes); "
+                          "give a classifier whose forward returns the logits")
+    if out.shape[1] != num_classes:
+        raise ConfigError(f"edge model {path} does not fit the data: num_classes {out.shape[1]} (its outputs; the "
+                          f"data needs {num_classes}); use an edge model trained on this dataset's classes")
+
+
+def _floats(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 @dataclasses.dataclass

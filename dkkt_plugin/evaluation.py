@@ -1,4 +1,8 @@
-"""Standard evaluation of a synthetic set: train fresh ConvNets on it, report test accuracy.
+"""Standard evaluation of a synthetic set: train fresh networks on it, report test accuracy.
+
+The networks are DatasetCondensation's ConvNet by default; ``arch`` names any architecture of
+:mod:`dkkt_plugin.models` (``mlp``, ``lenet``, ``alexnet``, ``vgg11``, ``resnet18``, ...) for
+cross-architecture evaluation, and the result records it.
 
 Two protocols (docs/method.md, 'Evaluation protocols'):
 
@@ -16,7 +20,7 @@ seed noise of fp32 training (``benchmarks/results/precision-cpu``); ``precision=
 evaluate --eval-precision fp32``) trains in exact fp32. The description of every result states the
 precision used.
 
-Every run r draws its ConvNet's initial weights, minibatch order and augmentation from its own
+Every run r draws its network's initial weights, minibatch order and augmentation from its own
 generator ``torch.Generator().manual_seed(seed + r)``; torch's global RNG is never touched.
 
 Every network is tested on the whole test set unless ``test_size`` asks for a stratified subset
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .nets import ConvNet
+from .models import build_model, resolve, size_options
 from .progress import progress_bar
 from .training import TrainConfig, accuracy, train_classifier
 
@@ -152,6 +156,7 @@ class EvalResult:
     test_size: Optional[int] = None  # test images each network was scored on
     test_total: Optional[int] = None  # images of the test set they were drawn from
     test_seed: Optional[int] = None  # seed of the stratified test subset; None: the whole test set
+    arch: str = "convnet"  # the architecture of the networks (a name of dkkt_plugin.models)
 
     @property
     def mean(self) -> float:
@@ -166,7 +171,7 @@ class EvalResult:
         return dict(protocol=self.protocol, mean=self.mean, std=self.std, num_eval=len(self.accuracies),
                     accuracies=[float(a) for a in self.accuracies], seeds=[int(s) for s in self.seeds],
                     seconds=float(self.seconds), test_size=self.test_size, test_total=self.test_total,
-                    test_seed=self.test_seed)
+                    test_seed=self.test_seed, arch=self.arch)
 
     def describe_test(self) -> str:
         """Which test images the networks were scored on (empty when not recorded).
@@ -242,7 +247,7 @@ def _check_shapes(images: torch.Tensor, labels: torch.Tensor, test_images: torch
           and labels.dtype == torch.long and test_labels.dtype == torch.long)
     if not ok:
         raise ConfigError(f"evaluation needs float images (N, C, H, W) and test_images (M, C, H, W) with the same "
-                          f"C, H, W (H = W, the ConvNet is square) and long labels (N,) and (M,); got {shapes}")
+                          f"C, H, W (H = W: the networks take square images) and long labels (N,) and (M,); got {shapes}")
     if labels.min() < 0 or test_labels.min() < 0:
         raise ConfigError(f"labels must be >= 0; got {shapes}")
 
@@ -254,8 +259,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
                        augmentation: Optional[str] = None, desc: str = "evaluate",
                        precision: Optional[str] = None, compile_step: Optional[bool] = None,
                        fused: Optional[bool] = None, test_size: Optional[int] = None,
-                       test_seed: int = 0) -> EvalResult:
-    """Train ``num_eval`` fresh ConvNets on ``(images, labels)`` and test each on the test set.
+                       test_seed: int = 0, arch: str = "convnet") -> EvalResult:
+    """Train ``num_eval`` fresh networks (``arch``) on ``(images, labels)`` and test each on the test set.
 
     Args:
         images: synthetic images ``(N, C, H, W)``; detached and copied, never modified.
@@ -265,7 +270,9 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         num_eval: number of runs; run r uses ``torch.Generator().manual_seed(seed + r)``.
         seed: seed of the first run.
         device: where to train (default: the device of ``images``).
-        width, depth: ConvNet size (DatasetCondensation's 128 and 3 by default).
+        width, depth: ConvNet size (DatasetCondensation's 128 and 3 by default; the architectures
+            ``convnet``, ``convnet_bn``, ``convnet_nn`` take both, ``convnet_d1`` .. ``_d4`` the
+            width, the others have their own size).
         epochs: if given, ``protocol.scaled(epochs)``; the result's ``protocol`` says SCALED.
         num_classes: classifier outputs; default ``max(labels.max(), test_labels.max()) + 1``.
         augmentation: registered augmentation applying the protocol's strategy (default: the
@@ -283,14 +290,17 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         test_size: test on a stratified subset of this many test images (:func:`stratified_subset`,
             equal per class) instead of all of them (the default).
         test_seed: seed of that subset's draw.
+        arch: the networks' architecture, a name :func:`dkkt_plugin.models.build_model` knows
+            (``convnet``: DatasetCondensation's ConvNet; ``mlp``, ``lenet``, ``alexnet``,
+            ``vgg11``, ``resnet18``, ...); each is initialised from run r's generator.
 
     Returns:
         An ``EvalResult`` with per-run test accuracies in [0, 1], the protocol's description and
         the test images used (``test_size`` of ``test_total``, ``test_seed`` None for all).
 
     Raises:
-        ConfigError: on bad shapes, dtypes, ``num_eval < 1``, an unknown protocol name or a
-            ``test_size`` the test set's classes cannot give equally.
+        ConfigError: on bad shapes, dtypes, ``num_eval < 1``, an unknown protocol name or
+            architecture, or a ``test_size`` the test set's classes cannot give equally.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -313,6 +323,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, fused=bool(fused)))
     if num_eval < 1:
         raise ConfigError(f"num_eval must be >= 1, got {num_eval}")
+    resolve(arch, "arch")  # an unknown architecture fails before any training
+    sizes = size_options(arch, width, depth)
     _check_shapes(images, labels, test_images, test_labels)
     test_total = test_images.shape[0]
     if test_size is not None:
@@ -328,11 +340,11 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         num_classes = int(max(int(y.max()), int(y_test.max())) + 1)
     start = time.perf_counter()
     result = EvalResult(protocol=proto.describe(), test_size=int(x_test.shape[0]), test_total=int(test_total),
-                        test_seed=None if test_size is None else int(test_seed))
+                        test_seed=None if test_size is None else int(test_seed), arch=arch)
     for r in progress_bar(range(num_eval), desc=desc, unit="run"):
         generator = torch.Generator().manual_seed(seed + r)  # CPU: init, minibatch order, augmentation
-        net = ConvNet(x.shape[1], num_classes, x.shape[-1], width=width, depth=depth,
-                      generator=generator, device=device)
+        net = build_model(arch, x.shape[1], num_classes, x.shape[-1], generator=generator, device=device,
+                          who="arch", **sizes)
         train_classifier(net, x, y, proto.train, generator=generator, desc=f"{desc} run {r + 1}/{num_eval}")
         result.accuracies.append(accuracy(net, x_test, y_test))
         result.seeds.append(seed + r)
@@ -345,7 +357,7 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
              epochs: Optional[int] = None, num_eval: int = 5, seed: int = 0, device: Any = "auto",
              augmentation: Optional[str] = None, precision: Optional[str] = None,
              compile_step: Optional[bool] = None, fused: Optional[bool] = None,
-             test_size: Optional[int] = None, test_seed: int = 0) -> EvalResult:
+             test_size: Optional[int] = None, test_seed: int = 0, arch: str = "convnet") -> EvalResult:
     """Evaluate a synthetic set on its dataset's test split in one call.
 
     Args:
@@ -359,6 +371,7 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
         test_size: test on a stratified subset of this many test images (equal per class, drawn
             with ``test_seed``); default: the whole test split. The result records which.
         test_seed: seed of that subset.
+        arch: the architecture of the networks (:func:`evaluate_synthetic`); default the ConvNet.
         device: torch device or ``"auto"``.
 
     Example:
@@ -395,4 +408,5 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
     return evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol, epochs=epochs,
                               num_eval=num_eval, seed=seed, device=resolve_device(device),
                               num_classes=test.num_classes, augmentation=augmentation, precision=precision,
-                              compile_step=compile_step, fused=fused, test_size=test_size, test_seed=test_seed)
+                              compile_step=compile_step, fused=fused, test_size=test_size, test_seed=test_seed,
+                              arch=arch)

@@ -16,6 +16,8 @@ against its group's protocol (:data:`PROTOCOLS`), so a plugin of the wrong kind 
 - ``augmentations``: ``make(strategy, *, generator) -> aug`` with ``aug.sample(num_groups, *,
   device, shared_family)`` and ``aug(x, draw, groups)`` (Siamese: one draw per group).
 - ``methods``: subclasses of :class:`dkkt_plugin.methods.Method`.
+- ``models``: network factories ``f(channels, num_classes, image_size, *, generator=None, **kw)
+  -> nn.Module`` (edge models, evaluation networks: :mod:`dkkt_plugin.models`).
 
 Setting the environment variable ``DKKT_DISABLE_PLUGIN_AUTOLOAD=1`` restricts every group to the
 components shipped by dkkt-plugin itself (like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,7 +42,7 @@ from typing import Any, Callable, Optional
 from .errors import PluginError, UnknownComponentError
 
 PREFIX = "dkkt_plugin."
-GROUPS = ("losses", "initializers", "datasets", "subsets", "augmentations", "methods")
+GROUPS = ("losses", "initializers", "datasets", "subsets", "augmentations", "methods", "models")
 DISTRIBUTION = "dkkt-plugin"
 AUTOLOAD_ENV = "DKKT_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -99,9 +102,11 @@ def _accepts(obj: Any, positional: int, keywords: tuple[str, ...] = ()) -> Optio
 
 
 def _is_method(obj: Any) -> Optional[str]:
-    from .methods.base import Method  # local: the methods import this module
-
-    if not (isinstance(obj, type) and issubclass(obj, Method)):
+    # The methods import this module, so this one imports none of them: a class can subclass
+    # Method only once dkkt_plugin.methods.base has been imported, so it is looked up there.
+    base = sys.modules.get(__name__.rsplit(".", 1)[0] + ".methods.base")
+    Method = getattr(base, "Method", None)
+    if Method is None or not (isinstance(obj, type) and issubclass(obj, Method)):
         return f"{obj!r} is not a subclass of dkkt_plugin.methods.Method"
     import dataclasses
 
@@ -118,6 +123,7 @@ PROTOCOLS: dict[str, Callable[[Any], Optional[str]]] = {
     "subsets": lambda obj: _accepts(obj, 2, ("seed",)),
     "augmentations": lambda obj: _accepts(obj, 1, ("generator",)),
     "methods": _is_method,
+    "models": lambda obj: _accepts(obj, 3, ("generator",)),
 }
 
 

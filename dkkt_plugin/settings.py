@@ -32,8 +32,8 @@ class PretrainConfig:
 
     dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
     data_root: Optional[str] = None  # dataset folder; auto: the loader's default location
-    width: int = 128  # ConvNet width
-    depth: int = 3  # ConvNet depth
+    width: int = 128  # ConvNet width (the convnet architectures only)
+    depth: int = 3  # ConvNet depth (convnet, convnet_bn, convnet_nn only)
     epochs: int = 3  # passes over the full training set (3 epochs: about 40 min on one CPU core)
     batch_size: int = 256  # minibatch size
     lr: float = 0.05  # SGD learning rate (cosine schedule)
@@ -43,6 +43,10 @@ class PretrainConfig:
     # after SGD, solve the classifier layer exactly (full-batch L-BFGS on frozen features) for the
     # weight-decayed loss, so the classifier is a true KKT point: θ_c = -(1/(wd N)) Σ ∇θ_c ℓ_i
     refit_classifier: bool = False
+    # the architecture: a model of the group dkkt_plugin.models (convnet, convnet_bn, convnet_nn,
+    # convnet_d1..d4, mlp, lenet, alexnet, alexnet_bn, vgg11, vgg11_bn, resnet18, resnet18_bn, or a
+    # plugin's), module.path:factory, torchvision:NAME or timm:NAME; the checkpoint records it
+    arch: str = "convnet"
 
     def __post_init__(self) -> None:
         if min(self.width, self.depth, self.epochs, self.batch_size) < 1 or not self.lr > 0 or self.weight_decay < 0:

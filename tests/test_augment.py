@@ -54,10 +54,11 @@ def ref_cutout(x: torch.Tensor, off_y: int, off_x: int, side: int) -> torch.Tens
     return x * mask
 
 
-def ref_affine(x: torch.Tensor, theta: list[list[float]]) -> torch.Tensor:
+def ref_affine(x: torch.Tensor, theta: list[list[float]], align_corners: bool = False) -> torch.Tensor:
+    """The reference's `F.affine_grid` + `F.grid_sample` (it passes no align_corners: False)."""
     theta_t = torch.tensor([theta], dtype=x.dtype).expand(x.shape[0], 2, 3)
-    grid = F.affine_grid(theta_t, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, align_corners=True)
+    grid = F.affine_grid(theta_t, list(x.shape), align_corners=align_corners)
+    return F.grid_sample(x, grid, align_corners=align_corners)
 
 
 def test_public_names():
@@ -133,8 +134,10 @@ def test_flip_per_group():
     assert torch.equal(out[[0, 2]], torch.flip(x[[0, 2]], dims=[3])) and torch.equal(out[[1, 3]], x[[1, 3]])
 
 
-@pytest.mark.parametrize("hw", [(28, 28), (32, 32), (12, 20)])
+@pytest.mark.parametrize("hw", [(28, 28), (32, 32), (12, 20), (28, 40), (40, 28)])
 def test_scale_and_rotate_match_affine_grid(hw):
+    """As the reference's affine_grid / grid_sample (align_corners=False) on any image shape;
+    on square images the normalisation convention does not matter (align_corners=True too)."""
     x = torch.randn(2, 3, *hw, dtype=torch.float64)
     dsa, draw = family_draw("scale", scale=[1.13, 0.87])
     sx, sy = draw.scale[0].tolist()  # the draw is float32, as in the reference
@@ -143,6 +146,22 @@ def test_scale_and_rotate_match_affine_grid(hw):
     r = math.radians(draw.angle.item())
     theta = [[math.cos(r), math.sin(-r), 0], [math.sin(r), math.cos(r), 0]]
     torch.testing.assert_close(dsa(x, draw), ref_affine(x, theta), rtol=0, atol=1e-10)
+    if hw[0] == hw[1]:
+        torch.testing.assert_close(dsa(x, draw), ref_affine(x, theta, align_corners=True), rtol=0, atol=1e-10)
+
+
+def test_rotation_on_square_images_is_kornias_own():
+    """Square images take Kornia's rotation matrix as it is (no conjugation): the same output bit
+    for bit, in float32."""
+    import kornia.augmentation as K
+
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dsa, draw = family_draw("rotate", angle=-13.0)
+    params = {"translations": x.new_zeros(4, 2), "shear_x": x.new_zeros(4), "shear_y": x.new_zeros(4),
+              "center": x.new_tensor([15.5, 15.5]).expand(4, 2), "scale": x.new_ones(4, 2),
+              "angle": -draw.angle[0].expand(4).to(x.dtype)}
+    plain = K.RandomAffine(degrees=0.0, align_corners=True, p=1.0)(x, params=params)
+    assert torch.equal(dsa(x, draw), plain)
 
 
 @pytest.mark.parametrize("mode", ["one", "all"])

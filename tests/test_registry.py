@@ -14,6 +14,8 @@ BUILTIN = {
     "subsets": {"practical_subset"},
     "augmentations": {"dsa"},
     "methods": {"dm", "dm_star", "dc", "dsa", "dsv", "dm_dkkt"},
+    "models": {"convnet", "convnet_bn", "convnet_nn", "convnet_d1", "convnet_d2", "convnet_d3", "convnet_d4", "mlp",
+               "lenet", "alexnet", "alexnet_bn", "vgg11", "vgg11_bn", "resnet18", "resnet18_bn"},
 }
 EXAMPLE_PLUGIN = os.environ.get("DKKT_EXPECT_EXAMPLE_PLUGIN") == "1"
 

@@ -29,15 +29,28 @@ from ..errors import ConfigError
 SELECTIONS = ("all", "weights", "classifier")
 
 
-def select_parameters(model: nn.Module, params: str = "weights",
+def select_parameters(model: nn.Module, params: str | Sequence[str] = "weights",
                       param_filter: Optional[Callable[[str, torch.Tensor], bool]] = None) -> list[str]:
     """Names of the parameter tensors of ``model`` that enter the stationarity condition.
 
     ``all``: every parameter. ``weights``: tensors with ndim >= 2 (conv and linear weights). This
     leaves out norm scales and shifts, whose θ* (≈ 1) dominates a distance but which the method
     cannot match, and conv biases in front of a per-channel norm, whose gradient is identically 0.
-    ``classifier``: the parameters of the last ``nn.Linear``.
+    ``classifier``: the parameters of the final linear layer of any architecture
+    (:func:`dkkt_plugin.models.final_linear`: the last ``nn.Linear`` whose outputs are the
+    model's classes where the model states them in ``config["num_classes"]`` or ``num_classes``,
+    else the last ``nn.Linear``). Any other string, or a tuple of strings, is read as
+    parameter-name prefixes: ``"fc."`` selects ``fc.weight`` and ``fc.bias``, ``("layer4.",
+    "fc.")`` both.
+
+    Example:
+        >>> select_parameters(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "classifier")
+        ['2.weight', '2.bias']
+        >>> select_parameters(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), ("0.",))
+        ['0.weight', '0.bias']
     """
+    from ..models import final_linear
+
     named = list(model.named_parameters())
     if param_filter is not None:
         chosen = [n for n, p in named if param_filter(n, p)]
@@ -46,15 +59,21 @@ def select_parameters(model: nn.Module, params: str = "weights",
     elif params == "weights":
         chosen = [n for n, p in named if p.ndim >= 2]
     elif params == "classifier":
-        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ConfigError("params='classifier' needs a model with an nn.Linear layer")
-        prefix = linears[-1] + "." if linears[-1] else ""
+        name, _ = final_linear(model)
+        prefix = name + "." if name else ""
         chosen = [n for n, _ in named if n.startswith(prefix) and "." not in n[len(prefix):]]
+    elif isinstance(params, str) or (isinstance(params, (tuple, list)) and params
+                                     and all(isinstance(p, str) and p for p in params)):
+        prefixes = (params,) if isinstance(params, str) else tuple(params)
+        chosen = [n for n, _ in named if n.startswith(prefixes)]
     else:
-        raise ConfigError(f"unknown parameter selection {params!r}; choose one of {SELECTIONS}")
+        raise ConfigError(f"unknown parameter selection {params!r}; choose one of {SELECTIONS} or give "
+                          "parameter-name prefixes such as 'fc.'")
     if not chosen:
-        raise ConfigError(f"parameter selection {params!r} matched no parameter of {type(model).__name__}")
+        tops = sorted({n.split(".")[0] + "." for n, _ in named})
+        raise ConfigError(f"parameter selection {params!r} matched no parameter of {type(model).__name__} (its "
+                          f"parameter names start with {', '.join(tops[:12]) or 'nothing'}); choose one of "
+                          f"{SELECTIONS} or prefixes of those names")
     return chosen
 
 
