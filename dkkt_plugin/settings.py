@@ -61,6 +61,15 @@ MULTIPLIERS = ("log", "projected")
 SCALES = ("none", "floor")
 STATIONARITIES = ("margin", "ce")
 DEFAULT_ALPHA = {"cos": 1.0, "l1": 0.1, "l2": 0.1}  # α when DKKTConfig.alpha is None
+BALANCES = ("fixed", "grad")  # how the DKKT term is weighed against a host loss (DKKTConfig.balance)
+BALANCE_MODES = ("step", "running")  # which gradient norms the grad balance compares
+
+DEFAULT_BALANCE_FRACTION = 0.1
+"""``DKKTConfig.balance_fraction``: the DKKT term's image gradient as a fraction of the host
+loss's under ``balance="grad"``. No validation sweep has chosen it yet (docs/method.md, 'Adding
+the term to another method'): 0.1 lets the host loss lead each step. Set another per run with
+``--dkkt.balance-fraction F`` or ``DKKTLoss(..., balance="grad", balance_fraction=F)``; a sweep's
+choice replaces this constant."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +113,23 @@ class DKKTConfig:
     # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32 (the dsv method reads auto
     # as fp32: DSVMethodConfig.auto_precision)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # how the term is weighed against a host loss (DKKTLoss.backward_with and the methods with one):
+    # fixed: the weights as given (α here, the method's β on the host loss); grad: the term's image
+    # gradient is rescaled each step to balance_fraction times the host loss's (GradBalance;
+    # docs/method.md, 'Adding the term to another method')
+    balance: Literal["fixed", "grad"] = "fixed"
+    # with balance grad: the term's image-gradient norm as a fraction of the host loss's (0: the
+    # host method exactly)
+    balance_fraction: float = DEFAULT_BALANCE_FRACTION
+    # with balance grad: step compares this step's two gradient norms; running their exponential
+    # moving averages
+    balance_mode: Literal["step", "running"] = "step"
+    balance_momentum: float = 0.9  # with balance_mode running: the moving averages' momentum
 
     def __post_init__(self) -> None:
         for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS), ("multiplier", MULTIPLIERS),
-                              ("scale", SCALES), ("stationarity", STATIONARITIES), ("precision", BF16_PRECISIONS)):
+                              ("scale", SCALES), ("stationarity", STATIONARITIES), ("precision", BF16_PRECISIONS),
+                              ("balance", BALANCES), ("balance_mode", BALANCE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"DKKTConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if (self.alpha is not None and self.alpha < 0) or self.tv_weight < 0 or self.norm_weight < 0:
@@ -117,6 +139,9 @@ class DKKTConfig:
         if self.soft_relu < 0 or self.lambda_min < 0:
             raise ConfigError(f"DKKTConfig: soft_relu and lambda_min must be >= 0; got {self.soft_relu}, "
                               f"{self.lambda_min}")
+        if not 0 <= self.balance_fraction < float("inf") or not 0 <= self.balance_momentum < 1:
+            raise ConfigError(f"DKKTConfig needs a finite balance_fraction >= 0 and 0 <= balance_momentum < 1; got "
+                              f"{self.balance_fraction}, {self.balance_momentum} (e.g. --dkkt.balance-fraction 0.1)")
 
     @property
     def resolved_alpha(self) -> float:
@@ -355,6 +380,53 @@ class DKKTMethodConfig(DSVMethodConfig):
         return super().dkkt_config()
 
 
+# -- DC+DKKT, DSA+DKKT -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BalancedDKKTConfig(DKKTConfig):
+    """:class:`DKKTConfig` whose term is balanced against the host loss by default (dc_dkkt, dsa_dkkt)."""
+
+    balance: Literal["fixed", "grad"] = "grad"
+
+
+@dataclass(frozen=True)
+class GMDKKTConfig(GMConfig):
+    """DC+DKKT settings: DC's (loops, matching network) plus the DKKT term of the edge model."""
+
+    # learning rate of the images' SGD; auto: 0.1 (DC's) with dkkt.balance grad, where the matching
+    # loss's gradient enters unscaled; 0.1/β with fixed weights, so that the β·L_GM part moves the
+    # images as DC with lr 0.1 does (β 1: 0.1)
+    lr_img: Optional[float] = None
+    # with dkkt.balance fixed: the loss is L_DKKT + β·L_GM (the practical paper's form, gradient
+    # matching as the data term); unused with grad
+    beta: float = 1.0
+    dkkt: BalancedDKKTConfig = field(default_factory=BalancedDKKTConfig)  # the DKKT term
+    dkkt_loss: str = "dkkt"  # registered loss (group dkkt_plugin.losses) built as DKKTLoss is
+    lr_multiplier: float = 0.01  # learning rate of the multipliers' own optimiser
+    multiplier_optimizer: Literal["adam", "sgd"] = "adam"  # the multipliers' optimiser
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lr_multiplier > 0 or self.beta < 0 or (self.dkkt.balance == "fixed" and not self.beta > 0):
+            raise ConfigError(f"need lr_multiplier > 0 and beta > 0 (beta >= 0 with --dkkt.balance grad); got "
+                              f"lr_multiplier={self.lr_multiplier}, beta={self.beta}, dkkt.balance={self.dkkt.balance}")
+
+    def dkkt_config(self) -> DKKTConfig:
+        """``dkkt`` with α resolved: 1.0 with the cos distance, the paper's value for this pipc with
+        l1 / l2 (:func:`paper_alpha`)."""
+        if self.dkkt.alpha is not None:
+            return self.dkkt
+        return dataclasses.replace(self.dkkt, alpha=1.0 if self.dkkt.distance == "cos" else paper_alpha(self.pipc))
+
+
+@dataclass(frozen=True)
+class DSADKKTConfig(GMDKKTConfig):
+    """DSA+DKKT settings: DC+DKKT's plus the Siamese augmentation of the matching loss (the DKKT
+    term scores the images unaugmented)."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
+
+
 # The config class of every built-in method (each Method subclass names the same in config_class).
 METHOD_CONFIGS: dict[str, type] = {"dm": DMConfig, "dm_star": DMConfig, "dc": GMConfig, "dsa": DSAConfig,
-                                   "dsv": DSVMethodConfig, "dm_dkkt": DKKTMethodConfig}
+                                   "dsv": DSVMethodConfig, "dm_dkkt": DKKTMethodConfig,
+                                   "dc_dkkt": GMDKKTConfig, "dsa_dkkt": DSADKKTConfig}

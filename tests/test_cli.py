@@ -124,7 +124,7 @@ def _run(argv, capsys):
     (["demo", "--out", "{tmp}/demo", "--iteration", "1", "--device", "nope"], "did you mean --iterations?"),
     (["distil", "--out", "{tmp}/run"], "did you mean distill?"),
     (["distill", "--method", "dm", "--out", "{tmp}/run", "--dkkt.alpha", "0.1", "--device", "nope"],
-     "--dkkt.alpha is a setting of --method dm_dkkt or dsv"),
+     "--dkkt.alpha is a setting of --method dc_dkkt or dm_dkkt or dsa_dkkt or dsv"),
 ])
 def test_flags_are_never_abbreviated_and_a_typo_gets_did_you_mean(argv, hint, tmp_path, capsys):
     code, out, err = _run([a.format(tmp=tmp_path) for a in argv], capsys)

@@ -32,7 +32,7 @@ def cfg(method, cifar, **kw):
     root, edge = cifar
     base = dict(dataset="cifar10", data_root=str(root), ipc=1, pipc=3, iterations=6,
                 net_width=4, net_depth=1, edge_model=str(edge))
-    if method in ("dc", "dsa"):
+    if method in ("dc", "dsa", "dc_dkkt", "dsa_dkkt"):
         base.update(outer_loop=1, inner_loop=1)
     return build_config(method, **{**base, **kw})
 
@@ -78,10 +78,11 @@ def test_corrupt_checkpoint_is_reported_and_kept(cifar, tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
 
-def test_resume_extends_a_finished_run_exactly(cifar, tmp_path):
-    full = run_distillation("dm", cfg("dm", cifar, iterations=6), tmp_path / "a")
-    run_distillation("dm", cfg("dm", cifar, iterations=3), tmp_path / "b")
-    resumed = run_distillation("dm", cfg("dm", cifar, iterations=6), tmp_path / "b", resume=True)
+@pytest.mark.parametrize("method", ["dm", "dc_dkkt", "dsa_dkkt"])
+def test_resume_extends_a_finished_run_exactly(cifar, tmp_path, method):
+    full = run_distillation(method, cfg(method, cifar, iterations=6), tmp_path / "a")
+    run_distillation(method, cfg(method, cifar, iterations=3), tmp_path / "b")
+    resumed = run_distillation(method, cfg(method, cifar, iterations=6), tmp_path / "b", resume=True)
     assert torch.equal(full.images, resumed.images)
     assert resumed.record["iterations_run"] == 3
 

@@ -48,6 +48,7 @@ from ..nets import ConvNet, check_input, default_chunk_size, fused_blocks, runs_
 from ..settings import (DEFAULT_ALPHA, DISTANCES, MULTIPLIERS, PRIMALS, SCALES,  # noqa: F401
                         STATIONARITIES, DKKTConfig)
 from ..settings import BF16_PRECISIONS as PRECISIONS  # noqa: F401
+from .balance import BalanceStats, FixedScale, GradBalance
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
 COS_DAMPING = 1e-3  # rows whose ‖Σλg‖/‖θ*‖ is below 1e-3 of the overall ratio count as zero
@@ -172,6 +173,9 @@ class DKKTLoss(nn.Module):
         theta = dict(model.named_parameters())
         self._floors = [self._dist(theta[n].detach(), torch.zeros_like(theta[n])).item()
                         for n in self.param_names]
+        # balance="grad": the rule of backward_with (its running norms are buffers: state_dict
+        # then holds balancer.* beside rho)
+        self.balancer = GradBalance.from_config(config) if config.balance == "grad" else None
 
     @property
     def model(self) -> nn.Module:
@@ -278,6 +282,40 @@ class DKKTLoss(nn.Module):
         if cfg.lambda_min > 0:
             total = total + 5.0 * (cfg.lambda_min - self.multipliers).clamp(min=0).pow(2).sum()
         return DKKTTerms(total, primal, stat, tv, norm, self.floor, float(correct.float().mean()))
+
+    def backward_with(self, host_loss: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, *,
+                      shared_graph: bool = False) -> tuple[DKKTTerms, BalanceStats]:
+        """Backpropagate a host loss of ``images`` together with this term, weighed by ``config.balance``.
+
+        Accumulates into ``images.grad`` ``∇ host_loss + s·∇ L_DKKT`` and into the multipliers'
+        ``.grad`` ``∇ L_DKKT`` (as ``backward()`` of a sum would): with ``balance="grad"``
+        ``s = balance_fraction·‖∇ host_loss‖ / ‖∇ L_DKKT‖`` (:class:`~dkkt_plugin.losses.balance.
+        GradBalance`; norms over all images, no gradient through ``s``); with ``"fixed"`` ``s = 1``
+        (weigh the host loss yourself: ``β·L_host``). It replaces ``host_loss.backward()`` in a
+        host method's loop; the cost is that of one backward of the sum (module notes of
+        :mod:`dkkt_plugin.losses.balance`).
+
+        Args:
+            host_loss: scalar loss of ``images`` from the host method (DM, gradient matching, ...).
+            images: all N synthetic images, the leaf tensor the optimiser updates ``(N, C, H, W)``.
+            labels: their labels ``(N,)``.
+            shared_graph: the host loss and this term share part of their graph (e.g. one
+                augmentation of the images feeds both).
+
+        Returns:
+            This term's parts and the :class:`~dkkt_plugin.losses.balance.BalanceStats` (``s``
+            and the two image-gradient norms).
+
+        Raises:
+            ConfigError: ``images`` is not a leaf tensor that requires a gradient.
+        """
+        if not (images.is_leaf and images.requires_grad):
+            raise ConfigError("DKKTLoss.backward_with needs the images' leaf tensor (the one the optimiser updates, "
+                              "with requires_grad=True), not a slice or copy of it")
+        terms = self.terms(images, labels)
+        combine = self.balancer if self.balancer is not None else FixedScale(1.0)
+        stats = combine.backward(host_loss, terms.total, images, list(self.parameters()), shared_graph=shared_graph)
+        return terms, stats
 
     def uses_bf16(self, x: torch.Tensor) -> bool:
         """Whether the edge model's features of ``x`` are computed in bf16 under ``config.precision``."""

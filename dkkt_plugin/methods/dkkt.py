@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import registry
+from ..errors import ConfigError
 from ..settings import (COS_ALPHA_ABOVE_IPC1, DSV_ADAM_LR, DSV_LR, DKKTConfig,  # noqa: F401 (torch-free)
                         DKKTMethodConfig, DSVMethodConfig, paper_alpha, paper_beta)
 from .base import Method, check_finite, precision_in_force
@@ -45,6 +46,45 @@ def multiplier_optimizer_state(saved: dict, count: int) -> dict:
     keep = groups[0]["params"][:count]
     return {"state": {k: v for k, v in saved["state"].items() if k in keep},
             "param_groups": [{**groups[0], "params": keep}]}
+
+
+def dkkt_diagnostics(terms, multipliers: torch.Tensor) -> dict[str, float]:
+    """What a method with the DKKT term logs of it: its primal and stationarity parts, the
+    stationarity floor and the ratio to it, the edge model's accuracy on the synthetic images and
+    the multipliers' distribution."""
+    lam = multipliers.detach()
+    stat = float(terms.stationarity.detach())
+    return {
+        "primal": float(terms.primal.detach()), "stationarity": stat, "floor": terms.floor,
+        "stat_ratio": stat / terms.floor if terms.floor else float("nan"),
+        "edge_accuracy": terms.accuracy,
+        "lambda_min": float(lam.min()), "lambda_median": float(lam.median()),
+        "lambda_max": float(lam.max()),
+        "lambda_zero": int((lam <= 1e-6 * lam.max().clamp(min=1e-30)).sum()),
+    }
+
+
+def balancer_of(loss, config) -> Optional[torch.nn.Module]:
+    """The rule that weighs the DKKT term against the host loss: the loss's own ``balancer``
+    (``DKKTLoss`` with ``balance="grad"``), one built from ``config`` for a loss without one, or
+    None for fixed weights."""
+    if config.balance != "grad":
+        return None
+    from ..losses.balance import GradBalance
+
+    return getattr(loss, "balancer", None) or GradBalance.from_config(config)
+
+
+def balancer_state(balancer) -> dict[str, torch.Tensor]:
+    """The balance rule's running norms for a checkpoint (``balance.*``; none for fixed weights)."""
+    return {} if balancer is None else {f"balance.{k}": v.detach() for k, v in balancer.state_dict().items()}
+
+
+def load_balancer_state(balancer, state: dict[str, torch.Tensor]) -> None:
+    """Restore what :func:`balancer_state` saved (a checkpoint without it leaves the rule fresh)."""
+    saved = {k[len("balance."):]: v for k, v in state.items() if k.startswith("balance.")}
+    if balancer is not None and saved:
+        balancer.load_state_dict(saved)
 
 
 class DSV(Method):
@@ -88,6 +128,11 @@ class DSV(Method):
             make = registry.load("augmentations", cfg.augment.name)
             self.manifold = make(cfg.manifold_strategy, generator=self.generator)
         self.setup_data_term(augment)
+        self.balancer = balancer_of(self.dkkt, cfg.dkkt)
+        if self.balancer is not None and self.beta <= 0:
+            raise ConfigError(f"--dkkt.balance grad weighs the DKKT term against a host loss, and {self.name} has none "
+                              "here (beta 0 or the dsv method); use --dkkt.balance fixed, or dm_dkkt with beta > 0, "
+                              "dc_dkkt or dsa_dkkt")
         self._project(0)
         if cfg.refit_every:
             self.dkkt.fit_multipliers(self.images.detach(), self.labels)
@@ -135,14 +180,26 @@ class DSV(Method):
         # the data term builds its own: the gradient of the sum, with half the activations alive
         # at once. On our CPU, where glibc returns big freed blocks to the OS and faults them in
         # again, DM+DKKT / DM at ipc 50 went from 1.54-1.80 to 1.29-1.46 (benchmarks/results/speed-cpu).
-        loss.backward()
+        # With --dkkt.balance grad the two gradients are kept apart and combined by the rule
+        # (the host loss is β·L_DM, whose gradient enters unscaled).
+        if self.balancer is None:
+            loss.backward()
+        else:
+            params = list(self.dkkt.parameters())
+            g_dkkt, *g_params = torch.autograd.grad(loss, [self.images, *params], allow_unused=True)
         loss = loss.detach()
         log = {}
         data = self.data_term()
         if data is not None:
             weighted = self.beta * data
             check_finite(weighted, f"{self.name} loss's data term at iteration {iteration}")
-            weighted.backward()
+            if self.balancer is None:
+                weighted.backward()
+            else:
+                (g_host,) = torch.autograd.grad(weighted, [self.images])
+                stats = self.balancer.apply([self.images], [g_host], [g_dkkt], params, g_params)
+                loss = stats.scale * loss
+                log["balance_scale"] = stats.scale
             loss = loss + weighted.detach()
             log["dm"] = float(data.detach())
         self.optimizer.step()
@@ -152,17 +209,7 @@ class DSV(Method):
         k = self.config.refit_every
         if k and (iteration + 1) % k == 0:
             self.dkkt.fit_multipliers(self.images.detach(), self.labels)
-        lam = self.dkkt.multipliers.detach()
-        stat = float(terms.stationarity.detach())
-        return {
-            "loss": float(loss.detach()), **log,
-            "primal": float(terms.primal.detach()), "stationarity": stat, "floor": terms.floor,
-            "stat_ratio": stat / terms.floor if terms.floor else float("nan"),
-            "edge_accuracy": terms.accuracy,
-            "lambda_min": float(lam.min()), "lambda_median": float(lam.median()),
-            "lambda_max": float(lam.max()),
-            "lambda_zero": int((lam <= 1e-6 * lam.max().clamp(min=1e-30)).sum()),
-        }
+        return {"loss": float(loss.detach()), **log, **dkkt_diagnostics(terms, self.dkkt.multipliers)}
 
     def load_state_dict(self, state: dict) -> None:
         opts = state["optimizers"]
@@ -172,11 +219,12 @@ class DSV(Method):
         super().load_state_dict({**state, "optimizers": opts})
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"rho": self.dkkt.rho.detach()}
+        return {"rho": self.dkkt.rho.detach(), **balancer_state(self.balancer)}
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.dkkt.rho.copy_(state["rho"])
+        load_balancer_state(self.balancer, state)
 
     def extra_outputs(self) -> dict[str, torch.Tensor]:
         return {"multipliers": self.dkkt.multipliers.detach().cpu()}

@@ -33,19 +33,25 @@ class DC(Method):
     def step(self, iteration: int) -> dict[str, float]:
         net = self.fresh_net()
         net_opt = torch.optim.SGD(net.parameters(), lr=self.config.lr_net)
-        total = 0.0
+        logs = []
         for ol in range(self.outer_loop):
             real, real_labels = self.sample_real()
             loss = self.gm(net, real, real_labels, self.images, self.labels)
-            check_finite(loss, f"{self.name} loss at iteration {iteration}, outer step {ol}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach())
+            where = f"{self.name} loss at iteration {iteration}, outer step {ol}"
+            check_finite(loss, where)
+            logs.append(self.update_images(loss, where))
             if ol < self.outer_loop - 1:
                 for _ in range(self.inner_loop):
                     self._train_net_epoch(net, net_opt)
-        return {"loss": total / self.outer_loop}
+        return {key: sum(log[key] for log in logs) / len(logs) for key in logs[0]}  # means over outer steps
+
+    def update_images(self, loss: torch.Tensor, where: str) -> dict[str, float]:
+        """One image update from the matching loss of an outer step (all classes of the synthetic
+        set); returns the numbers to log (at least ``loss``). ``where`` names the step in errors."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
 
     def _train_net_epoch(self, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         x_all, y_all = self.images.detach(), self.labels

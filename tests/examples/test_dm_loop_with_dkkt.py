@@ -1,5 +1,6 @@
-"""The example DM loop: weight 0 reproduces the plain loop exactly; weight > 0 changes the images;
-its command line writes a synthetic set that `dkkt evaluate` reads."""
+"""The example DM loop: weight 0 and balance fraction 0 reproduce the plain loop exactly; a
+positive weight or fraction changes the images; its command line writes a synthetic set that
+`dkkt evaluate` reads."""
 import importlib.util
 from pathlib import Path
 
@@ -36,13 +37,32 @@ def test_weight_zero_is_the_plain_loop_and_weight_changes_images():
     assert all(p.grad is None for p in edge.parameters())
 
 
+def test_balance_fraction_zero_is_the_plain_loop_and_a_fraction_changes_images(monkeypatch):
+    from dkkt_plugin.losses import GradBalance
+
+    ex = load_example()
+    real, y = data()
+    edge = ConvNet(1, 3, 28, width=8)
+    kw = dict(ipc=1, iterations=3, batch_real=4)
+    plain = ex.distill(real, y, 3, **kw)
+    zero = ex.distill(real, y, 3, edge_model=edge, balance_fraction=0.0, **kw)
+    assert torch.equal(plain, zero)
+    ratios = []
+    backward = GradBalance.backward
+    monkeypatch.setattr(GradBalance, "backward", lambda *a, **k: ratios.append(backward(*a, **k).ratio))
+    some = ex.distill(real, y, 3, edge_model=edge, balance_fraction=0.5, **kw)
+    assert not torch.allclose(plain, some)
+    assert len(ratios) == 3 and all(abs(r - 0.5) < 1e-6 for r in ratios)
+    assert all(p.grad is None for p in edge.parameters())
+
+
 def test_command_line_writes_a_set_dkkt_evaluate_reads(tiny_fashion_mnist, tmp_path, capsys):
     from dkkt_plugin.cli import main
     from dkkt_plugin.engine import read_evaluations
 
     out = tmp_path / "example"
     assert load_example().main(["--out", str(out), "--data-root", str(tiny_fashion_mnist), "--pipc", "2",
-                                "--iterations", "1"]) == 0
+                                "--iterations", "1", "--balance-fraction", "0.1"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["example"]  # nothing else written
     assert main(["evaluate", "--synthetic", str(out), "--num-eval", "1", "--eval-epochs", "1",
                  "--device", "cpu"]) == 0, capsys.readouterr().err

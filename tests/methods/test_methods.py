@@ -10,7 +10,7 @@ from dkkt_plugin.methods.dkkt import paper_alpha, paper_beta
 from dkkt_plugin.methods.gm import default_loops
 from dkkt_plugin.nets import ConvNet
 
-BUILTIN = ["dc", "dm", "dm_dkkt", "dm_star", "dsa", "dsv"]
+BUILTIN = ["dc", "dc_dkkt", "dm", "dm_dkkt", "dm_star", "dsa", "dsa_dkkt", "dsv"]
 METHODS = registry.names("methods")  # every registered method, third-party ones included
 FAST = dict(net_width=4, net_depth=1, outer_loop=2, inner_loop=1)
 
