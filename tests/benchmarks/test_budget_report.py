@@ -43,3 +43,6 @@ def test_tables_and_verdict_from_records():
     tests[0].update(claim_holds=False)
     assert "holds at none of the 1 budget(s)" in br.verdict(tests)
     assert br.verdict([]).startswith("No budget")
+    one_seed = {**tests[0], "p": float("nan"), "difference": 9.0, "budget": 1000}
+    assert "(1 budget(s) with fewer seeds not tested.)" in br.verdict([tests[0], one_seed])
+    assert "+9.00" not in br.verdict([tests[0], one_seed])
