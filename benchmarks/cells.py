@@ -143,26 +143,28 @@ class Context:
         return test.images, test.targets
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, seed: int, spec: Optional[EvalSpec] = None,
-                 cache: Optional[Path] = None, iteration: Optional[int] = None) -> EvalResult:
+                 cache: Optional[Path] = None, iteration: Optional[int] = None, arch: str = "convnet") -> EvalResult:
         """The preset's evaluation (or ``spec``); evaluation run r of distillation seed s uses seed
         ``seed_stride * s + r`` (1000 s + r: the columns of one seed are evaluated with the same
         networks' initialisations).
 
-        ``cache``: a JSONL file keeping every finished network's accuracy (with ``iteration`` and
-        the spec), so that an interrupted evaluation resumes at the next network."""
+        ``cache``: a JSONL file keeping every finished network's accuracy (with ``iteration``, the
+        spec and, for another architecture than the ConvNet, ``arch``), so that an interrupted
+        evaluation resumes at the next network. ``arch``: the networks' architecture
+        (:mod:`dkkt_plugin.models`; see :meth:`evaluate_archs`)."""
         spec = spec or self.preset.evaluation
         protocol = get_protocol(spec.protocol, spec.epochs)
         x, y = self.eval_set()
-        kwargs = dict(protocol=protocol, device=self.device, width=spec.width,
+        kwargs = dict(protocol=protocol, device=self.device, width=spec.width, arch=arch,
                       num_classes=self.data(train=True).num_classes, precision=spec.precision)
         base = spec.seed_stride * seed
         if cache is None:
             result = evaluate_synthetic(images, labels, x, y, num_eval=spec.num_eval, seed=base, **kwargs)
         else:
             # a network's result depends on the set, the spec and its seed, not on how many there are
-            asked = {"iteration": iteration,
-                     "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "num_eval"}}
-            done = {r["seed"]: r for r in _read_lines(cache) if {k: r.get(k) for k in asked} == asked}
+            asked = {"iteration": iteration, "arch": None if arch == "convnet" else arch,
+                     "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("num_eval", "archs")}}
+            done = {r["seed"]: r for r in _read_lines(cache) if _cached(r, asked)}
             result = EvalResult(protocol="")
             descriptions = []
             for r in range(spec.num_eval):
@@ -177,9 +179,27 @@ class Context:
                 result.seconds += net["seconds"]
                 descriptions += [net["protocol"]] if net["protocol"] not in descriptions else []
             result.protocol = " | ".join(descriptions)  # one text unless networks ran on different machines
-        if spec.width != 128:
+        if spec.width != 128 and arch.startswith("convnet"):
             result.protocol += f"; evaluation ConvNet width {spec.width} (standard: 128)"
+        result.arch = arch
         return result
+
+    def evaluate_archs(self, images: torch.Tensor, labels: torch.Tensor, seed: int, spec: Optional[EvalSpec] = None,
+                       cache: Optional[Path] = None, iteration: Optional[int] = None,
+                       run_dir: Optional[Path] = None) -> dict[str, Any]:
+        """The set evaluated on each architecture of ``spec.archs`` (none: ``{}``), as the
+        ConvNet is (:meth:`evaluate`): ``{arch: fields}`` for the record's ``archs``; each
+        evaluation is also appended to ``run_dir``'s evaluations.jsonl when given."""
+        spec = spec or self.preset.evaluation
+        out = {}
+        for arch in spec.archs:
+            t0 = time.perf_counter()
+            ev = self.evaluate(images, labels, seed, spec=spec, cache=cache, iteration=iteration, arch=arch)
+            out[arch] = _eval_fields(ev, time.perf_counter() - t0)
+            if run_dir is not None:
+                append_evaluation(run_dir, ev.as_dict(), command=self.command, device=self.device,
+                                  iteration=iteration)
+        return out
 
 
 def _pretrain_once(path: Path, ctx: Context, cfg: PretrainConfig, what: str) -> None:
@@ -212,6 +232,18 @@ def _base_record(ctx: Context, cell: Cell, access_ratio: float) -> dict[str, Any
     return {"dataset": cell.dataset, "preset": cell.preset, "column": cell.column, "ipc": cell.ipc,
             "pipc": cell.pipc, "access_ratio": access_ratio, "seed": cell.seed,
             "split": ctx.preset.evaluation.split}
+
+
+def _cached(line: dict[str, Any], asked: dict[str, Any]) -> bool:
+    """Whether a cached network line answers ``asked``: the same iteration and architecture (none
+    recorded: the ConvNet) and the same spec, whose ``archs`` (what else is evaluated) does not matter."""
+    spec = {k: v for k, v in (line.get("spec") or {}).items() if k != "archs"}
+    return spec == asked["spec"] and all(line.get(k) == v for k, v in asked.items() if k != "spec")
+
+
+def _archs(archs: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``archs`` field where the preset evaluates other architectures (else nothing)."""
+    return {"archs": archs} if archs else {}
 
 
 def _eval_fields(ev: EvalResult, seconds: float) -> dict[str, Any]:
@@ -255,8 +287,10 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
                                    checkpoint_every=ctx.preset.checkpoint_every, data=data, command=ctx.command,
                                    transfer_model=transfer)
     ev, eval_seconds, rec = stop.evaluation, seconds[0], stop.run.record
+    archs = ctx.evaluate_archs(stop.run.images, stop.run.labels, cell.seed, run_dir=run_dir,
+                               iteration=cfg.iterations)
     return {**_base_record(ctx, cell, access_ratio), "method": method, "config": dataclasses.asdict(cfg),
-            **_eval_fields(ev, eval_seconds), "distill_seconds": rec["seconds"],
+            **_eval_fields(ev, eval_seconds), **_archs(archs), "distill_seconds": rec["seconds"],
             "seconds_per_iteration": rec["seconds_per_iteration"], "iterations": cfg.iterations,
             "final": rec["history"][-1] if rec.get("history") else {}, "fidelity": rec.get("fidelity"),
             "transfer_model": ctx.transfer_model, "resumed": resumed, "run_dir": str(run_dir.relative_to(ctx.out)),
@@ -300,11 +334,13 @@ def run_point(ctx: Context, cell: Cell) -> dict[str, Any]:
                       iteration=cell.budget)
     eval_seconds = time.perf_counter() - t0
     append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device, iteration=cell.budget)
+    archs = ctx.evaluate_archs(syn["images"], syn["labels"], cell.seed, spec=spec, cache=run_dir / NETWORKS,
+                               iteration=cell.budget, run_dir=run_dir)
     subset_size = int(PracticalSubset(train, cell.pipc, seed=cell.seed).tensors()[0].shape[0])
     same_run = rec.get("iterations") == cell.budget
     return {**_base_record(ctx, cell, 100.0 * subset_size / len(train)), **_point_fields(cell, spec),
             "method": method, "config": dataclasses.asdict(cfg), "resolved": rec.get("resolved"),
-            **_eval_fields(ev, eval_seconds),
+            **_eval_fields(ev, eval_seconds), **_archs(archs),
             "distill_seconds": rec.get("seconds") if same_run else None,
             "seconds_per_iteration": rec.get("seconds_per_iteration"), "iterations": cell.budget,
             "final": _history_at(rec, cell.budget), "fidelity": rec.get("fidelity") if same_run else None,
@@ -352,9 +388,11 @@ def run_random(ctx: Context, cell: Cell) -> dict[str, Any]:
     ev = ctx.evaluate(images, labels, cell.seed, spec=spec, cache=run_dir / NETWORKS, iteration=0)
     eval_seconds = time.perf_counter() - t0
     append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device, iteration=0)
+    archs = ctx.evaluate_archs(images, labels, cell.seed, spec=spec, cache=run_dir / NETWORKS, iteration=0,
+                               run_dir=run_dir)
     point = _point_fields(cell, spec) if cell.budget is not None else {}
     return {**_base_record(ctx, cell, subset.access_percent), **point, "method": RANDOM_COLUMN, "config": config,
-            **_eval_fields(ev, eval_seconds), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
+            **_eval_fields(ev, eval_seconds), **_archs(archs), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
             "iterations": 0, "resumed": False, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}
 
 
@@ -405,7 +443,12 @@ def run_blend(ctx: Context, cell: Cell) -> dict[str, Any]:
                           cache=run_dir / NETWORKS, iteration=cell.budget)
         append_evaluation(run_dir, ev.as_dict(), command=ctx.command, device=ctx.device, iteration=cell.budget)
     eval_seconds = time.perf_counter() - t0
+    if cell.budget is None:
+        archs = ctx.evaluate_archs(images, a["labels"], cell.seed)
+    else:
+        archs = ctx.evaluate_archs(images, a["labels"], cell.seed, spec=ctx.preset.eval_spec(cell.protocol),
+                                   cache=run_dir / NETWORKS, iteration=cell.budget, run_dir=run_dir)
     subset = PracticalSubset(ctx.data(train=True), cell.pipc, seed=cell.seed)
     return {**_base_record(ctx, cell, subset.access_percent), **point, "method": "blend", "config": config,
-            **_eval_fields(ev, eval_seconds), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
+            **_eval_fields(ev, eval_seconds), **_archs(archs), "distill_seconds": 0.0, "seconds_per_iteration": 0.0,
             "iterations": 0, "resumed": False, "run_dir": str(run_dir.relative_to(ctx.out)), **ctx.provenance()}

@@ -138,6 +138,9 @@ class EvalSpec:
     # were evaluated in fp32, and a preset's cells must not mix precisions (--eval-precision
     # auto gives a separately named preset, e.g. cpu[precision=auto])
     precision: Optional[str] = None
+    # architectures (names of dkkt_plugin.models) each set is also evaluated on, num_eval networks
+    # each, seeded as the ConvNet's: the cross-architecture table (--eval-archs)
+    archs: tuple[str, ...] = ()
 
 
 TRANSFER = PretrainConfig(width=32, epochs=1, seed=1)  # 85.6 % on Fashion-MNIST's test set, ~6 min on one core
@@ -316,13 +319,18 @@ class Preset:
 
     def modified(self, **changes: Any) -> "Preset":
         """A copy with ``iterations`` (all columns), ``eval_epochs``, ``num_eval``, the evaluation
-        ``split`` or its training ``precision`` changed; the name records the change (``smoke[iterations=1]``) so results never mix."""
+        ``split``, its training ``precision`` or the ``archs`` evaluated besides the ConvNet changed;
+        the name records the change (``smoke[iterations=1]``) so results never mix."""
         if changes.get("split") not in (None, *SPLITS):
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {changes['split']!r}")
         if changes.get("split") == self.evaluation.split:  # the preset's own split: no change
             changes.pop("split")
         if changes.get("precision") is not None and changes["precision"] == self.evaluation.precision:
             changes.pop("precision")
+        if changes.get("archs") is not None:  # the ConvNet is always evaluated; each other name once
+            changes["archs"] = tuple(dict.fromkeys(a for a in changes["archs"] if a != "convnet")) or None
+            if changes["archs"] == self.evaluation.archs:
+                changes.pop("archs")
         changes = {k: v for k, v in changes.items() if v is not None}
         if "eval_at" in changes:
             if not self.budgets:
@@ -336,7 +344,7 @@ class Preset:
         if not changes:
             return self
         new = dataclasses.replace(self, evaluation=dataclasses.replace(self.evaluation, **evaluation))
-        scaled = {k: v for k, v in evaluation.items() if k in ("epochs", "split", "precision")}
+        scaled = {k: v for k, v in evaluation.items() if k in ("epochs", "split", "precision", "archs")}
         if scaled and self.final_evaluations:  # every protocol of the preset scaled alike
             new = dataclasses.replace(new, final_evaluations={
                 name: dataclasses.replace(spec, **scaled) for name, spec in self.final_evaluations.items()})

@@ -13,7 +13,9 @@ or held-out training images for ``val``). The paper's presets: one row per (ipc,
 compared with the best baseline of that row (highest mean) by Welch's t-test on those per-seed
 means. An ablation preset (one with a ``reference`` column): one row per variant, each compared
 with the reference (DM), with the final stationarity / floor ratio of its DKKT runs and, where the
-run folders exist, their diagnostics over the iterations (``figures/curves-*.png``).
+run folders exist, their diagnostics over the iterations (``figures/curves-*.png``). Where the
+sets were also evaluated on other architectures (``--eval-archs``), a cross-architecture table:
+one line per method, one column per architecture.
 """
 from __future__ import annotations
 
@@ -142,6 +144,55 @@ def variant_table(table: dict, columns: Sequence[str], reference: str) -> tuple[
                       "" if not np.isfinite(p) else f"{p:.3g}", ratio]
         lines.append(f"| {column} | " + " | ".join(cells) + " |")
     return lines, tests
+
+
+ARCH_TITLES = {"convnet": "ConvNet", "convnet_bn": "ConvNet-BN", "convnet_nn": "ConvNet-NN", "mlp": "MLP",
+               "lenet": "LeNet", "alexnet": "AlexNet", "alexnet_bn": "AlexNet-BN", "vgg11": "VGG11",
+               "vgg11_bn": "VGG11-BN", "resnet18": "ResNet18", "resnet18_bn": "ResNet18-BN",
+               **{f"convnet_d{d}": f"ConvNet-D{d}" for d in range(1, 5)}}
+
+
+def arch_table(records: Sequence[dict], columns: Sequence[str]) -> tuple[list[str], list[dict]]:
+    """Cross-architecture accuracy (records with ``archs``): one line per method (and ipc, pipc,
+    budget, protocol), one column per architecture the sets were evaluated on, the ConvNet first;
+    each value mean ± std over seeds of each seed's mean accuracy. Nothing when no record has
+    ``archs``."""
+    archs = ["convnet", *dict.fromkeys(a for r in records for a in (r.get("archs") or {}) if a != "convnet")]
+    if len(archs) == 1:
+        return [], []
+    cells: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in sorted(records, key=lambda r: r["seed"]):
+        key = (int(r["ipc"]), _pipc(r["pipc"]), r.get("budget"), r.get("protocol"), r["column"])
+        cells[key]["convnet"].append(100.0 * float(np.mean(r["accuracies"])))
+        for arch, fields in (r.get("archs") or {}).items():
+            cells[key][arch].append(100.0 * float(np.mean(fields["accuracies"])))
+    budgets = any(k[2] is not None for k in cells)
+    order = {c: i for i, c in enumerate(columns)}
+    head = ["ipc", "pipc", *(["iterations", "protocol"] if budgets else []), "method",
+            *[ARCH_TITLES.get(a, a) for a in archs]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
+    for key in sorted(cells, key=lambda k: (k[0], pipc_order(k[1]), k[2] or 0, str(k[3]), order.get(k[4], 99), k[4])):
+        ipc, pipc, budget, protocol, column = key
+        values = {a: {"means": v, "mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+                  for a, v in cells[key].items()}
+        rows.append({"ipc": ipc, "pipc": pipc, "budget": budget, "protocol": protocol, "column": column,
+                     "archs": values})
+        text = [f"{values[a]['mean']:.2f} ± {values[a]['std']:.2f} (n={values[a]['n']})" if a in values else "–"
+                for a in archs]
+        lines.append("| " + " | ".join([str(ipc), str(pipc), *([str(budget), str(protocol)] if budgets else []),
+                                         column_title(column), *text]) + " |")
+    return lines, rows
+
+
+def _arch_section(records: Sequence[dict], columns: Sequence[str]) -> tuple[list[str], list[dict]]:
+    lines, rows = arch_table(records, columns)
+    if not lines:
+        return [], []
+    return ["## Accuracy (%) across architectures", "",
+            "Each synthetic set trained from scratch on every architecture (dkkt_plugin.models, "
+            "DatasetCondensation's definitions) with the same protocol and seeds as the ConvNet; "
+            f"values: {STD_NOTE}.", "", *lines, ""], rows
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -351,8 +402,11 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
                    f"Values: {STD_NOTE}. DM+DKKT − DM: difference of the means, its 95 % interval and Welch's "
                    "p (Welch–Satterthwaite degrees of freedom); the claim holds where the difference is at least "
                    f"{budget_report.CLAIM_POINTS:g} points with p < {budget_report.CLAIM_P}.", "", *bl]
+            al, arch_rows = _arch_section(records, columns)
+            md += al
             group = {"dataset": dataset, "preset": preset, "welch": tests,
-                     "table": [{"ipc": k[0], "pipc": k[1], "protocol": k[2], "budgets": v} for k, v in btable.items()]}
+                     "table": [{"ipc": k[0], "pipc": k[1], "protocol": k[2], "budgets": v} for k, v in btable.items()],
+                     **({"archs": arch_rows} if arch_rows else {})}
             if figures:
                 try:
                     md += ["## Figures", "", *budget_report.figures(dataset, btable, items, out), ""]
@@ -371,6 +425,8 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
                    "(DSV+DM)/2: pixel-wise mean of the DSV(noise) and DM sets of the same seed, evaluated alike.", ""]
             wl, tests = welch_table(table)
             md += ["## DM+DKKT vs the best baseline per row (Welch's t-test on per-seed means)", "", *wl, ""]
+        al, arch_rows = _arch_section(records, columns)
+        md += al
         fl, fid = fidelity_table(records, columns)
         if fl:
             md += ["## Fidelity of the synthetic sets (mean over seeds)", "", *fl, "",
@@ -379,7 +435,8 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
                    "independent classifier (another width and seed); edge high but transfer low = class "
                    "information only the edge model reads.", ""]
         group = {"dataset": dataset, "preset": preset, "welch": tests, "fidelity": fid,
-                 "table": [{"ipc": k[0], "pipc": k[1], "cells": v} for k, v in table.items()]}
+                 "table": [{"ipc": k[0], "pipc": k[1], "cells": v} for k, v in table.items()],
+                 **({"archs": arch_rows} if arch_rows else {})}
         if figures:
             try:
                 fig_lines, extra = _figures(dataset, preset, items, table, out, cell, columns)

@@ -74,6 +74,10 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=SPLITS, default=None,
                    help="evaluate on the test set or on 'val', held-out training images (default: the preset's; "
                         "ablation: val)")
+    p.add_argument("--eval-archs", nargs="+", default=None, metavar="NAME",
+                   help="also evaluate every set on these architectures (dkkt_plugin.models: mlp, lenet, alexnet, "
+                        "vgg11, resnet18, ...; the ConvNet always), num_eval networks each: the report's "
+                        "cross-architecture table (a separately named preset, e.g. cpu[archs=mlp/resnet18])")
     p.add_argument("--eval-precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="training precision of the evaluation networks (default: the preset's; the CPU presets "
                         "pin fp32, as their committed results; auto = bf16 where the device has native bf16)")
@@ -111,8 +115,14 @@ def _context(args: argparse.Namespace, command_line: str, check_data: bool = Tru
     if dataset is None:
         raise DkktError(f"unknown dataset {args.dataset!r}; choose fashion_mnist or cifar10")
     base = get_preset(args.preset or DEFAULT_PRESET[dataset])
+    if args.eval_archs:
+        from dkkt_plugin.models import resolve
+
+        for arch in args.eval_archs:  # an unknown name fails before any cell runs
+            resolve(arch, "--eval-archs")
     preset = base.modified(iterations=args.iterations, eval_epochs=args.eval_epochs, num_eval=args.num_eval,
-                           split=args.split, precision=args.eval_precision, eval_at=args.eval_at)
+                           split=args.split, precision=args.eval_precision, eval_at=args.eval_at,
+                           archs=tuple(args.eval_archs) if args.eval_archs else None)
     root = args.data_root or (os.environ.get(DATA_ENV[dataset]) if dataset == "cifar10" else None)
     out = Path(args.out) if args.out else RESULTS_ROOT / f"{dataset}-{base.name}"
     threads = choose_threads(args.threads)  # --threads, $DKKT_THREADS, $OMP_NUM_THREADS, else the cores
@@ -146,7 +156,9 @@ def _header(ctx: Context, todo: int, total: int, where: tuple[int, int]) -> None
     print(f"  {ctx.preset.summary}; shard {where[0]}/{where[1]}: {total} cells, {total - todo} finished, "
           f"{todo} to run")
     print(f"  evaluation on the {spec.split} split: {spec.protocol} protocol, {spec.epochs or 'its own'} epochs, "
-          f"{spec.num_eval} run(s), width {spec.width}; out {ctx.out}; device {ctx.device}, {torch.get_num_threads()} torch thread(s)",
+          f"{spec.num_eval} run(s), width {spec.width}"
+          + (f", also on {', '.join(spec.archs)}" if spec.archs else "")
+          + f"; out {ctx.out}; device {ctx.device}, {torch.get_num_threads()} torch thread(s)",
           flush=True)
 
 

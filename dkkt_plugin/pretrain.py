@@ -286,6 +286,8 @@ def _load_checkpoint(path: Path, payload: dict, device: Any, edge: EdgeSpec) -> 
                               f"({error_line(exc)})") from exc
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "format")}
     meta.update(source="checkpoint", arch=arch)
+    if isinstance(meta.get("config"), dict):  # the pretraining settings name the architecture too
+        meta["config"] = {**meta["config"], "arch": meta["config"].get("arch", name)}
     return model.eval(), meta
 
 
