@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from dkkt_plugin import registry
+from dkkt_plugin import registry, runtime
 from dkkt_plugin.data.practical import PracticalSubset, validation_indices
 from dkkt_plugin.engine import (append_evaluation, build_config, checkpoint_iteration, distill_then_evaluate,
                                 load_distill_data, load_synthetic, method_class, save_synthetic, snapshot_path)
@@ -156,10 +156,15 @@ class Context:
         protocol = get_protocol(spec.protocol, spec.epochs)
         x, y = self.eval_set()
         kwargs = dict(protocol=protocol, device=self.device, width=spec.width, arch=arch,
-                      num_classes=self.data(train=True).num_classes, precision=spec.precision)
+                      num_classes=self.data(train=True).num_classes)
+
+        def run(num_eval: int, seed: int) -> EvalResult:  # at the spec's precision (None: the process-wide one)
+            with runtime.use(precision=spec.precision):
+                return evaluate_synthetic(images, labels, x, y, num_eval=num_eval, seed=seed, **kwargs)
+
         base = spec.seed_stride * seed
         if cache is None:
-            result = evaluate_synthetic(images, labels, x, y, num_eval=spec.num_eval, seed=base, **kwargs)
+            result = run(spec.num_eval, base)
         else:
             # a network's result depends on the set, the spec and its seed, not on how many there are
             asked = {"iteration": iteration, "arch": None if arch == "convnet" else arch,
@@ -169,7 +174,7 @@ class Context:
             descriptions = []
             for r in range(spec.num_eval):
                 if base + r not in done:
-                    one = evaluate_synthetic(images, labels, x, y, num_eval=1, seed=base + r, **kwargs)
+                    one = run(1, base + r)
                     done[base + r] = {**asked, "seed": base + r, "accuracy": one.accuracies[0],
                                       "protocol": one.protocol, "seconds": round(one.seconds, 3)}
                     append_jsonl(cache, done[base + r], fmt=NETWORKS_FORMAT)

@@ -1,52 +1,47 @@
-"""Does bf16 (or a compiled training step) change the results? DM sets evaluated both ways.
+"""Does bf16 (or another backend) change the results? DM sets evaluated both ways.
 
 On real Fashion-MNIST (pipc all, ``--ipc`` images per class, ``--iterations`` DM steps from the
-same real initialisation and seed), two synthetic sets are distilled: one with the real-image
-embedding in fp32 (``real_precision="fp32"``), one in bf16. Their DM loss curves are compared,
-and the sets are evaluated by the dm protocol (scaled to ``--eval-epochs``) over the same
-``--num-eval`` evaluation seeds on ``--test-per-class`` test images per class (the first ones of
-each class): the fp32 set trained in fp32 (the baseline), the bf16 set trained in fp32 (what
-bf16 DM changes) and the bf16 set trained in bf16 (what bf16 training changes on top).
-Output: ``precision.json`` and ``precision.md`` with mean ± std per cell, and the paired
-differences (same evaluation seeds, hence the same initial weights and minibatch/augmentation
-draws) with a paired t-test: bf16 training against fp32 training of the same set, and the bf16
-set against the fp32 set, both trained in fp32.
+same real initialisation and seed), two synthetic sets are distilled: one with precision fp32,
+one with precision bf16 (:mod:`dkkt_plugin.runtime`; for DM that is the real-image embedding).
+Their DM loss curves are compared, and the sets are evaluated by the dm protocol (scaled to
+``--eval-epochs``) over the same ``--num-eval`` evaluation seeds on ``--test-per-class`` test
+images per class (the first ones of each class): the fp32 set trained in fp32 (the baseline),
+the bf16 set trained in fp32 (what bf16 DM changes) and the bf16 set trained in bf16 (what bf16
+training changes on top). Output: ``precision.json`` and ``precision.md`` with mean ± std per
+cell, and the paired differences (same evaluation seeds, hence the same initial weights and
+minibatch/augmentation draws) with a paired t-test: bf16 training against fp32 training of the
+same set, and the bf16 set against the fp32 set, both trained in fp32.
 
-``--compare compile`` instead distils only the bf16 set and trains it in bf16 eagerly and through
-the compiled training step (``TrainConfig.compile_step``), paired the same way.
+``--compare compile`` instead distils only the bf16 set and trains it in bf16 eagerly and with
+``--backend compile`` (each training chunk through ``torch.compile``), paired the same way.
 
-``--compare fused`` distils two bf16 sets, the real embedding through the fused CPU kernels
-(``fused_real=True``, the default: set ``bf16``) and through torch's autocast
-(``fused_real=False``: set ``bf16-torch``), and evaluates both in fp32, paired the same way; the
-loss difference is reported as for fp32 vs bf16.
+``--compare backend`` distils two bf16 sets, one with the fused CPU kernels (``--backend cpu``,
+the default: set ``bf16``: DM's real embedding and its synthetic images' forward and backward)
+and one through torch's ops (``--backend torch``: set ``bf16-torch``), and evaluates them with
+bf16 training through torch's ops (``bf16+torch``) and the ``bf16`` set also with the fused
+blocks (``bf16``, the default), paired the same way: what the fused kernels change in
+distillation, and what they change in training.
 
-``--compare blocks`` distils two bf16 sets, the synthetic images' forward and backward with each
-ConvNet block fused (``fused_syn=True``, the default: set ``bf16``) and through torch's ops
-(``fused_syn=False``: set ``bf16-torch-syn``), and evaluates them with bf16 training through
-torch's ops (``bf16+torch``: ``TrainConfig.fused=False``) and the ``bf16`` set also with the fused
-blocks (``bf16``, the default), paired the same way: what the fused synthetic passes change, and
-what fused training changes.
+``--compare dkkt`` distils sets with a method that has the DKKT term (``--method dm_dkkt``, the
+default here, or ``dsv``; the packaged Fashion-MNIST edge model) at precision fp32 (set
+``dkkt-fp32``), at precision bf16 (set ``dkkt-bf16``: the edge model's feature pass, and DM+DKKT's
+real embedding, in bf16) and, as a control, at fp32 through torch's ops instead of the fused
+blocks (``--backend torch``: set ``dkkt-fp32-torch``, the same arithmetic up to float rounding:
+how far rounding alone moves the result of a long, chaotic run such as DSV's), and evaluates
+them with the default (bf16, fused) training, paired the same way; the method's loss difference
+is reported as for fp32 vs bf16.
 
-``--compare dkkt`` distils two sets with a method that has the DKKT term (``--method dm_dkkt``,
-the default here, or ``dsv``; the packaged Fashion-MNIST edge model), the edge model's feature
-pass in fp32 (``dkkt.precision="fp32"``: set ``dkkt-fp32``), in bf16 (set ``dkkt-bf16``) and, as
-a control, in fp32 through torch's ops instead of the fused blocks (``fused_syn=False``: set
-``dkkt-fp32-torch``, the same arithmetic up to float rounding: how far rounding alone moves the
-result of a long, chaotic run such as DSV's), and evaluates them with the default (bf16, fused)
-training, paired the same way; the method's loss difference is reported as for fp32 vs bf16.
-
-Training cells: ``fp32`` / ``bf16`` (fused blocks, the default), ``+compile`` (compiled step),
-``+torch`` (torch's ops only).
+Training cells: ``fp32`` / ``bf16`` (the precision; backend cpu, the default), ``+compile``
+(backend compile), ``+torch`` (backend torch).
 
 Usage::
 
     python -m benchmarks.precision [--ipc 10] [--iterations 100] [--eval-epochs 300] [--num-eval 3]
-        [--compare precision|compile|fused|blocks|dkkt] [--method dm|dm_dkkt|dsv] [--out DIR]
+        [--compare precision|compile|backend|dkkt] [--method dm|dm_dkkt|dsv] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -63,6 +58,7 @@ if __package__ in (None, ""):  # `python benchmarks/precision.py`
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from dkkt_plugin import runtime  # noqa: E402
 from dkkt_plugin.data import load_fashion_mnist  # noqa: E402
 from dkkt_plugin.demo import packaged_edge_model  # noqa: E402
 from dkkt_plugin.engine import build_config, load_distill_data, method_class  # noqa: E402
@@ -79,24 +75,22 @@ COMPARISONS = {
                    ("bf16 DM embedding (fp32 training)", ("bf16", "fp32"), ("fp32", "fp32")))),
     "compile": (("bf16",), (("bf16", "bf16"), ("bf16", "bf16+compile")),
                 (("compiled training step (bf16 set, bf16 training)", ("bf16", "bf16+compile"), ("bf16", "bf16")),)),
-    "fused": (("bf16-torch", "bf16"), (("bf16-torch", "fp32"), ("bf16", "fp32")),
-              (("fused real embedding (fp32 training)", ("bf16", "fp32"), ("bf16-torch", "fp32")),)),
-    "blocks": (("bf16-torch-syn", "bf16"), (("bf16-torch-syn", "bf16+torch"), ("bf16", "bf16+torch"), ("bf16", "bf16")),
-               (("fused synthetic passes in DM (bf16 training, torch ops)", ("bf16", "bf16+torch"),
-                 ("bf16-torch-syn", "bf16+torch")),
-                ("fused training blocks (bf16 set, bf16 training)", ("bf16", "bf16"), ("bf16", "bf16+torch")))),
+    "backend": (("bf16-torch", "bf16"), (("bf16-torch", "bf16+torch"), ("bf16", "bf16+torch"), ("bf16", "bf16")),
+                (("fused kernels in DM (bf16 training, torch ops)", ("bf16", "bf16+torch"),
+                  ("bf16-torch", "bf16+torch")),
+                 ("fused training blocks (bf16 set, bf16 training)", ("bf16", "bf16"), ("bf16", "bf16+torch")))),
     "dkkt": (("dkkt-fp32", "dkkt-bf16", "dkkt-fp32-torch"),
              (("dkkt-fp32", "bf16"), ("dkkt-bf16", "bf16"), ("dkkt-fp32-torch", "bf16")),
              (("bf16 DKKT feature pass (bf16 training)", ("dkkt-bf16", "bf16"), ("dkkt-fp32", "bf16")),
               ("control: float rounding only, torch's ops instead of the fused blocks (fp32)",
                ("dkkt-fp32-torch", "bf16"), ("dkkt-fp32", "bf16")))),
 }
-# the method's options of each set (dotted keys: nested settings)
-SETS = {"fp32": {"real_precision": "fp32"}, "bf16": {"real_precision": "bf16"},
-        "bf16-torch": {"real_precision": "bf16", "fused_real": False},
-        "bf16-torch-syn": {"real_precision": "bf16", "fused_syn": False},
-        "dkkt-fp32": {"dkkt.precision": "fp32"}, "dkkt-bf16": {"dkkt.precision": "bf16"},
-        "dkkt-fp32-torch": {"dkkt.precision": "fp32", "fused_syn": False}}
+# the speed settings each set is distilled with (dkkt_plugin.runtime.use)
+SETS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
+        "bf16-torch": {"precision": "bf16", "backend": "torch"},
+        "dkkt-fp32": {"precision": "fp32"}, "dkkt-bf16": {"precision": "bf16"},
+        "dkkt-fp32-torch": {"precision": "fp32", "backend": "torch"}}
+TRAINING_BACKENDS = {"compile": "compile", "torch": "torch"}  # a training cell's "+..." suffix -> its backend
 DKKT_METHODS = ("dm_dkkt", "dsv")  # the methods with a DKKT term (and an edge model)
 
 
@@ -111,16 +105,17 @@ def paired(changed: list[float], baseline: list[float]) -> dict:
 
 def distil(name: str, *, ipc: int, iterations: int, seed: int, data_root: Optional[str], train,
            method: str = "dm") -> dict:
-    """``method`` on Fashion-MNIST with the options of set ``name`` of ``SETS`` (the packaged edge
-    model for the DKKT methods); images, labels, losses, s/it."""
+    """``method`` on Fashion-MNIST under the speed settings of set ``name`` of ``SETS`` (the
+    packaged edge model for the DKKT methods); images, labels, losses, s/it."""
     edge = {"edge_model": str(packaged_edge_model())} if method in DKKT_METHODS else {}
-    cfg = build_config(method, SETS[name], dataset="fashion_mnist", data_root=data_root, ipc=ipc, pipc="all",
+    cfg = build_config(method, dataset="fashion_mnist", data_root=data_root, ipc=ipc, pipc="all",
                        iterations=iterations, seed=seed, **edge)
     data = load_distill_data(cfg, train=train)
-    method = method_class(method)(cfg, data, device="cpu")
-    losses, t0 = [], time.perf_counter()
-    for it in range(iterations):
-        losses.append(method.step(it)["loss"])
+    with runtime.use(**SETS[name]):
+        method = method_class(method)(cfg, data, device="cpu")
+        losses, t0 = [], time.perf_counter()
+        for it in range(iterations):
+            losses.append(method.step(it)["loss"])
     return {"images": method.images.detach().clone(), "labels": method.labels.clone(), "losses": losses,
             "seconds_per_iteration": (time.perf_counter() - t0) / max(iterations, 1)}
 
@@ -136,8 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="distillation seed; evaluation seeds are 0..num_eval-1")
     p.add_argument("--compare", choices=sorted(COMPARISONS), default="precision",
                    help="precision: bf16 vs fp32 (DM embedding and training); compile: compiled vs eager "
-                        "training; fused: the fused vs torch bf16 real embedding; blocks: fused vs torch "
-                        "synthetic passes and training; dkkt: the DKKT term's feature pass in bf16 vs fp32")
+                        "training; backend: the fused CPU kernels vs torch's ops in DM and in training; dkkt: "
+                        "the DKKT term's feature pass in bf16 vs fp32")
     p.add_argument("--method", choices=("dm", *DKKT_METHODS), default=None,
                    help="the distillation method (default: dm, or dm_dkkt with --compare dkkt)")
     p.add_argument("--threads", type=int, default=None)
@@ -168,14 +163,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base_losses = sets[set_names[0]]["losses"]  # the baseline set comes first
     loss_rel = {name: [abs(x - y) / abs(x) for x, y in zip(base_losses, sets[name]["losses"])]
                 for name in set_names[1:]}
-    base = get_protocol("dm", args.eval_epochs)
-    proto = dataclasses.replace(base, train=dataclasses.replace(base.train, precision="fp32"))  # per cell below
+    proto = get_protocol("dm", args.eval_epochs)  # its training precision and backend: per cell below
     cells = []
     for set_prec, train_prec in cell_specs:
-        r = evaluate_synthetic(sets[set_prec]["images"], sets[set_prec]["labels"], x_test, y_test, protocol=proto,
-                               num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}",
-                               precision=train_prec.split("+")[0], compile_step=train_prec.endswith("+compile"),
-                               fused=not train_prec.endswith("+torch"))
+        precision, _, suffix = train_prec.partition("+")
+        with runtime.use(precision=precision, backend=TRAINING_BACKENDS.get(suffix, "cpu")):
+            r = evaluate_synthetic(sets[set_prec]["images"], sets[set_prec]["labels"], x_test, y_test,
+                                   protocol=proto, num_eval=args.num_eval, seed=0, desc=f"{set_prec}/{train_prec}")
         accs = [100 * v for v in r.accuracies]
         cells.append({"distilled": set_prec, "trained": train_prec, "accuracies": accs,
                       "mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seeds": r.seeds,
@@ -193,7 +187,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
               "versions": versions(), "load_start": load_start, "load_end": os.getloadavg()[0],
               "settings": {"method": method, "ipc": args.ipc, "pipc": "all", "iterations": args.iterations, "distill_seed": args.seed,
-                           "eval_epochs": args.eval_epochs, "num_eval": args.num_eval, "protocol": proto.describe(),
+                           "eval_epochs": args.eval_epochs, "num_eval": args.num_eval, "protocol": proto.describe("fp32"),
+                           "speed": {"sets": {k: SETS[k] for k in set_names}},
                            "test_images": int(y_test.numel())},
               "distillation": {k: {"losses": v["losses"], "seconds_per_iteration": v["seconds_per_iteration"]}
                                for k, v in sets.items()},
@@ -205,15 +200,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     title = {"precision": "bf16 vs fp32", "compile": "Compiled vs eager training step",
-             "fused": "Fused vs torch bf16 real embedding",
-             "blocks": "Fused vs torch ConvNet blocks (DM's synthetic passes, training)",
+             "backend": "Fused CPU kernels vs torch's ops (DM's passes, training)",
              "dkkt": f"The DKKT term's feature pass in bf16 vs fp32 ({method})"}[args.compare]
     lines = [f"# {title} on real Fashion-MNIST", "", f"- command: `{report['command']}`",
              f"- date {report['date']}; {report['machine']['cpu_model']}, {report['machine']['torch_threads']} torch "
              f"thread(s); torch {report['versions']['torch']}; load average {load_start:.2f} at start, "
              f"{report['load_end']:.2f} at end",
              f"- {method}: ipc {args.ipc}, pipc all, {args.iterations} iterations, seed {args.seed}; evaluation: "
-             f"{proto.describe()} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
+             f"{proto.describe('fp32')} (training precision: per row), {args.num_eval} seeds (0..{args.num_eval - 1}), {y_test.numel()} test images "
              f"(the first {args.test_per_class} of each class)", ""]
     for name, r in loss_rel.items():
         lines += [f"{method} loss, relative difference of set {name} vs set {set_names[0]} (same seed, same "

@@ -11,33 +11,35 @@ the full DSA strategy, a width-128 ConvNet), one ``step()`` each:
   :class:`ReferenceDM`): a fresh ConvNet with the reference's layers per iteration, then per
   class one real forward (``batch_real`` images, no gradient) and one synthetic forward, each
   class's real and synthetic batch sharing one DSA draw, fp32;
-- ``dm``: ``dkkt distill --method dm``'s step with its defaults (chunked batched forward, real
-  embedding in bf16 where the CPU has native bf16: ``real_precision="auto"``, through the fused
-  CPU kernels of :mod:`dkkt_plugin.fused`: ``fused_real=True``; the synthetic images' forward and
-  backward with the blocks fused: ``fused_syn=True``);
-- ``dm_torch``: ``dm`` with ``fused_real=False, fused_syn=False`` (torch's ops only: the real
-  embedding under torch's bf16 autocast);
-- ``dm_fp32``: ``dm`` with ``real_precision="fp32"`` (the real embedding exact, through torch);
-- ``dm_compiled``: ``dm_torch`` with ``compile_real=True`` (the real embedding through
+- ``dm``: ``dkkt distill --method dm``'s step with the default speed settings (precision ``auto``:
+  the real embedding in bf16 where the CPU has native bf16; backend ``cpu``: that embedding
+  through the fused CPU kernels of :mod:`dkkt_plugin.cpu`, the synthetic images' forward and
+  backward with the blocks fused; chunked batched forward);
+- ``dm_torch``: ``dm`` with ``--backend torch`` (torch's ops only: the real embedding under
+  torch's bf16 autocast);
+- ``dm_fp32``: ``dm`` with ``--precision fp32`` (the real embedding exact, through torch);
+- ``dm_compiled``: ``dm`` with ``--backend compile`` (the real embedding through
   ``torch.compile``; its one-off compile falls in the untimed warm-up, once per thread count);
 - ``dm_dkkt``: a DM+DKKT step with its defaults (DKKT defaults, a random width-128 edge ConvNet;
-  the fused kernels on both terms' passes; the DKKT term's feature pass in bf16 where the CPU
-  has native bf16: ``dkkt.precision="auto"``);
-- ``dm_dkkt_fp32``: ``dm_dkkt`` with the DKKT term's feature pass in fp32 (``dkkt.precision="fp32"``).
+  the fused kernels on both terms' passes; the DKKT term's feature pass and DM's real embedding
+  in bf16 where the CPU has native bf16);
+- ``dm_dkkt_fp32``: ``dm_dkkt`` with ``--precision fp32`` (every pass of the step in fp32).
 
-FLOPs are counted on the torch path of each variant (``fused_real=False, fused_syn=False``,
-eager): the fused kernels' work is invisible to the counter and compiled code runs eagerly under it.
+Each variant is built and run under its speed settings (:func:`dkkt_plugin.runtime.use`;
+:data:`SPEED` lists them, and the report records them). FLOPs are counted on the torch path of
+each variant (``--backend torch``, eager): the fused kernels' work is invisible to the counter
+and compiled code runs eagerly under it.
 
 Evaluation (``--eval-epochs`` epochs of training a fresh ConvNet on 100 synthetic images with
 DSA, batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4):
 
 - ``eval_reference``: a re-statement of the reference ``evaluate_synset`` / ``epoch('train')``
   loop (:func:`reference_train`); ``eval``: ``dkkt_plugin.training.train_classifier`` with the
-  dm protocol's settings as shipped (``precision="auto"``: bf16 autocast where the CPU has native
-  bf16, else fp32; the blocks fused, ``TrainConfig.fused``); ``eval_torch``: ``eval`` with torch's
-  ops only (``fused=False``); ``eval_fp32``: ``eval`` in exact fp32; ``eval_compiled``: ``eval_torch`` with
-  ``compile_step=True`` (each chunk's forward and loss through ``torch.compile``; compiled in the
-  untimed warm-up, FLOPs counted on an eager ``eval``).
+  dm protocol's settings and the default speed settings (precision ``auto``: bf16 autocast where
+  the CPU has native bf16, else fp32; backend ``cpu``: the blocks fused); ``eval_torch``: ``eval``
+  with ``--backend torch``; ``eval_fp32``: ``eval`` with ``--precision fp32``; ``eval_compiled``:
+  ``eval`` with ``--backend compile`` (each chunk's forward and loss through ``torch.compile``;
+  compiled in the untimed warm-up, FLOPs counted on an eager ``eval``).
 
 Per variant: median seconds over ``--rounds`` timed runs (after one warm-up), the conv/linear
 FLOPs one run does (``torch.utils.flop_counter``, forward and backward as executed; bf16 FLOPs
@@ -53,7 +55,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -74,6 +75,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from dkkt_plugin import runtime  # noqa: E402
 from dkkt_plugin.augment import DSA  # noqa: E402
 from dkkt_plugin.engine import build_config, method_class  # noqa: E402
 from dkkt_plugin.methods.base import DistillData  # noqa: E402
@@ -88,12 +90,17 @@ NUM_CLASSES = 10
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DM_VARIANTS = ("reference", "dm", "dm_torch", "dm_fp32", "dm_compiled", "dm_dkkt", "dm_dkkt_fp32")
 EVAL_VARIANTS = ("eval_reference", "eval", "eval_torch", "eval_fp32", "eval_compiled")
+# each variant's speed settings (dkkt_plugin.runtime.use); the others run the defaults
+SPEED = {"dm_torch": {"backend": "torch"}, "dm_fp32": {"precision": "fp32"}, "dm_compiled": {"backend": "compile"},
+         "dm_dkkt_fp32": {"precision": "fp32"}, "eval_torch": {"backend": "torch"},
+         "eval_fp32": {"precision": "fp32"}, "eval_compiled": {"backend": "compile"}}
+COUNTING = {"backend": "torch"}  # FLOPs are counted on torch's ops, eagerly
 
 
 # ---- the reference's loops, re-stated ----------------------------------------------------------
-def reference_convnet(generator: torch.Generator, width: int = 128) -> ConvNet:
+def reference_convnet(generator: torch.Generator, width: int = 128, device: Any = "cpu") -> ConvNet:
     """A fresh ConvNet with the reference's layers: nn.AvgPool2d instead of our faster pool."""
-    net = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=generator)
+    net = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=generator, device=device)
     for i, m in enumerate(net.features):
         if isinstance(m, AvgPool2x2):
             net.features[i] = nn.AvgPool2d(2)
@@ -111,22 +118,22 @@ class ReferenceDM:
     """
 
     def __init__(self, real: torch.Tensor, labels: torch.Tensor, ipc: int, batch_real: int,
-                 generator: torch.Generator, width: int = 128) -> None:
-        self.real, self.batch_real, self.ipc, self.width = real, batch_real, ipc, width
-        self.gen = generator
+                 generator: torch.Generator, width: int = 128, device: Any = "cpu") -> None:
+        self.real, self.batch_real, self.ipc, self.width = real.to(device), batch_real, ipc, width
+        self.gen, self.device = generator, device
         self.indices_class = [(labels == c).nonzero().flatten() for c in range(NUM_CLASSES)]
-        self.image_syn = torch.randn(NUM_CLASSES * ipc, *SHAPE, generator=generator).requires_grad_()
+        self.image_syn = torch.randn(NUM_CLASSES * ipc, *SHAPE, generator=generator).to(device).requires_grad_()
         self.optimizer = torch.optim.SGD([self.image_syn], lr=1.0, momentum=0.5)
         self.dsa = DSA(DSA_STRATEGY, generator=generator)
 
     def step(self, iteration: int = 0) -> dict[str, float]:
-        net = reference_convnet(self.gen, self.width).train().requires_grad_(False)
-        loss = torch.tensor(0.0)
+        net = reference_convnet(self.gen, self.width, self.device).train().requires_grad_(False)
+        loss = torch.tensor(0.0, device=self.device)
         for c in range(NUM_CLASSES):
             idx = self.indices_class[c]
             img_real = self.real[idx[torch.randperm(idx.numel(), generator=self.gen)[: self.batch_real]]]
             img_syn = self.image_syn[c * self.ipc:(c + 1) * self.ipc]
-            draw = self.dsa.sample(1)  # one draw, both batches (the reference's shared seed)
+            draw = self.dsa.sample(1, device=self.device)  # one draw, both batches (the reference's shared seed)
             img_real, img_syn = self.dsa(img_real, draw), self.dsa(img_syn, draw)
             output_real = net.embed(img_real).detach()  # (batch_real, 2048)
             output_syn = net.embed(img_syn)  # (ipc, 2048)
@@ -138,7 +145,7 @@ class ReferenceDM:
 
 
 def reference_train(images: torch.Tensor, labels: torch.Tensor, epochs: int, generator: torch.Generator,
-                    width: int = 128) -> float:
+                    width: int = 128, device: Any = "cpu") -> float:
     """DatasetCondensation ``evaluate_synset`` training (without its final test), re-stated.
 
     A fresh ConvNet; SGD lr 0.01, momentum 0.9, weight decay 5e-4; per epoch a shuffled
@@ -147,19 +154,21 @@ def reference_train(images: torch.Tensor, labels: torch.Tensor, epochs: int, gen
     backward, step; lr x0.1 (a new optimiser) after epoch ``epochs // 2 + 1``, all as the
     reference (which runs ``epochs + 1`` epochs; here exactly ``epochs``, as ours).
     """
-    net = reference_convnet(generator, width)
+    net = reference_convnet(generator, width, device)
+    images, labels = images.to(device), labels.to(device)
     lr = 0.01
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
     dsa = DSA(DSA_STRATEGY, generator=generator)
     net.train()
     loss_avg = 0.0
     for ep in range(epochs):
-        order = torch.randperm(images.shape[0], generator=generator)
+        order = torch.randperm(images.shape[0], generator=generator).to(device)
         loss_avg, num = 0.0, 0
         for start in range(0, images.shape[0], 256):
             idx = order[start:start + 256]
             img, lab = images[idx], labels[idx]
-            img = dsa(img, dsa.sample(img.shape[0], shared_family=True), torch.arange(img.shape[0]))
+            img = dsa(img, dsa.sample(img.shape[0], shared_family=True, device=device),
+                      torch.arange(img.shape[0], device=device))
             output = net(img)
             loss = F.cross_entropy(output, lab)
             _ = (output.detach().cpu().numpy().argmax(-1) == lab.cpu().numpy()).sum()
@@ -183,44 +192,47 @@ def generated_data(real_per_class: int, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 def dm_variant(name: str, ipc: int, real: torch.Tensor, labels: torch.Tensor, *, batch_real: int,
-               width: int = 128, seed: int = 0, counting: bool = False) -> Callable[[], Any]:
+               width: int = 128, seed: int = 0, counting: bool = False, device: Any = "cpu") -> Callable[[], Any]:
     """A callable running one step of the DM variant ``name`` (see the module docstring);
     ``counting``: its torch path, eagerly, for the FLOP counter."""
     gen = torch.Generator().manual_seed(seed)
     if name == "reference":
-        ref = ReferenceDM(real, labels, ipc, batch_real, gen, width)
+        ref = ReferenceDM(real, labels, ipc, batch_real, gen, width, device)
         return ref.step
-    edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen).eval()
+    edge = ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen, device=device).eval()
     data = DistillData(real, labels, NUM_CLASSES, (0.2861,), (0.3530,), edge)
     method = "dm_dkkt" if name.startswith("dm_dkkt") else "dm"
-    nested = {"dkkt.precision": "fp32"} if name == "dm_dkkt_fp32" else {}
-    extra = {"dm_torch": {"fused_real": False, "fused_syn": False}, "dm_fp32": {"real_precision": "fp32"},
-             "dm_compiled": {"compile_real": True, "fused_real": False, "fused_syn": False}}.get(name, {})
-    if counting:  # the torch path, eagerly: FlopCounterMode sees neither C kernels nor compiled code
-        extra = {**extra, "compile_real": False, "fused_real": False, "fused_syn": False}
-    cfg = build_config(method, nested, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width,
-                       iterations=1, init="noise", seed=seed, **extra)
-    m = method_class(method)(cfg, data, device="cpu")
+    # counting: the torch path, eagerly: FlopCounterMode sees neither C kernels nor compiled code
+    speed = {**SPEED.get(name, {}), **(COUNTING if counting else {})}
+    cfg = build_config(method, ipc=ipc, pipc="all", batch_real=batch_real, net_width=width, iterations=1,
+                       init="noise", seed=seed)
+    with runtime.use(**speed):
+        m = method_class(method)(cfg, data, device=device)
     counter = iter(range(10 ** 9))
-    return lambda: m.step(next(counter))
+
+    def step() -> Any:
+        with runtime.use(**speed):
+            return m.step(next(counter))
+
+    return step
 
 
-def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0) -> Callable[[], Any]:
+def eval_variant(name: str, epochs: int, *, width: int = 128, seed: int = 0, device: Any = "cpu") -> Callable[[], Any]:
     """A callable training a fresh ConvNet on 100 synthetic images for ``epochs`` epochs."""
     gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(100, *SHAPE, generator=gen)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(10)
+    images = torch.randn(100, *SHAPE, generator=gen).to(device)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(10).to(device)
     if name == "eval_reference":
-        return lambda: reference_train(images, labels, epochs, gen, width)
-    cfg = get_protocol("dm", epochs).train  # batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4, DSA, precision auto
-    if name == "eval_fp32":
-        cfg = dataclasses.replace(cfg, precision="fp32")
-    if name == "eval_torch":
-        cfg = dataclasses.replace(cfg, fused=False)
-    if name == "eval_compiled":
-        cfg = dataclasses.replace(cfg, compile_step=True, fused=False)
-    return lambda: train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen),
+        return lambda: reference_train(images, labels, epochs, gen, width, device)
+    cfg = get_protocol("dm", epochs).train  # batch 256, SGD lr 0.01 momentum 0.9 wd 5e-4, DSA
+    speed = SPEED.get(name, {})
+
+    def train() -> Any:
+        with runtime.use(**speed):  # read when training starts
+            return train_classifier(ConvNet(SHAPE[0], NUM_CLASSES, SHAPE[1], width=width, generator=gen, device=device),
                                     images, labels, cfg, generator=gen)
+
+    return train
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -249,12 +261,20 @@ class PeakRSS:
         self.total_mb = self.peak / 2 ** 20
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work (a no-op without CUDA), so that wall times cover it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(run: Callable[[], Any]) -> dict[str, float]:
     """One timed run: seconds, peak memory and the load average around it."""
     load_before = os.getloadavg()[0]
+    _sync()
     with PeakRSS() as mem:
         t0, c0 = time.perf_counter(), time.process_time()
         run()
+        _sync()
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb_above": round(mem.above_mb, 1), "peak_rss_mb": round(mem.total_mb, 1),
             "load_before": load_before, "load_after": os.getloadavg()[0]}
@@ -280,14 +300,17 @@ def interleave(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str,
     return out
 
 
-def matmul_gflops(seconds: float = 0.5) -> float:
-    """Achieved fp32 GFLOP/s of a 1024x1024 matmul loop, at the current thread count."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def matmul_gflops(seconds: float = 0.5, device: Any = "cpu") -> float:
+    """Achieved fp32 GFLOP/s of a 1024x1024 matmul loop on ``device`` (the CPU: at the current
+    thread count)."""
+    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
     a @ b
+    _sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
+    _sync()
     return 2 * 1024 ** 3 * n / (time.perf_counter() - t0) / 1e9
 
 
@@ -393,8 +416,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--eval-epochs", type=int, default=10, help="epochs per evaluation run (0: skip)")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="fp32 GFLOP/s per core (default: the measured 1024x1024 fp32 matmul rate)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu; --threads still sets the host's)")
     p.add_argument("--out", default="benchmarks/results/speed-cpu", help="output folder")
     args = p.parse_args(argv)
+    device = args.device
     argv_list = list(sys.argv[1:] if argv is None else argv)
     real, labels = generated_data(args.real_per_class)
     start_load = os.getloadavg()[0]
@@ -405,10 +430,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # thread they never parallelise); dynamo does not recompile when it changes, so the
         # compiled variants start afresh at each thread count
         torch._dynamo.reset()
-        matmul[threads] = matmul_gflops()
+        matmul[threads] = matmul_gflops(device=device)
         peak = args.peak_gflops * threads if args.peak_gflops else matmul[threads]
         for ipc in args.ipc:
-            variants = {v: dm_variant(v, ipc, real, labels, batch_real=args.batch_real, width=args.width)
+            variants = {v: dm_variant(v, ipc, real, labels, batch_real=args.batch_real, width=args.width, device=device)
                         for v in args.variants}
             runs = interleave(variants, args.rounds)
             for v in variants:  # counted once per (variant, ipc) on a spare instance, untimed
@@ -417,7 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     # dispatch mode) away from torch.compile, which would then run that code
                     # eagerly for every later instance in this process
                     flops_cache[(v, ipc)] = count_flops(dm_variant(v, ipc, real, labels, batch_real=args.batch_real,
-                                                                   width=args.width, seed=1, counting=True))
+                                                                   width=args.width, seed=1, counting=True,
+                                                                   device=device))
             cell = {"threads": threads, "ipc": ipc,
                     "variants": {v: summarise(runs[v], flops_cache[(v, ipc)], peak) for v in variants},
                     "ratios": {}, "cpu_ratios": {}, "runs": runs}
@@ -435,12 +461,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 + " | " + ", ".join(f"{k} {r:.2f}" for k, r in cell["ratios"].items())
                 + f" | load {os.getloadavg()[0]:.2f}", flush=True)
         if args.eval_epochs > 0:
-            variants = {v: eval_variant(v, args.eval_epochs, width=args.width) for v in args.eval_variants}
+            variants = {v: eval_variant(v, args.eval_epochs, width=args.width, device=device)
+                        for v in args.eval_variants}
             runs = interleave(variants, args.rounds)
             for v in variants:
                 if (v, "eval") not in flops_cache:
                     counted = "eval" if v == "eval_compiled" else v  # as dm_compiled above
-                    flops_cache[(v, "eval")] = count_flops(eval_variant(counted, args.eval_epochs, width=args.width, seed=1))
+                    flops_cache[(v, "eval")] = count_flops(eval_variant(counted, args.eval_epochs, width=args.width,
+                                                                        seed=1, device=device))
             ours = [v for v in variants if v != "eval_reference"] if "eval_reference" in variants else []
             cell = {"threads": threads,
                     "variants": {v: summarise(runs[v], flops_cache[(v, "eval")], peak) for v in variants},
@@ -453,14 +481,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{v} {s['seconds']:.2f} s" for v, s in cell["variants"].items())
                 + " | " + ", ".join(f"{k} {r:.2f}" for k, r in cell["ratios"].items())
                 + f" | load {os.getloadavg()[0]:.2f}", flush=True)
-    report = {"device": "cpu", "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                                           "platform": platform.platform(), "host": platform.node()},
+    machine = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+               "host": platform.node()}
+    if str(device).startswith("cuda"):
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    report = {"device": str(device), "machine": machine,
               "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python -m benchmarks.speed " + " ".join(shlex.quote(a) for a in argv_list),
               "settings": {"batch_real": args.batch_real, "real_per_class": args.real_per_class, "width": args.width,
                            "rounds": args.rounds, "eval_epochs": args.eval_epochs, "threads": args.threads,
                            "ipc": args.ipc, "peak_gflops_per_core": args.peak_gflops, "seeds": [0],
-                           "dsa_strategy": DSA_STRATEGY, "classes": NUM_CLASSES, "shape": list(SHAPE)},
+                           "dsa_strategy": DSA_STRATEGY, "classes": NUM_CLASSES, "shape": list(SHAPE),
+                           "speed": {v: {**vars(runtime.settings()), **SPEED.get(v, {})}
+                                     for v in (*args.variants, *args.eval_variants) if "reference" not in v}},
               "load_start": start_load, "load_end": os.getloadavg()[0], "matmul_gflops": matmul,
               "allocator": allocator(),
               "dm": dm_cells, "eval": eval_cells}

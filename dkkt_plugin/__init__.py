@@ -36,7 +36,7 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys(("dsv_init", "noise_init", "real_init"), "initializers"),
     **dict.fromkeys(("DKKTConfig", "DKKTLoss", "DKKTTerms", "DMLoss", "GradientMatchingLoss"), "losses"),
     **dict.fromkeys(("DistillConfig", "DistillData", "Method"), "methods"),
-    **dict.fromkeys(("ConvNet", "fused_blocks"), "nets"),
+    "ConvNet": "nets",
     **dict.fromkeys(("PretrainConfig", "load_edge_model", "pretrain", "save_edge_model"), "pretrain"),
     **dict.fromkeys(("provenance", "resolve_device"), "provenance"),
     **dict.fromkeys(("TrainConfig", "accuracy", "train_classifier"), "training"),
@@ -48,7 +48,6 @@ __all__ = [
     "DKKTLoss", "DKKTConfig", "DKKTTerms", "DMLoss", "GradientMatchingLoss", "DSA", "DSAConfig", "DSADraw",
     # data and models
     "PracticalSubset", "ImageDataset", "load_fashion_mnist", "load_cifar10", "Pipc", "parse_pipc", "ConvNet",
-    "fused_blocks",
     "load_edge_model", "save_edge_model", "packaged_edge_model", "pretrain", "PretrainConfig",
     # initial synthetic sets
     "noise_init", "real_init", "dsv_init",

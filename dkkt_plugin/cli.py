@@ -9,8 +9,9 @@ first.
 
 Parsing imports no torch (the configs are plain dataclasses), so every ``--help`` answers at
 once; torch is imported by the commands that compute (pretrain, distill, evaluate, demo), which
-run with the thread count of ``--threads`` (:func:`dkkt_plugin.provenance.use_threads`). Flags
-are never abbreviated: ``--iteration`` is an error that suggests ``--iterations``.
+run with the thread count of ``--threads`` (:func:`dkkt_plugin.provenance.use_threads`) and the
+speed settings of ``--precision`` and ``--backend`` (:mod:`dkkt_plugin.runtime`). Flags are
+never abbreviated: ``--iteration`` is an error that suggests ``--iterations``.
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def _suggest_choice(message: str) -> str:
 def _unrecognized(extras: Sequence[str], parser: argparse.ArgumentParser, command: Optional[str]) -> str:
     """The error for arguments no flag takes, naming the closest flag of ``parser`` for each
     mistyped one (or the methods that have it, for a setting of another method)."""
+    from .runtime import RETIRED_FLAGS
+
     options = sorted({s for action in parser._actions for s in action.option_strings if s.startswith("--")})
     hints: list[str] = []
     elsewhere: list[str] = []
@@ -64,6 +67,8 @@ def _unrecognized(extras: Sequence[str], parser: argparse.ArgumentParser, comman
         if not arg.startswith("--"):
             continue
         flag = arg.split("=", 1)[0]
+        if flag in RETIRED_FLAGS:
+            continue  # named below with the flag that replaced it
         close = difflib.get_close_matches(flag, options, n=1, cutoff=0.7)
         if close:
             hints.append(close[0])
@@ -71,6 +76,8 @@ def _unrecognized(extras: Sequence[str], parser: argparse.ArgumentParser, comman
             owners = _methods_with_flag(flag)
             if owners:
                 elsewhere.append(f"{flag} is a setting of --method {' or '.join(owners)}")
+    elsewhere += [f"speed is one setting for every pass: use {RETIRED_FLAGS[flag]} instead of {flag}"
+                  for flag in dict.fromkeys(a.split("=", 1)[0] for a in extras) if flag in RETIRED_FLAGS]
     text = f"unrecognized arguments: {' '.join(extras)}"
     if hints:
         text += f"; did you mean {' or '.join(dict.fromkeys(hints))}?"
@@ -115,10 +122,13 @@ def _command_line(argv: Optional[Sequence[str]]) -> str:
 
 @contextlib.contextmanager
 def _computing(args: argparse.Namespace) -> Iterator[None]:
-    """The body of a command that computes: torch's threads set by ``--threads`` (restored after)."""
+    """The body of a command that computes: torch's threads set by ``--threads`` and the speed
+    settings by ``--precision`` / ``--backend`` (both restored after)."""
+    from . import runtime
     from .provenance import use_threads
 
-    with use_threads(getattr(args, "threads", None)):
+    with use_threads(getattr(args, "threads", None)), \
+            runtime.use(precision=getattr(args, "precision", None), backend=getattr(args, "backend", None)):
         yield
 
 
@@ -173,9 +183,7 @@ def _protocol(args: argparse.Namespace):
 
 def _eval_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``evaluate()`` that the evaluation flags set."""
-    return dict(num_eval=args.num_eval, seed=args.eval_seed, precision=args.eval_precision,
-                compile_step=args.eval_compile, fused=args.eval_fused, test_size=args.test_size,
-                test_seed=args.test_seed)
+    return dict(num_eval=args.num_eval, seed=args.eval_seed, test_size=args.test_size, test_seed=args.test_seed)
 
 
 def _check_test_size(args: argparse.Namespace, dataset: str, data_root: Optional[str]) -> None:
@@ -317,6 +325,18 @@ def _add_machine(p: argparse.ArgumentParser) -> None:
                    help=f"torch threads of the computation (default: ${THREADS_ENV}, else $OMP_NUM_THREADS, else "
                         f"min(cores, physical cores): {default.threads} here); a one-line note says when other work "
                         "keeps the cores busy")
+    from .runtime import BACKEND_ENV, BACKENDS, PRECISION_ENV, PRECISIONS
+
+    g.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="precision of the passes that have a bf16 path (DM's real-image embedding, the DKKT term's "
+                        "feature pass, network training): auto = bf16 where the device computes bf16 natively, else "
+                        "fp32 (the dsv method and pretraining: fp32); bf16; fp32 "
+                        f"(default: ${PRECISION_ENV}, else auto)")
+    g.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="cpu: on the CPU, ConvNet blocks through the package's fused C kernels (built with the system "
+                        "C compiler on first use) where they apply, torch's ops elsewhere; torch: torch's ops only; "
+                        "compile: torch.compile for DM's real-image embedding and network training (a one-off compile "
+                        f"per process) (default: ${BACKEND_ENV}, else cpu)")
 
 
 def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int, title: str = "evaluation") -> None:
@@ -334,23 +354,6 @@ def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int, title: str = "eva
                    help="dm: SGD, 1000 epochs with DSA; paper: SAM, 5000 epochs (default: dm)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the first evaluation run (default: 0)")
     g.add_argument("--test-seed", type=int, default=0, help="seed of the --test-size subset (default: 0)")
-    g.add_argument("--eval-precision", default=None, choices=("auto", "fp32", "bf16"),
-                   help="training precision of the evaluation networks (default: the protocol's, auto = bf16 "
-                        "autocast where the device computes bf16 natively, else fp32; the result says which ran)")
-    g.add_argument("--eval-compile", default=None, type=_bool_arg, metavar="{true,false}",
-                   help="train the evaluation networks through torch.compile (the same training up to float "
-                        "rounding, faster after a one-off compile per process; needs a C++ compiler; default: false)")
-    g.add_argument("--eval-fused", default=None, type=_bool_arg, metavar="{true,false}",
-                   help="train the evaluation networks with each block's norm, ReLU and pooling fused on the CPU "
-                        "(the same training up to float rounding; built with the system C compiler on first use, "
-                        "torch's ops if that fails; default: true)")
-
-
-def _bool_arg(text: str) -> bool:
-    try:
-        return configs.parse_bool(text)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _edge_model_help() -> str:

@@ -117,18 +117,9 @@ def check_out(out_dir: str | Path, methods: tuple[str, ...], resume: bool = Fals
 
 
 def _precisions(record: dict) -> str:
-    """``"real_precision fp32, dkkt.precision bf16"``: the precisions a run's record says ran."""
-    found: list[str] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        elif prefix.rstrip(".").rsplit(".", 1)[-1].endswith("precision") and isinstance(node, str):
-            found.append(f"{prefix.rstrip('.')} {node}")
-
-    walk(record.get("resolved") or {}, "")
-    return ", ".join(found)
+    """``"dm.real bf16, dkkt.features fp32"``: the precision of each pass a run's record says ran."""
+    passes = (record.get("runtime") or {}).get("passes") or {}
+    return ", ".join(f"{name} {entry.get('precision')}" for name, entry in passes.items())
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any = "cpu",
@@ -139,13 +130,11 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any
     then each method's run continues from its checkpoint (one without starts) and is evaluated
     again.
     """
-    import dataclasses
-
+    from . import runtime
     from .data.sources import FASHION_MNIST_CLASSES
     from .engine import build_config, distill_then_evaluate
     from .evaluation import evaluate_synthetic, get_protocol
     from .methods.base import DistillData
-    from .nets import native_bf16
     from .pretrain import load_edge_model
     from .provenance import resolved_threads
 
@@ -157,16 +146,18 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, device: Any
     data = DistillData(real, real_labels, 10, (practical["mean"],), (practical["std"],), edge,
                        classes=FASHION_MNIST_CLASSES)  # class names label the image grids
     protocol = get_protocol("dm", cfg.eval_epochs)
-    ran = dataclasses.replace(protocol, train=protocol.train.resolved(device))  # "auto" -> what runs here
+    speed, native = runtime.settings(), runtime.native_bf16(device)
+    bf16 = runtime.runs_bf16(test_x[:1].to(device), speed.precision)  # the evaluation training's precision
     share = 100 * len(real) / meta.get("num_train", 60000)
     echo(f"dkkt demo (CPU-sized, not the paper's protocol): Fashion-MNIST, ipc 1, pipc 10 "
          f"({len(real)} real images, {share:.3f} % of the training set), "
          f"{cfg.iterations} distillation iterations, DSV {cfg.dsv_iterations} (paper: 20000); evaluation: "
-         f"{ran.describe()}{'' if ran.train.precision == 'bf16' else ', fp32 training'}, "
+         f"{protocol.describe('bf16' if bf16 else 'fp32')}{'' if bf16 else ', fp32 training'}, "
          f"{cfg.num_eval} run{'s' if cfg.num_eval != 1 else ''}, on {len(test_x)} test images")
-    native = native_bf16(device)
-    echo(f"precision: {'bf16 autocast for every pass set to auto' if native else 'fp32 for every pass'} "
-         f"({device} {'computes bf16 natively' if native else 'has no native bf16'}); "
+    passes = ("bf16 autocast for the passes with a bf16 path" + (" (dsv: fp32)" if speed.precision == "auto" else "")
+              if speed.precision == "bf16" or (speed.precision == "auto" and native) else "fp32 for every pass")
+    echo(f"precision: {passes} (--precision {speed.precision}; {device} "
+         f"{'computes bf16 natively' if native else 'has no native bf16'}); backend: {speed.backend}; "
          f"threads: {resolved_threads()}")
     echo(f"edge model: fmnist ({EDGE_MODELS['fmnist'][1]}, trained by dkkt pretrain on "
          f"{meta.get('num_train', 60000)} images)")

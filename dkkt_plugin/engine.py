@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -36,7 +37,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from . import config as configs
-from . import registry
+from . import registry, runtime
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .fidelity import fidelity
 from .fileio import load_torch, save_torch, write_atomic
@@ -176,7 +177,11 @@ def _load_checkpoint(path: Path, method: str, cfg: DistillConfig) -> tuple[dict,
     if state["method"] != method:
         raise CheckpointError(f"{path} belongs to a {state['method']!r} run, not {method!r}; "
                               "use another --out or the same --method")
-    old, new = state["fingerprint"], _fingerprint(cfg)
+    old, retired = runtime.retired_settings(state["fingerprint"])  # speed keys of earlier versions
+    new = _fingerprint(cfg)
+    note = runtime.retired_note(retired)
+    if note:
+        warnings.warn(f"{path}: {note}", RuntimeWarning, stacklevel=3)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not safe_on_resume(k))
     if diff:
         raise CheckpointError(
@@ -271,6 +276,7 @@ def run_distillation(method: str, cfg: DistillConfig, out_dir: str | os.PathLike
     record = {"method": method, "config": asdict(cfg), **provenance(command=command, device=device),
               "num_classes": data.num_classes, "real_images": int(data.real.shape[0])}
     record["resolved"] = m.resolved_config()  # every "auto" / None setting as it runs
+    record["runtime"] = m.runtime_record()  # the speed switch and what each pass runs
     record["threads"] = resolved_threads()
     if resumes:
         record["resumes"] = resumes

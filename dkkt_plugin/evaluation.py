@@ -14,11 +14,12 @@ Two protocols (docs/method.md, 'Evaluation protocols'):
   whose symbol was lost in the text's extraction: we read it as SAM's ρ. Momentum, weight decay,
   batch size, DSA augmentation and the step schedule are our choice, copied from ``dm``.
 
-Both train under bf16 autocast where the device computes bf16 natively (``precision="auto"``;
-weights, optimiser state and loss in fp32) and in fp32 elsewhere: on Fashion-MNIST this was within
-seed noise of fp32 training (``benchmarks/results/precision-cpu``); ``precision="fp32"`` (``dkkt
-evaluate --eval-precision fp32``) trains in exact fp32. The description of every result states the
-precision used.
+Both train at the process-wide precision and backend (:mod:`dkkt_plugin.runtime`, ``dkkt
+evaluate --precision / --backend``): precision ``auto`` trains under bf16 autocast where the
+device computes bf16 natively (weights, optimiser state and loss in fp32) and in fp32 elsewhere:
+on Fashion-MNIST this was within seed noise of fp32 training (``benchmarks/results/precision-cpu``);
+``--precision fp32`` trains in exact fp32. The description of every result states the precision
+used, and the result records the settings (``runtime``).
 
 Every run r draws its network's initial weights, minibatch order and augmentation from its own
 generator ``torch.Generator().manual_seed(seed + r)``; torch's global RNG is never touched.
@@ -38,6 +39,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from . import cpu, runtime
 from .errors import ConfigError
 from .models import build_model, resolve, size_options
 from .progress import progress_bar
@@ -81,8 +83,10 @@ class EvalProtocol:
             return dataclasses.replace(self, train=dataclasses.replace(self.train, epochs=epochs), full_epochs=None)
         return dataclasses.replace(self, train=dataclasses.replace(self.train, epochs=epochs), full_epochs=full)
 
-    def describe(self) -> str:
-        """One line stating every setting actually used (and SCALED when epochs were cut)."""
+    def describe(self, precision: Optional[str] = None) -> str:
+        """One line stating every setting actually used (and SCALED when epochs were cut), with
+        the training ``precision`` (``auto``, ``bf16`` or ``fp32``; default: the process-wide
+        setting, :mod:`dkkt_plugin.runtime`)."""
         t = self.train
         head = f"{self.name} protocol"
         if self.full_epochs is not None:
@@ -94,28 +98,26 @@ class EvalProtocol:
         sched = {"step": f"lr x0.1 at epoch {t.epochs // 2}", "cosine": "cosine lr", "none": "constant lr"}
         text = (f"{head}: {opt} lr {_num(t.lr)} momentum {_num(t.momentum)} wd {_num(t.weight_decay)} "
                 f"batch {t.batch_size}, {t.epochs} epochs {aug}, {sched[t.lr_schedule]}")
-        text += PRECISION_TEXT[t.precision]
+        text += PRECISION_TEXT[precision or runtime.settings().precision]
         return f"{text}; {self.notes}" if self.notes else text
 
 
 PRECISION_TEXT = {"fp32": "", "bf16": ", bf16 autocast training",
                   "auto": ", bf16 autocast training where the device has native bf16, else fp32"}
 
-# Both protocols train under bf16 autocast where the hardware computes bf16 natively
-# (precision "auto"): within seed noise of fp32 training on Fashion-MNIST
-# (benchmarks/results/precision-cpu) and, with the fused blocks, 0.6-0.7x its time on this CPU
-# (benchmarks/results/speed-cpu: eval against eval_fp32).
+# Under precision "auto" both protocols train under bf16 autocast where the hardware computes bf16
+# natively: within seed noise of fp32 training on Fashion-MNIST (benchmarks/results/precision-cpu)
+# and, with the fused blocks, 0.6-0.7x its time on a Zen 5 CPU (benchmarks/results/speed-cpu:
+# eval against eval_fp32).
 PROTOCOLS: dict[str, EvalProtocol] = {
     "dm": EvalProtocol("dm", TrainConfig(epochs=1000, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4,
-                                         optimizer="sgd", lr_schedule="step", augment=DSA_STRATEGY,
-                                         precision="auto")),
+                                         optimizer="sgd", lr_schedule="step", augment=DSA_STRATEGY)),
     # The paper gives "SAM, lr 0.1, 5000 epochs" and a value 0.001 whose symbol was lost in
     # extraction: we read it as SAM's rho. Momentum, wd, batch, DSA and the step schedule are ours.
     "paper": EvalProtocol(
         "paper",
         TrainConfig(epochs=5000, batch_size=256, lr=0.1, momentum=0.9, weight_decay=5e-4,
-                    optimizer="sam", sam_rho=0.001, lr_schedule="step", augment=DSA_STRATEGY,
-                    precision="auto"),
+                    optimizer="sam", sam_rho=0.001, lr_schedule="step", augment=DSA_STRATEGY),
         notes="rho 0.001 is our reading of a value whose symbol the paper's text lost; momentum, wd, "
               "batch, DSA and the step schedule are our choice, copied from the dm protocol",
     ),
@@ -157,6 +159,7 @@ class EvalResult:
     test_total: Optional[int] = None  # images of the test set they were drawn from
     test_seed: Optional[int] = None  # seed of the stratified test subset; None: the whole test set
     arch: str = "convnet"  # the architecture of the networks (a name of dkkt_plugin.models)
+    runtime: dict = field(default_factory=dict)  # the speed settings and what the training ran
 
     @property
     def mean(self) -> float:
@@ -171,7 +174,7 @@ class EvalResult:
         return dict(protocol=self.protocol, mean=self.mean, std=self.std, num_eval=len(self.accuracies),
                     accuracies=[float(a) for a in self.accuracies], seeds=[int(s) for s in self.seeds],
                     seconds=float(self.seconds), test_size=self.test_size, test_total=self.test_total,
-                    test_seed=self.test_seed, arch=self.arch)
+                    test_seed=self.test_seed, arch=self.arch, runtime=self.runtime)
 
     def describe_test(self) -> str:
         """Which test images the networks were scored on (empty when not recorded).
@@ -257,8 +260,7 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
                        num_eval: int = 5, seed: int = 0, device: Any = None, width: int = 128, depth: int = 3,
                        epochs: Optional[int] = None, num_classes: Optional[int] = None,
                        augmentation: Optional[str] = None, desc: str = "evaluate",
-                       precision: Optional[str] = None, compile_step: Optional[bool] = None,
-                       fused: Optional[bool] = None, test_size: Optional[int] = None,
+                       test_size: Optional[int] = None,
                        test_seed: int = 0, arch: str = "convnet") -> EvalResult:
     """Train ``num_eval`` fresh networks (``arch``) on ``(images, labels)`` and test each on the test set.
 
@@ -278,15 +280,6 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         augmentation: registered augmentation applying the protocol's strategy (default: the
             protocol's own, ``dsa``); the description names a non-default one.
         desc: progress-bar label.
-        precision: ``fp32``, ``bf16`` or ``auto`` training instead of the protocol's own (``auto``:
-            bf16 where ``device`` computes bf16 natively); the description states the precision
-            actually used.
-        compile_step: train through ``torch.compile`` (``TrainConfig.compile_step``: the same
-            training up to float rounding, faster after a one-off compile) or not; default: the
-            protocol's (not compiled).
-        fused: train with each ConvNet block's norm, ReLU and pooling fused on the CPU
-            (``TrainConfig.fused``: the same training up to float rounding) or not; default: the
-            protocol's (fused).
         test_size: test on a stratified subset of this many test images (:func:`stratified_subset`,
             equal per class) instead of all of them (the default).
         test_seed: seed of that subset's draw.
@@ -315,12 +308,6 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         proto = proto.scaled(epochs)
     if augmentation is not None and augmentation != proto.train.augmentation:
         proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, augmentation=augmentation))
-    if precision is not None:  # TrainConfig checks the value
-        proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, precision=precision))
-    if compile_step is not None:
-        proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, compile_step=bool(compile_step)))
-    if fused is not None:
-        proto = dataclasses.replace(proto, train=dataclasses.replace(proto.train, fused=bool(fused)))
     if num_eval < 1:
         raise ConfigError(f"num_eval must be >= 1, got {num_eval}")
     resolve(arch, "arch")  # an unknown architecture fails before any training
@@ -331,7 +318,6 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         keep = stratified_subset(test_labels, test_size, seed=test_seed).to(test_labels.device)  # (test_size,)
         test_images, test_labels = test_images[keep], test_labels[keep]
     device = torch.device(device) if device is not None else images.device
-    proto = dataclasses.replace(proto, train=proto.train.resolved(device))  # "auto" -> what runs here
     x = images.detach().to(device, torch.float32, copy=True)  # (N, C, H, W), the caller's stays as is
     y = labels.detach().to(device)  # (N,)
     x_test = test_images.detach().to(device, torch.float32)  # (M, C, H, W), only read
@@ -339,12 +325,17 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
     if num_classes is None:
         num_classes = int(max(int(y.max()), int(y_test.max())) + 1)
     start = time.perf_counter()
-    result = EvalResult(protocol=proto.describe(), test_size=int(x_test.shape[0]), test_total=int(test_total),
-                        test_seed=None if test_size is None else int(test_seed), arch=arch)
+    speed = runtime.settings()  # train_classifier reads the same
+    bf16 = runtime.runs_bf16(x, speed.precision)
+    result = EvalResult(protocol=proto.describe("bf16" if bf16 else "fp32"), test_size=int(x_test.shape[0]),
+                        test_total=int(test_total), test_seed=None if test_size is None else int(test_seed),
+                        arch=arch)
     for r in progress_bar(range(num_eval), desc=desc, unit="run"):
         generator = torch.Generator().manual_seed(seed + r)  # CPU: init, minibatch order, augmentation
         net = build_model(arch, x.shape[1], num_classes, x.shape[-1], generator=generator, device=device,
                           who="arch", **sizes)
+        if r == 0:
+            result.runtime = _training_runtime(speed, bf16, net, x)
         train_classifier(net, x, y, proto.train, generator=generator, desc=f"{desc} run {r + 1}/{num_eval}")
         result.accuracies.append(accuracy(net, x_test, y_test))
         result.seeds.append(seed + r)
@@ -352,12 +343,19 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
     return result
 
 
+def _training_runtime(speed: "runtime.Settings", bf16: bool, net: torch.nn.Module, x: torch.Tensor) -> dict:
+    """The speed settings and what the evaluation networks' training runs (for the result)."""
+    why = cpu.not_supported_reasons(net, x) if speed.backend == "cpu" else []
+    ran = speed.backend if speed.backend != "cpu" or not why else "torch"
+    return {"precision": speed.precision, "backend": speed.backend,
+            "training": runtime.describe_pass(bf16, ran, why)}
+
+
 def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: Optional[str] = None,
              data_root: Optional[str] = None, protocol: Union[EvalProtocol, str] = "dm",
              epochs: Optional[int] = None, num_eval: int = 5, seed: int = 0, device: Any = "auto",
-             augmentation: Optional[str] = None, precision: Optional[str] = None,
-             compile_step: Optional[bool] = None, fused: Optional[bool] = None,
-             test_size: Optional[int] = None, test_seed: int = 0, arch: str = "convnet") -> EvalResult:
+             augmentation: Optional[str] = None, test_size: Optional[int] = None, test_seed: int = 0,
+             arch: str = "convnet") -> EvalResult:
     """Evaluate a synthetic set on its dataset's test split in one call.
 
     Args:
@@ -366,8 +364,7 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
         labels: ``(N,)`` long, when ``synthetic`` is a tensor.
         dataset: registered dataset name; default: the one the set was distilled from.
         data_root: the dataset's folder (default: the loader's).
-        protocol, epochs, num_eval, seed, augmentation, precision, compile_step, fused: as in
-            :func:`evaluate_synthetic`.
+        protocol, epochs, num_eval, seed, augmentation: as in :func:`evaluate_synthetic`.
         test_size: test on a stratified subset of this many test images (equal per class, drawn
             with ``test_seed``); default: the whole test split. The result records which.
         test_seed: seed of that subset.
@@ -407,6 +404,5 @@ def evaluate(synthetic: Any, labels: Optional[torch.Tensor] = None, *, dataset: 
                           + (f" ({source})" if source else ""))
     return evaluate_synthetic(images, labels, test.images, test.targets, protocol=protocol, epochs=epochs,
                               num_eval=num_eval, seed=seed, device=resolve_device(device),
-                              num_classes=test.num_classes, augmentation=augmentation, precision=precision,
-                              compile_step=compile_step, fused=fused, test_size=test_size, test_seed=test_seed,
-                              arch=arch)
+                              num_classes=test.num_classes, augmentation=augmentation, test_size=test_size,
+                              test_seed=test_seed, arch=arch)

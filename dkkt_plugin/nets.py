@@ -14,10 +14,8 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,43 +23,7 @@ from torch import nn
 from .errors import ConfigError
 
 NORMS = ("instancenorm", "batchnorm", "none")
-# Images per forward on the CPU where samples are independent. The activations of a chunk must
-# stay in the caches: one image's first block is 128 x 32 x 32 floats (512 KiB), and this VM's
-# memory bandwidth beyond the L3 is a few GB/s. Measured on a 2-core Zen 5 VM, quiet machine
-# (benchmarks/results/speed-cpu): DM's embedding (no backward) 16 = 32 = 64 images per forward,
-# all about twice the rate of 256 or 2 560, at 1 and at 2 threads; training (forward + backward
-# keeps twice the activations) fastest with 8 (4, 16, 24, 50 and 100 tried). With the fused
-# blocks (fused_blocks: block 1's big activation is never stored) training is faster with 16
-# than with 8 at 1 and 2 threads, and no faster with 32 (timed in sitting 7).
-CPU_CHUNK = 16
-CPU_TRAIN_CHUNK = 8
-CPU_FUSED_TRAIN_CHUNK = 16
 POOLINGS = ("avg", "max", "none")
-_FUSED_BLOCKS = contextvars.ContextVar("dkkt_fused_blocks", default=False)
-
-
-@contextlib.contextmanager
-def fused_blocks(enabled: bool = True) -> Iterator[None]:
-    """Within the block, a CPU :class:`ConvNet` with instance norm and average pooling runs its
-    first block whole as :class:`dkkt_plugin.fused.FirstBlock` and each later block's norm, ReLU
-    and pooling as :class:`dkkt_plugin.fused.NormReluPool` (C kernels, forward and backward, one
-    image plane at a time; the same results up to float rounding), where they apply (see
-    :func:`dkkt_plugin.fused.fused_features`; elsewhere, e.g. on CUDA, nothing changes);
-    ``enabled=False`` changes nothing.
-
-    Example:
-        >>> net = ConvNet(channels=1, num_classes=10, image_size=28, width=8)
-        >>> x = torch.randn(2, 1, 28, 28, requires_grad=True)
-        >>> with fused_blocks():
-        ...     net(x).sum().backward()
-        >>> x.grad.shape
-        torch.Size([2, 1, 28, 28])
-    """
-    token = _FUSED_BLOCKS.set(enabled)
-    try:
-        yield
-    finally:
-        _FUSED_BLOCKS.reset(token)
 
 
 class ConvNet(nn.Module):
@@ -167,14 +129,8 @@ class ConvNet(nn.Module):
 
         Under bf16/fp16 autocast with gradients recorded, the first convolution (1 or 3 input
         channels, ~2.5 % of the FLOPs) runs in fp32: oneDNN's bf16 weight gradient for so few
-        input channels ran 2.4x slower than fp32 on our Zen 5 CPU. Elsewhere autocast applies.
-        Within :func:`fused_blocks` the blocks may run fused.
+        input channels ran 2.4x slower than fp32 on a Zen 5 CPU. Elsewhere autocast applies.
         """
-        if _FUSED_BLOCKS.get() and self.config["norm"] == "instancenorm" and self.config["pooling"] == "avg":
-            from .fused import fused_features  # lazily: the C kernels are built on first use
-            h = fused_features(self, x)
-            if h is not None:
-                return h.flatten(1)
         if self.first_conv_fp32(x):
             with torch.autocast(x.device.type, enabled=False):
                 h = self.features[0](x.float())  # (B, width, H', W') fp32
@@ -242,41 +198,6 @@ class AvgPool2x2(nn.AvgPool2d):
                 and not torch.compiler.is_compiling()):
             return _AvgPool2x2Fn.apply(x)
         return super().forward(x)
-
-
-def default_chunk_size(device: torch.device | str, *, training: bool = False, fused: bool = False) -> int:
-    """Images per forward for per-sample networks: on the CPU ``CPU_CHUNK`` (when training the
-    network's weights, whose backward keeps more activations, ``CPU_TRAIN_CHUNK``, or
-    ``CPU_FUSED_TRAIN_CHUNK`` with :func:`fused_blocks`), whatever the thread count; on other
-    devices the whole batch (a huge number)."""
-    if torch.device(device).type != "cpu":
-        return 2 ** 62
-    if training:
-        return CPU_FUSED_TRAIN_CHUNK if fused else CPU_TRAIN_CHUNK
-    return CPU_CHUNK
-
-
-from .settings import BF16_PRECISIONS  # noqa: E402 (a pass's precision where bf16 is optional)
-
-
-def runs_bf16(precision: str, x: torch.Tensor) -> bool:
-    """Whether a pass over the float32 tensor ``x`` runs in bf16 under ``precision`` (one of
-    :data:`BF16_PRECISIONS`): ``"bf16"`` always, ``"auto"`` where :func:`native_bf16`, ``"fp32"``
-    never; other dtypes (a float64 model) never."""
-    if precision == "fp32" or x.dtype != torch.float32:
-        return False
-    return precision == "bf16" or native_bf16(x.device)
-
-
-def native_bf16(device: torch.device | str) -> bool:
-    """True where bf16 matrix products run natively: CUDA with bf16 support, or a CPU with
-    AVX-512 BF16 / AMX (as oneDNN reports it)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator) -> None:

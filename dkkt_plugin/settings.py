@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import Literal, Optional
 
 from .config import Pipc, parse_pipc
 from .errors import ConfigError
 
-BF16_PRECISIONS = ("auto", "bf16", "fp32")  # a pass's precision where bf16 is optional
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
@@ -107,12 +106,6 @@ class DKKTConfig:
     # (forward unchanged; Haim et al. use 19..150), so the double backward reaches the images
     soft_relu: float = 0.0
     lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
-    # the edge model's feature pass (its blocks, forward and the images' backward): fp32; bf16
-    # (autocast: bf16 convolutions, norms in fp32; the classifier, the losses and the stationarity
-    # gradient stay fp32), for a dkkt_plugin.nets.ConvNet edge model with params="classifier";
-    # auto: bf16 there on CUDA and on CPUs with native bf16, else fp32 (the dsv method reads auto
-    # as fp32: DSVMethodConfig.auto_precision)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
     # how the term is weighed against a host loss (DKKTLoss.backward_with and the methods with one):
     # fixed: the weights as given (α here, the method's β on the host loss); grad: the term's image
     # gradient is rescaled each step to balance_fraction times the host loss's (GradBalance;
@@ -128,7 +121,7 @@ class DKKTConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS), ("multiplier", MULTIPLIERS),
-                              ("scale", SCALES), ("stationarity", STATIONARITIES), ("precision", BF16_PRECISIONS),
+                              ("scale", SCALES), ("stationarity", STATIONARITIES),
                               ("balance", BALANCES), ("balance_mode", BALANCE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"DKKTConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
@@ -206,21 +199,8 @@ class AugmentedConfig(DistillConfig):
 class DMConfig(AugmentedConfig):
     """DM / DM* settings (DatasetCondensation's defaults: SGD lr 1.0, momentum 0.5, batch_real 256)."""
 
-    # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=,
-    # generator=, real_precision=)
+    # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=, generator=)
     dm_loss: str = "dm"
-    # the real images' embedding: bf16, fp32 (exact) or auto: bf16 where the hardware computes bf16
-    # natively (CUDA, CPUs with AVX-512 BF16 or AMX; with the fused kernels a DM step 1.9-2.8x faster
-    # than in fp32 on our CPU, benchmarks/results/speed-cpu), else fp32
-    real_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    # torch.compile the real images' embedding where the fused kernels do not apply
-    # (DMLoss(compile_real=True)): a one-off 8-30 s compile per process; needs a C++ compiler
-    compile_real: bool = False
-    # the package's fused CPU kernels for that embedding (DMLoss(fused_real=True), dkkt_plugin.fused)
-    fused_real: bool = True
-    # the synthetic images' forward and backward with each ConvNet block's norm, ReLU and pooling
-    # fused on the CPU (DMLoss(fused_syn=True), dkkt_plugin.nets.fused_blocks)
-    fused_syn: bool = True
 
 
 # -- DC, DSA -----------------------------------------------------------------------------------
@@ -308,13 +288,6 @@ class DSVMethodConfig(AugmentedConfig):
     # on the validation split, and smoother: high-frequency share 0.12 vs 0.23); none: full size only
     downscale: tuple[int, ...] = (4, 2)
     upscale_every: int = 300  # iterations per entry of downscale
-    # the synthetic images' passes through a ConvNet with each block's norm, ReLU and pooling fused
-    # on the CPU: the DKKT term's edge model (DKKTLoss(fused=True)) and DM+DKKT's DM term (as DM's)
-    fused_syn: bool = True
-    # what dkkt.precision "auto" means here: DSV computes in fp32 (a bf16 feature pass moved its
-    # accuracy beyond what float rounding alone does, benchmarks/results/precision-cpu; opt in with
-    # --dkkt.precision bf16); DM+DKKT keeps "auto" (bf16 where native: no change beyond seed noise)
-    auto_precision: ClassVar[str] = "fp32"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -331,13 +304,10 @@ class DSVMethodConfig(AugmentedConfig):
         return self.downscale[stage] if stage < len(self.downscale) else None
 
     def dkkt_config(self) -> DKKTConfig:
-        """``dkkt`` with α resolved (1.0 for cos, the paper's value for this pipc with l1 / l2) and
-        precision ``"auto"`` resolved by :attr:`auto_precision`."""
+        """``dkkt`` with α resolved (1.0 for cos, the paper's value for this pipc with l1 / l2)."""
         cfg = self.dkkt
         if cfg.alpha is None:
             cfg = dataclasses.replace(cfg, alpha=1.0 if cfg.distance == "cos" else paper_alpha(self.pipc))
-        if cfg.precision == "auto":
-            cfg = dataclasses.replace(cfg, precision=self.auto_precision)
         return cfg
 
 
@@ -354,14 +324,8 @@ class DKKTMethodConfig(DSVMethodConfig):
     lr_img: Optional[float] = None
     beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 from ipc 50, 0.001 below
     dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
-    # the DM term's real embedding, as DM's: bf16, fp32 or auto: bf16 where the hardware computes
-    # bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32
-    real_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile_real: bool = False  # torch.compile the DM term's real embedding, as DM's
-    fused_real: bool = True  # the fused CPU kernels for that embedding, as DM's
     image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
     downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
-    auto_precision: ClassVar[str] = "auto"  # bf16 DKKT feature pass where native (see DSV's)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,17 +9,17 @@ Speed: a network whose samples are independent (``per_sample``: instance norm, a
 DatasetCondensation ConvNet) runs each minibatch's forward and backward in chunks of
 ``TrainConfig.chunk_size`` images with summed gradients, the same gradient as one pass up to float
 rounding; on the CPU chunks of 16 images with the fused blocks, else 8
-(``nets.default_chunk_size``), keep the activations in the caches
-(``benchmarks/results/speed-cpu``). ``precision="bf16"`` trains under bf16 autocast, ``"auto"``
-(the evaluation protocols' setting) where the hardware computes bf16 natively (CUDA; CPUs with
-AVX-512 BF16 or AMX) and in fp32 elsewhere; weights, optimiser state and the loss stay fp32.
-``compile_step=True`` (opt-in) runs each chunk's forward and loss through ``torch.compile``:
-inductor fuses every block's norm, ReLU and pooling, forward and backward, into one kernel each
-(the same gradient up to float rounding; a one-off compile per process). By default
-(``fused=True``) a ConvNet on the CPU trains with the package's fused blocks instead
-(:func:`dkkt_plugin.nets.fused_blocks`: each block's norm, ReLU and pooling, and block 1 whole, in
-C kernels with their backward; no compile step; ``benchmarks/results/speed-cpu`` has both against
-torch's ops). The loss is summed on the device and read once per epoch.
+(:func:`dkkt_plugin.cpu.default_chunk_size`), keep the activations in the caches. The
+process-wide switch (:mod:`dkkt_plugin.runtime`, read when training starts) chooses the rest:
+precision ``auto`` trains under bf16 autocast where the hardware computes bf16 natively (CUDA;
+CPUs with AVX-512 BF16 or AMX) and in fp32 elsewhere, ``bf16`` under bf16 autocast, ``fp32`` in
+fp32 (weights, optimiser state and the loss stay fp32 throughout); backend ``cpu`` trains a
+ConvNet on the CPU with the package's fused blocks (:func:`dkkt_plugin.cpu.fused`: each block's
+norm, ReLU and pooling, and block 1 whole, in C kernels with their backward), ``compile`` runs
+each chunk's forward and loss through ``torch.compile`` (inductor fuses every block's norm, ReLU
+and pooling; a one-off compile per process), ``torch`` runs torch's ops; all give the same
+gradient up to float rounding (``benchmarks/results/speed-cpu`` times them). The loss is summed
+on the device and read once per epoch.
 
 Example:
     >>> from dkkt_plugin.nets import ConvNet
@@ -32,21 +32,17 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compiled import StaticCompiled
+from . import cpu, runtime
 from .errors import ConfigError, NonFiniteLossError
-from .nets import default_chunk_size, fused_blocks, native_bf16
 from .progress import progress_bar
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -64,22 +60,8 @@ class TrainConfig:
     augment: str = ""  # augmentation strategy applied per minibatch ('' = none)
     augmentation: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations) applying it
     # images per forward/backward inside a minibatch (per-sample networks only; gradients are
-    # summed, so the step is unchanged); auto: nets.default_chunk_size(training=True, fused=...)
+    # summed, so the step is unchanged); auto: dkkt_plugin.cpu.default_chunk_size(training=True)
     chunk_size: Optional[int] = None
-    # fp32; bf16: forward/backward under bf16 autocast (weights, optimiser and loss stay fp32);
-    # auto: bf16 where the device computes bf16 natively (nets.native_bf16), else fp32 (the
-    # evaluation protocols' choice: benchmarks/results/precision-cpu)
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    # each chunk's forward and loss through torch.compile (inductor fuses the norm, ReLU and
-    # pooling of every block, forward and backward): the same gradient up to float rounding, a
-    # one-off compile per process (~15 s here, then cached on disk), needs a C++ compiler; falls
-    # back to eager with a warning if compiling fails. Set the thread count first: inductor's CPU
-    # kernels keep the count they were compiled under (torch._dynamo.reset() recompiles)
-    compile_step: bool = False
-    # on the CPU, each ConvNet block's norm, ReLU and pooling fused, forward and backward, and
-    # block 1 whole (dkkt_plugin.nets.fused_blocks; the same gradient up to float rounding);
-    # compile_step takes precedence (its eager fallback is fused)
-    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "sam"):
@@ -88,23 +70,8 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be 'step', 'cosine' or 'none', got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
-
-    def resolved(self, device: torch.device | str) -> "TrainConfig":
-        """This config with ``precision="auto"`` replaced by what it means on ``device``.
-
-        Example:
-            >>> TrainConfig(precision="fp32").resolved("cpu").precision
-            'fp32'
-            >>> TrainConfig(precision="auto").resolved("cpu").precision in ("fp32", "bf16")
-            True
-        """
-        if self.precision != "auto":
-            return self
-        return dataclasses.replace(self, precision="bf16" if native_bf16(device) else "fp32")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -137,6 +104,10 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         desc: progress-bar label.
         on_epoch: called with ``(epoch, mean_loss)`` after every epoch.
 
+    Precision and backend: the process-wide settings when training starts
+    (:mod:`dkkt_plugin.runtime`; precision ``auto``: bf16 autocast where the device computes bf16
+    natively).
+
     Raises:
         NonFiniteLossError: when the loss becomes NaN or infinite.
     """
@@ -148,41 +119,43 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     opt = _optimizer(model, cfg)
     model.train()
     n = images.shape[0]
-    chunk = _chunk_size(model, cfg, images.device)
-    bf16 = cfg.resolved(images.device).precision == "bf16"
-    chunk_loss = StaticCompiled(_chunk_loss, "TrainConfig(compile_step=True)", "training eagerly instead",
-                                enabled=cfg.compile_step, eager_fn=_fused_chunk_loss if cfg.fused else None)
+    speed = runtime.settings()
+    chunk = _chunk_size(model, cfg, images.device, fused=speed.backend == "cpu")
+    bf16 = runtime.runs_bf16(images, speed.precision)
+    chunk_loss = cpu.StaticCompiled(_chunk_loss, "backend 'compile', classifier training", "training eagerly instead",
+                                    enabled=speed.backend == "compile")
     mean_loss = float("nan")
     bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch")
-    for epoch in bar:
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(cfg, epoch)
-        order = torch.randperm(n, generator=generator).to(images.device)
-        total = torch.zeros((), device=images.device)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            x, y = images[idx], labels[idx]
-            if aug is not None:  # per-image params, one family per minibatch (reference DSA)
-                draw = aug.sample(x.shape[0], shared_family=True)
-                x = aug(x, draw, torch.arange(x.shape[0], device=x.device))
-            total += _step(model, opt, x, y, cfg.optimizer == "sam", chunk, bf16, chunk_loss) * x.shape[0]
-        mean_loss = float(total) / n  # one host sync per epoch
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"{desc}: training loss became {mean_loss} at epoch {epoch}; "
-                                     "lower the learning rate")
-        if on_epoch is not None:
-            on_epoch(epoch, mean_loss)
-        bar.set_postfix(loss=f"{mean_loss:.3f}")
+    with cpu.fused(model, enabled=speed.backend == "cpu"):  # a ConvNet's blocks fused on the CPU
+        for epoch in bar:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(cfg, epoch)
+            order = torch.randperm(n, generator=generator).to(images.device)
+            total = torch.zeros((), device=images.device)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                x, y = images[idx], labels[idx]
+                if aug is not None:  # per-image params, one family per minibatch (reference DSA)
+                    draw = aug.sample(x.shape[0], shared_family=True)
+                    x = aug(x, draw, torch.arange(x.shape[0], device=x.device))
+                total += _step(model, opt, x, y, cfg.optimizer == "sam", chunk, bf16, chunk_loss) * x.shape[0]
+            mean_loss = float(total) / n  # one host sync per epoch
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(f"{desc}: training loss became {mean_loss} at epoch {epoch}; "
+                                         "lower the learning rate")
+            if on_epoch is not None:
+                on_epoch(epoch, mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
     return mean_loss
 
 
-def _chunk_size(model: nn.Module, cfg: TrainConfig, device: torch.device) -> int:
+def _chunk_size(model: nn.Module, cfg: TrainConfig, device: torch.device, *, fused: bool) -> int:
     """Images per forward/backward: chunks only where samples are independent in training mode."""
     if not getattr(model, "per_sample", False):
         return 2 ** 62
     if cfg.chunk_size is not None:
         return cfg.chunk_size
-    return default_chunk_size(device, training=True, fused=cfg.fused and not cfg.compile_step)
+    return cpu.default_chunk_size(device, training=True, fused=fused)
 
 
 def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -192,15 +165,8 @@ def _chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) 
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-def _fused_chunk_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """:func:`_chunk_loss` with the network's blocks fused where they can be
-    (:func:`dkkt_plugin.nets.fused_blocks`; not traced by ``torch.compile``)."""
-    with fused_blocks():
-        return _chunk_loss(model, x, y, bf16)
-
-
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int, bf16: bool,
-                   chunk_loss: StaticCompiled) -> torch.Tensor:
+                   chunk_loss: cpu.StaticCompiled) -> torch.Tensor:
     """Mean cross-entropy over the minibatch and its gradient, accumulated chunk by chunk."""
     b = x.shape[0]
     total = x.new_zeros(())
@@ -213,7 +179,7 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: in
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, sam: bool,
-          chunk: int, bf16: bool, chunk_loss: StaticCompiled) -> torch.Tensor:
+          chunk: int, bf16: bool, chunk_loss: cpu.StaticCompiled) -> torch.Tensor:
     """One optimiser step on the minibatch; returns its mean loss (a 0-dim tensor, not synced)."""
     opt.zero_grad(set_to_none=True)
     loss = _loss_and_grad(model, x, y, chunk, bf16, chunk_loss)
@@ -233,10 +199,11 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: Optional[int] = None) -> float:
     """Fraction of ``images`` that ``model`` (in eval mode) assigns to ``labels``.
 
-    ``batch_size`` images per forward; ``None``: ``nets.default_chunk_size`` (at most 1024).
+    ``batch_size`` images per forward; ``None``: :func:`dkkt_plugin.cpu.default_chunk_size` (at
+    most 1024).
     """
     if batch_size is None:
-        batch_size = min(default_chunk_size(images.device), 1024)
+        batch_size = min(cpu.default_chunk_size(images.device), 1024)
     was_training = model.training
     model.eval()
     correct = 0

@@ -1,5 +1,6 @@
 """The ``dkkt`` command line (``plugins`` here; the engine's subcommands in test_distill etc.)."""
 import os
+import re
 
 import pytest
 
@@ -49,28 +50,56 @@ def test_version(capsys):
     assert exc.value.code == 0
 
 
-@pytest.mark.parametrize("flag, key, expected", [([], "compile_step", None), ([], "fused", None),
-                                                 (["--eval-compile", "true"], "compile_step", True),
-                                                 (["--eval-compile", "off"], "compile_step", False),
-                                                 (["--eval-fused", "false"], "fused", False)])
-def test_evaluate_passes_eval_compile_and_fused(monkeypatch, tmp_path, flag, key, expected):
-    from dkkt_plugin import evaluation
+@pytest.mark.parametrize("flags, env, expected", [
+    ([], {}, ("auto", "cpu")),
+    (["--precision", "fp32", "--backend", "torch"], {}, ("fp32", "torch")),
+    ([], {"DKKT_PRECISION": "bf16", "DKKT_BACKEND": "compile"}, ("bf16", "compile")),
+    (["--backend", "cpu"], {"DKKT_BACKEND": "torch"}, ("auto", "cpu")),  # the flag wins over the environment
+])
+def test_speed_flags_set_the_process_settings_for_the_command(monkeypatch, tmp_path, flags, env, expected):
+    from dkkt_plugin import evaluation, runtime
 
-    seen = {}
+    for name in (runtime.PRECISION_ENV, runtime.BACKEND_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen = []
 
     def fake_evaluate(synthetic, **kwargs):
-        seen.update(kwargs)
+        seen.append((runtime.settings().precision, runtime.settings().backend))
+        assert not {"precision", "compile_step", "fused"} & set(kwargs)  # no speed keyword reaches evaluate
         return evaluation.EvalResult("fake protocol", [0.5], [0])
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
-    assert cli.main(["evaluate", "--synthetic", str(tmp_path / "synthetic.pt"), "--dataset", "fashion_mnist", *flag]) == 0
-    assert seen[key] is expected
+    assert cli.main(["evaluate", "--synthetic", str(tmp_path / "synthetic.pt"), "--dataset", "fashion_mnist",
+                     *flags]) == 0
+    assert seen == [expected]
+    assert runtime.settings().precision == env.get("DKKT_PRECISION", "auto")  # restored after the command
 
 
-def test_eval_compile_rejects_other_words(capsys):
+def test_speed_flags_reject_other_words_and_name_the_ones_they_replace(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["evaluate", "--synthetic", "x.pt", "--eval-compile", "maybe"])
-    assert exit_.value.code == 2 and "--eval-compile: expected true or false, got 'maybe'" in capsys.readouterr().err
+        cli.main(["evaluate", "--synthetic", "x.pt", "--precision", "fp16"])
+    assert exit_.value.code == 2 and "--precision: invalid choice: 'fp16'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", "--synthetic", "x.pt", "--eval-fused", "false"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert "use --backend torch (or cpu) instead of --eval-fused" in err and "did you mean" not in err
+    monkeypatch.setenv("DKKT_PRECISION", "fp16")
+    assert cli.main(["evaluate", "--synthetic", "x.pt", "--dataset", "fashion_mnist"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "$DKKT_PRECISION='fp16' is not a precision" in err
+
+
+@pytest.mark.parametrize("method", ["dm_dkkt", "dsv", "dm", "dc"])
+def test_distill_help_shows_two_speed_flags(method, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["distill", "--method", method, "--help"])
+    text = capsys.readouterr().out
+    flags = set(re.findall(r"(?<![\w-])--[\w.-]+", text))
+    speed = {f for f in flags if re.search(r"precision|fused|compile|backend", f)}
+    assert speed == {"--precision", "--backend"}
 
 
 # -- a fast first hour: --help without torch, whole flags, did-you-mean ------------------------------

@@ -3,7 +3,7 @@ and never pads when disabled (the compiled paths' own equality tests are in test
 and losses/test_dm.py)."""
 import torch
 
-from dkkt_plugin.compiled import StaticCompiled
+from dkkt_plugin.cpu.compiled import StaticCompiled
 
 
 def test_pads_tensor_arguments_and_cuts_the_output(monkeypatch):

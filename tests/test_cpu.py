@@ -1,22 +1,35 @@
-"""The fused ConvNet embedding: close to the fp32 embedding (closer than bf16 autocast), the same
-whatever the thread count, where it applies, and a clear warn-once fallback when the C compiler
-is missing (its use inside DMLoss is tested in losses/test_dm.py). The fused blocks with a
-backward: gradchecks in float64, torch's gradients in fp32 and under bf16 autocast, where they
-step aside, thread-count independence, NaN, and their own warn-once fallback (their use in the
-losses and in training: losses/test_dm.py, losses/test_dkkt.py, test_training.py)."""
+"""The CPU backend (dkkt_plugin.cpu). The no-grad bf16 embedding: close to the fp32 embedding
+(closer than bf16 autocast), the same whatever the thread count. The fused blocks with a
+backward: gradchecks in float64, torch's gradients in fp32 and under bf16 autocast, thread-count
+independence, NaN. Which blocks they replace (matched by module type), the one test of where they
+apply (not_supported_reasons), the model left as it was, and a warn-once fallback when the C
+compiler is missing. Their use in the losses and in training: losses/test_dm.py,
+losses/test_dkkt.py, test_training.py."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from dkkt_plugin import fused
-from dkkt_plugin.fused import FusedEmbed, FusedKernelError
-from dkkt_plugin.nets import ConvNet, fused_blocks
+from dkkt_plugin import cpu
+from dkkt_plugin.cpu import build, kernels
+from dkkt_plugin.cpu.build import FusedKernelError
+from dkkt_plugin.nets import AvgPool2x2, ConvNet
+
+
+def bf16_plan(net):
+    """The bf16 embedding plan of ``net``'s current weights (it must apply)."""
+    side = net.config["image_size"]
+    x = torch.zeros(1, net.config["channels"], side, side)
+    with torch.no_grad():
+        made = cpu.embedding_plan(net, x)
+    assert made is not None
+    return made
 
 
 def embeddings(net, x):
     """(fused, fp32, bf16 autocast) embeddings of x."""
     with torch.no_grad():
-        f = FusedEmbed().prepare(net)(x)
+        f = bf16_plan(net)(x)
         ref = net.embed(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             auto = net.embed(x).float()
@@ -44,11 +57,11 @@ def test_close_to_fp32_and_no_worse_than_autocast(channels, size, depth, width):
 def test_channels_last_and_strided_inputs_give_the_same_result():
     net = ConvNet(3, 10, 32, width=16)
     x = torch.randn(5, 3, 32, 32)
-    plan = FusedEmbed().prepare(net)
+    embed = bf16_plan(net)
     with torch.no_grad():
-        a = plan(x)
-        assert torch.equal(plan(x.contiguous(memory_format=torch.channels_last)), a)
-        assert torch.equal(plan(torch.cat([x, x], 3)[..., :32]), a)
+        a = embed(x)
+        assert torch.equal(embed(x.contiguous(memory_format=torch.channels_last)), a)
+        assert torch.equal(embed(torch.cat([x, x], 3)[..., :32]), a)
 
 
 def test_same_result_on_one_and_two_threads_and_when_repeated():
@@ -60,7 +73,7 @@ def test_same_result_on_one_and_two_threads_and_when_repeated():
         for threads in (1, 2, 1):
             torch.set_num_threads(threads)
             with torch.no_grad():
-                out.append(FusedEmbed().prepare(net)(x))
+                out.append(bf16_plan(net)(x))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out[0], out[2])
@@ -71,9 +84,9 @@ def test_follows_new_weights_after_reset():
     net = ConvNet(1, 10, 28, width=8)
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
-        a = FusedEmbed().prepare(net)(x)
+        a = bf16_plan(net)(x)
         net.reset_parameters(torch.Generator().manual_seed(5))
-        b, ref = FusedEmbed().prepare(net)(x), net.embed(x)
+        b, ref = bf16_plan(net)(x), net.embed(x)
     assert not torch.equal(a, b) and (b - ref).abs().max() <= 1e-2 * ref.abs().max()
 
 
@@ -82,73 +95,87 @@ def test_non_finite_images_give_non_finite_features():
     x = torch.randn(2, 1, 28, 28)
     x[1, 0, 5, 5] = float("nan")
     with torch.no_grad():
-        f = FusedEmbed().prepare(net)(x)
+        f = bf16_plan(net)(x)
     assert torch.isfinite(f[0]).all() and torch.isnan(f[1]).any()
 
 
-def test_applies_only_where_it_can():
+def test_the_bf16_embedding_applies_only_where_it_can():
     x = torch.randn(2, 1, 28, 28)
     net = ConvNet(1, 10, 28, width=8)
+
+    def why(model, inputs):
+        with torch.no_grad():
+            return cpu.not_supported_reasons(model, inputs, bf16_embedding=True)
+
+    assert why(net, x) == []
+    assert why(ConvNet(1, 10, 28, width=8, norm="batchnorm"), x) == [
+        "features.1 is BatchNorm2d where the fused blocks need an instance norm (GroupNorm with one group per "
+        "channel and affine parameters)"]
+    assert why(ConvNet(1, 10, 28, width=8, pooling="max"), x) == [
+        "features.3 is MaxPool2d where the fused blocks need a 2x2 average pooling with stride 2 (no padding)"]
+    assert why(nn.Conv2d(1, 8, 3), x) == ["Conv2d is not a dkkt_plugin.nets.ConvNet"]
+    assert "the network's parameters are not all float32 on the CPU" in why(ConvNet(1, 10, 28, width=8).double(), x)
+    assert "the input is torch.float64 of shape (2, 1, 28, 28), not float32 (B, C, H, W)" in why(net, x.double())
+    assert cpu.not_supported_reasons(net, x, bf16_embedding=True) == [
+        "gradients are recorded (the bf16 embedding has no backward)"]
     with torch.no_grad():
-        assert FusedEmbed().applies(net, x)
-        assert not FusedEmbed(enabled=False).applies(net, x)
-        assert not FusedEmbed().applies(ConvNet(1, 10, 28, width=8, norm="batchnorm"), x)
-        assert not FusedEmbed().applies(ConvNet(1, 10, 28, width=8, pooling="max"), x)
-        assert not FusedEmbed().applies(torch.nn.Conv2d(1, 8, 3), x)
-        assert not FusedEmbed().applies(ConvNet(1, 10, 28, width=8).double(), x)  # fp64 weights
-        assert not FusedEmbed().applies(net.double(), x.double())
-    assert not FusedEmbed().applies(net.float(), x)  # gradients on: the kernels have no backward
+        assert cpu.embedding_plan(ConvNet(1, 10, 28, width=8, norm="none"), x) is None
 
 
-def test_missing_compiler_warns_once_and_declines(monkeypatch, tmp_path):
-    monkeypatch.setattr(fused, "_library", None)
+def test_missing_compiler_warns_once_and_the_backend_steps_aside(monkeypatch, tmp_path):
+    monkeypatch.setattr(build, "_library", None)
+    monkeypatch.setattr(build, "_error", None)
     monkeypatch.setenv("DKKT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(FusedKernelError, match="could not compile .*convnet_fused.c \\(set CC to a C compiler\\)"):
-        fused.load_library()
-    embed = FusedEmbed()
+        build.load_library()
     net, x = ConvNet(1, 10, 28, width=8), torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        with pytest.warns(RuntimeWarning, match="fused ConvNet embedding unavailable .*embedding with torch instead"):
-            assert not embed.applies(net, x)
-        assert not embed.applies(net, x) and embed.failed  # once: no second warning, no retry
+        with pytest.warns(RuntimeWarning, match="the fused kernels are unavailable .*the CPU backend runs torch's ops"):
+            assert cpu.embedding_plan(net, x) is None
+        [reason] = cpu.not_supported_reasons(net, x, bf16_embedding=True)  # once: no second warning, no retry
+    assert reason.startswith("the fused kernels are unavailable (could not compile")
+    xg = x.clone().requires_grad_()
+    with cpu.fused(net):
+        out = net(xg)  # torch's ops
+    assert torch.equal(out, net(x))
     assert not list(tmp_path.glob("*.so"))  # nothing half-built left behind
 
 
 def test_builds_once_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(build, "_library", None)
     monkeypatch.setenv("DKKT_CACHE_DIR", str(tmp_path))
-    lib = fused.load_library()
+    lib = build.load_library()
     built = list(tmp_path.glob("convnet_fused-*.so"))
-    assert len(built) == 1 and fused.load_library() is lib
-    monkeypatch.setattr(fused, "_library", None)  # as a new process: loads the built file, compiles nothing
+    assert len(built) == 1 and build.load_library() is lib
+    monkeypatch.setattr(build, "_library", None)  # as a new process: loads the built file, compiles nothing
 
     def no_compiler(*args, **kwargs):
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(fused.subprocess, "run", no_compiler)
-    fused.load_library()
+    monkeypatch.setattr(build.subprocess, "run", no_compiler)
+    build.load_library()
     assert list(tmp_path.glob("convnet_fused-*.so")) == built
 
 
 def test_corrupt_cached_library_names_the_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(build, "_library", None)
     monkeypatch.setenv("DKKT_CACHE_DIR", str(tmp_path / "good"))
-    fused.load_library()
+    build.load_library()
     name = next((tmp_path / "good").glob("convnet_fused-*.so")).name
     bad = tmp_path / "bad" / name  # the same key in another folder (never overwrite a loaded file)
     bad.parent.mkdir()
     bad.write_bytes(b"not a shared library")
-    monkeypatch.setattr(fused, "_library", None)
+    monkeypatch.setattr(build, "_library", None)
     monkeypatch.setenv("DKKT_CACHE_DIR", str(bad.parent))
     with pytest.raises(FusedKernelError, match=f"cannot load {bad}.*delete it to rebuild"):
-        fused.load_library()
+        build.load_library()
     monkeypatch.setenv("DKKT_CACHE_DIR", str(bad))  # a file, not a folder
     with pytest.raises(FusedKernelError, match="set DKKT_CACHE_DIR to a writable folder"):
-        fused.load_library()
+        build.load_library()
 
 
-# -- the fused blocks with a backward (NormReluPool, FirstBlock, nets.fused_blocks) --------------
+# -- the fused blocks with a backward (NormReluPool, FirstBlock, cpu.fused) ----------------------
 
 def _reference_block(y, gamma, beta, eps=1e-5):
     return F.avg_pool2d(F.relu(F.group_norm(y, y.shape[1], gamma, beta, eps)), 2)
@@ -165,7 +192,7 @@ def _affine(c, dtype, seed=0):
 def test_norm_relu_pool_gradcheck_in_float64(shape):
     y = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
     gamma, beta = _affine(shape[1], torch.float64)
-    f = lambda y, g, b: fused.NormReluPool.apply(y, g, b, 1e-5)  # noqa: E731
+    f = lambda y, g, b: kernels.NormReluPool.apply(y, g, b, 1e-5)  # noqa: E731
     assert torch.autograd.gradcheck(f, (y, gamma, beta))
     assert torch.autograd.gradgradcheck(f, (y, gamma, beta))  # create_graph: torch's ops
 
@@ -177,7 +204,7 @@ def test_first_block_gradcheck_in_float64(cin, size, pad):
     w = torch.randn(3, cin, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
     gamma, beta = _affine(3, torch.float64)
-    f = lambda *a: fused.FirstBlock.apply(*a, pad, 1e-5)  # noqa: E731
+    f = lambda *a: kernels.FirstBlock.apply(*a, pad, 1e-5)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, w, b, gamma, beta))
     assert torch.autograd.gradgradcheck(f, (x, w, b, gamma, beta))
     only_x = lambda x: f(x, w.detach(), b.detach(), gamma.detach(), beta.detach())  # noqa: E731
@@ -190,7 +217,7 @@ def _run(net, x, enabled, autocast=False):
     """(logits, input gradient, parameter gradients) of sum(logits * k)."""
     net.zero_grad()
     x = x.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), fused_blocks(enabled):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), cpu.fused(net, enabled=enabled):
         out = net(x)
     (out.float() * torch.arange(1, out.shape[1] + 1)).sum().backward()
     return out.detach().float(), x.grad, {n: p.grad.clone() for n, p in net.named_parameters()}
@@ -247,17 +274,106 @@ def test_fused_blocks_under_bf16_autocast_are_as_close_to_fp32_as_torch():
             assert _rel(g, exact_grads[name]) <= 1.5 * _rel(ref_grads[name], exact_grads[name]) + 1e-3, name
 
 
-def test_fused_blocks_run_the_kernels_and_restore_the_setting(monkeypatch):
+def _count_kernels(monkeypatch) -> list:
     calls = []
-    for cls in (fused.FirstBlock, fused.NormReluPool):
+    for cls in (kernels.FirstBlock, kernels.NormReluPool):
         monkeypatch.setattr(cls, "apply", lambda *a, _f=cls.apply, _n=cls.__name__: calls.append(_n) or _f(*a))
+    return calls
+
+
+def test_fused_blocks_run_the_kernels_and_leave_the_model_as_it_was(monkeypatch):
+    calls = _count_kernels(monkeypatch)
     net, x = ConvNet(1, 10, 28, width=8, depth=2), torch.randn(2, 1, 28, 28, requires_grad=True)
-    with fused_blocks():
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with cpu.fused(net) as same:
+        assert same is net and "embed" in vars(net)
         net(x).sum().backward()
-        with fused_blocks(False):
-            net(x)
+        with cpu.fused(net):  # nested: the outer block keeps its patch
+            pass
+        assert "embed" in vars(net)
+        with cpu.fused(net, enabled=False):
+            pass
+    assert "embed" not in vars(net) and net.embed.__func__ is ConvNet.embed
     net(x)
     assert calls == ["FirstBlock", "NormReluPool"]
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    with pytest.raises(RuntimeError, match="boom"), cpu.fused(net):
+        raise RuntimeError("boom")
+    assert "embed" not in vars(net)  # restored on an error too
+
+
+def test_blocks_are_matched_by_module_type_not_by_position(monkeypatch):
+    calls = _count_kernels(monkeypatch)
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    # the reference code's nn.AvgPool2d(2) instead of ours: still a 2x2 average pooling
+    ref = ConvNet(1, 10, 28, width=8, depth=2)
+    ref.features[3] = nn.AvgPool2d(2)
+    assert [b.index for b in cpu.find_blocks(ref.features)[0]] == [0, 4]
+    expected = ref(x)
+    with cpu.fused(ref):
+        assert torch.allclose(ref(x), expected, atol=1e-5)
+    assert calls == ["FirstBlock", "NormReluPool"]
+    # ReLU before the norm: a different network, which the kernels would compute wrongly; refused
+    swapped = ConvNet(1, 10, 28, width=8, depth=2)
+    swapped.features[1], swapped.features[2] = swapped.features[2], swapped.features[1]
+    assert cpu.find_blocks(swapped.features)[1] == [
+        "features.1 is ReLU where the fused blocks need an instance norm (GroupNorm with one group per channel "
+        "and affine parameters)"]
+    calls.clear()
+    with cpu.fused(swapped):
+        out = swapped(x)
+    assert calls == [] and torch.equal(out, swapped(x))
+    # a block missing its pooling, a norm over groups of channels, a non-Sequential features
+    short = ConvNet(1, 10, 28, width=8, depth=1)
+    del short.features[3]
+    assert cpu.find_blocks(short.features)[1] == [
+        "features ends after features.2 where the fused blocks need a 2x2 average pooling with stride 2 (no padding)"]
+    grouped = ConvNet(1, 10, 28, width=8, depth=1)
+    grouped.features[1] = nn.GroupNorm(2, 8)
+    assert cpu.find_blocks(grouped.features)[1][0].startswith("features.1 is GroupNorm where")
+    assert cpu.find_blocks(nn.ModuleList([nn.ReLU()]))[1] == ["features is ModuleList, not an nn.Sequential of blocks"]
+
+
+def test_not_supported_reasons_name_each_obstacle():
+    net = ConvNet(1, 10, 28, width=8)
+    x = torch.randn(2, 1, 28, 28)
+    assert cpu.not_supported_reasons(net, x) == []
+    assert cpu.not_supported_reasons(net, x.half()) == [
+        "the input is torch.float16; the kernels take float32, float64 or bfloat16"]
+    assert cpu.not_supported_reasons(net, x.to("meta")) == ["the input is on meta, not on the CPU"]
+    assert cpu.not_supported_reasons(net, x, differentiated=["features.4.weight", "classifier.weight"]) == [
+        "parameters of features are differentiated twice (the caller's create_graph=True backward), which the "
+        "kernels leave to torch's ops"]
+    assert cpu.not_supported_reasons(net, x, differentiated=["classifier.weight"]) == []
+
+    class OwnEmbed(ConvNet):
+        def embed(self, x):
+            return super().embed(x) * 2
+
+    assert cpu.not_supported_reasons(OwnEmbed(1, 10, 28, width=8), x) == ["OwnEmbed.embed replaces ConvNet.embed"]
+    assert cpu.not_supported_reasons(nn.Linear(2, 2), x) == ["Linear is not a dkkt_plugin.nets.ConvNet and holds none"]
+    seen = []
+    torch.func.vmap(lambda xi: seen.append(cpu.not_supported_reasons(net, xi[None])) or xi)(x)
+    assert seen == [["a torch.func transform (vmap, grad) is active"]]
+
+
+def test_a_convnet_inside_another_model_runs_fused(monkeypatch):
+    # e.g. an edge model wrapped with its normalisation: the ConvNet inside is found by type
+    calls = _count_kernels(monkeypatch)
+    inner = ConvNet(1, 10, 28, width=8, depth=2)
+    model = nn.Sequential(nn.Identity(), inner)
+    x = torch.randn(2, 1, 28, 28, requires_grad=True)
+    assert cpu.not_supported_reasons(model, x) == []
+    assert cpu.not_supported_reasons(model, x, differentiated=["1.features.0.weight"]) == [
+        "1: parameters of 1.features are differentiated twice (the caller's create_graph=True backward), which the "
+        "kernels leave to torch's ops"]
+    with cpu.fused(model):
+        model(x).sum().backward()
+    assert calls == ["FirstBlock", "NormReluPool"] and "embed" not in vars(inner)
+    calls.clear()
+    with cpu.fused(model, differentiated=["1.features.0.weight"]):
+        model(x)
+    assert calls == []
 
 
 def test_fused_blocks_leave_patched_relus_and_dispatch_modes_to_torch():
@@ -270,13 +386,13 @@ def test_fused_blocks_leave_patched_relus_and_dispatch_modes_to_torch():
     grads = []
     for enabled in (True, False):
         xg = x.clone().requires_grad_()
-        with soft_relu_backward(net, 5.0), fused_blocks(enabled):
+        with soft_relu_backward(net, 5.0), cpu.fused(net, enabled=enabled):
             net(xg).sum().backward()
         grads.append(xg.grad)
     assert torch.equal(grads[0], grads[1])  # every block ran torch's ops: the soft derivative kept
     counts = []
     for enabled in (True, False):
-        with FlopCounterMode(display=False) as counter, fused_blocks(enabled):
+        with FlopCounterMode(display=False) as counter, cpu.fused(net, enabled=enabled):
             net(x)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0  # under a dispatch mode the fused path steps aside
@@ -306,7 +422,7 @@ def test_fused_blocks_propagate_nan_and_overflow():
         x = torch.randn(2, 1, 28, 28)
         x[0, 0, 5, 5] = bad
         x.requires_grad_()
-        with fused_blocks():
+        with cpu.fused(net):
             out = net(x)
         assert not out[0].isfinite().all() and out[1].isfinite().all()
 
@@ -315,12 +431,21 @@ def test_fused_blocks_fall_back_with_one_warning_when_the_kernels_cannot_be_buil
     def broken():
         raise FusedKernelError("could not compile convnet_fused.c (set CC to a C compiler)")
 
-    monkeypatch.setattr(fused, "load_library", broken)
-    monkeypatch.setattr(fused, "_grad_failed", False)
+    monkeypatch.setattr(build, "load_library", broken)
+    monkeypatch.setattr(build, "_library", None)
+    monkeypatch.setattr(build, "_error", None)
     net, x = ConvNet(1, 10, 28, width=8), torch.randn(2, 1, 28, 28, requires_grad=True)
-    with fused_blocks():
-        with pytest.warns(RuntimeWarning, match="fused ConvNet blocks unavailable .*running torch's ops instead"):
+    with cpu.fused(net):
+        with pytest.warns(RuntimeWarning, match="the fused kernels are unavailable .*runs torch's ops instead"):
             out = net(x)
         assert torch.equal(out, net(x))  # no second warning (pytest's filter would fail on one)
     with torch.no_grad():
         assert torch.equal(out, net(x))
+
+
+def test_chunk_sizes_keep_activations_in_the_caches_on_the_cpu_only():
+    assert cpu.default_chunk_size("cpu") == cpu.default_chunk_size(torch.device("cpu")) == cpu.CPU_CHUNK == 16
+    assert cpu.default_chunk_size("cpu", training=True) == cpu.CPU_TRAIN_CHUNK == 8
+    assert cpu.default_chunk_size("cpu", training=True, fused=True) == cpu.CPU_FUSED_TRAIN_CHUNK == 16
+    for device in ("cuda", "cuda:1", torch.device("cuda", 0), "mps"):
+        assert cpu.default_chunk_size(device) >= 2 ** 60 and cpu.default_chunk_size(device, training=True) >= 2 ** 60

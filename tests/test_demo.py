@@ -23,7 +23,7 @@ def test_assets_are_what_they_claim():
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):
-    from dkkt_plugin.nets import native_bf16
+    from dkkt_plugin.runtime import native_bf16
 
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--iterations", "2", "--dsv-iterations", "2", "--eval-epochs", "2",

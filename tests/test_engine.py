@@ -141,7 +141,7 @@ def test_cli_distill_and_evaluate(cifar, tmp_path, capsys):
     [ev] = read_evaluations(out)
     assert len(ev["accuracies"]) == 2 and ev["command"] == rec["command"]
     assert main(["evaluate", "--synthetic", str(out), "--num-eval", "1", "--eval-epochs", "1",
-                 "--eval-precision", "bf16", "--json", str(tmp_path / "ev.json"), *TINY[-2:]]) == 0
+                 "--precision", "bf16", "--json", str(tmp_path / "ev.json"), *TINY[-2:]]) == 0
     ev1 = json.loads((tmp_path / "ev.json").read_text())
     assert ev1["num_eval"] == 1 and ev1["protocol"].endswith(", bf16 autocast training")
     assert [len(e["accuracies"]) for e in read_evaluations(out)] == [2, 1]  # appended, not overwritten

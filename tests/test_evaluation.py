@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dkkt_plugin import runtime
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.evaluation import PROTOCOLS, EvalProtocol, EvalResult, evaluate_synthetic, get_protocol
 from dkkt_plugin.training import TrainConfig
@@ -21,6 +22,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fp32():
+    """These tests' known answers are for fp32 training (tests of the precision set their own)."""
+    with runtime.use(precision="fp32"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -40,37 +48,46 @@ def test_dm_protocol_settings():
     settings = (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.epochs)
     assert settings == ("sgd", 0.01, 0.9, 5e-4, 256, 1000)
     assert (t.augment, t.lr_schedule) == (DSA, "step")
-    assert t.precision == "auto"
-    assert get_protocol("dm").describe() == ("dm protocol: SGD lr 0.01 momentum 0.9 wd 5e-4 batch 256, "
+    with runtime.use(precision="auto"):  # the protocols train at the process-wide precision
+        described = get_protocol("dm").describe()
+    assert described == ("dm protocol: SGD lr 0.01 momentum 0.9 wd 5e-4 batch 256, "
                                              "1000 epochs with DSA, lr x0.1 at epoch 500, bf16 autocast training "
                                              "where the device has native bf16, else fp32")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
 def test_result_states_the_precision_used(precision, monkeypatch):
-    # "auto" resolves on the device: bf16 where native, fp32 elsewhere; the record says which ran
+    # "auto" resolves on the device: bf16 where native, fp32 elsewhere; the result says which ran
     import dkkt_plugin.training as training
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2] * 2)
-    tiny = EvalProtocol("tiny", TrainConfig(epochs=1, lr=0.01, precision="auto"))
+    tiny = EvalProtocol("tiny", TrainConfig(epochs=1, lr=0.01))
     seen = []
     real_step = training._step
     monkeypatch.setattr(training, "_step", lambda *a, **k: seen.append(a[6]) or real_step(*a, **k))  # bf16
     for native in (True, False):
-        monkeypatch.setattr(training, "native_bf16", lambda device, n=native: n)
+        monkeypatch.setattr(runtime, "native_bf16", lambda device, n=native: n)
         seen.clear()
-        r = evaluate_synthetic(x, y, x, y, protocol=tiny, num_eval=1, width=4, depth=1, precision=precision)
+        with runtime.use(precision=precision, backend="torch"):
+            r = evaluate_synthetic(x, y, x, y, protocol=tiny, num_eval=1, width=4, depth=1)
         ran = precision if precision != "auto" else ("bf16" if native else "fp32")
         assert seen and all(b == (ran == "bf16") for b in seen)
         assert r.protocol.endswith(", bf16 autocast training") == (ran == "bf16")
         assert "where the device" not in r.protocol
+        assert r.runtime == {"precision": precision, "backend": "torch",
+                             "training": {"precision": ran, "backend": "torch", "not_supported": []}}
+        assert r.as_dict()["runtime"] == r.runtime
 
 
-def test_unknown_precision():
-    x, y = torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])
-    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16; got 'fp16'"):
-        evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=1, width=4, depth=1, precision="fp16")
+def test_result_records_where_the_cpu_backend_applies():
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    with runtime.use(precision="fp32", backend="cpu"):
+        fused = evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=1, width=4, depth=1)
+        pooled = evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=1, width=4, depth=1, arch="convnet_bn")
+    assert fused.runtime["training"] == {"precision": "fp32", "backend": "cpu", "not_supported": []}
+    assert pooled.runtime["training"]["backend"] == "torch"
+    assert pooled.runtime["training"]["not_supported"][0].startswith("features.1 is BatchNorm2d")
 
 
 def test_paper_protocol_settings():
@@ -176,18 +193,17 @@ def test_bad_inputs(problem, bad):
         evaluate_synthetic(**kw, protocol=TINY, num_eval=num_eval, **NET)
 
 
-@pytest.mark.parametrize("option,value,expected", [
-    ("compile_step", None, False), ("compile_step", True, True), ("compile_step", False, False),
-    ("fused", None, True), ("fused", True, True), ("fused", False, False),  # None: the protocol's own
-])
-def test_training_options_reach_training(option, value, expected, monkeypatch):
+@pytest.mark.parametrize("backend", ["cpu", "torch", "compile"])
+def test_the_backend_in_force_reaches_training(backend, monkeypatch):
     from dkkt_plugin import evaluation
 
     seen = []
-    monkeypatch.setattr(evaluation, "train_classifier", lambda net, x, y, cfg, **kw: seen.append(getattr(cfg, option)))
+    monkeypatch.setattr(evaluation, "train_classifier", lambda net, x, y, cfg, **kw: seen.append(
+        runtime.settings().backend))
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
-    evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=2, width=4, depth=1, **{option: value})
-    assert seen == [expected] * 2
+    with runtime.use(backend=backend):
+        r = evaluate_synthetic(x, y, x, y, protocol=TINY, num_eval=2, width=4, depth=1)
+    assert seen == [backend] * 2 and r.runtime["backend"] == backend
 
 
 # -- stratified test subsets (--test-size) ----------------------------------------------------------

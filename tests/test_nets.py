@@ -84,26 +84,3 @@ def test_first_conv_in_fp32_under_autocast_with_grad():
     assert seen == [torch.float32, torch.bfloat16]
     out.float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_default_chunk_size(threads, monkeypatch):
-    # cache-sized chunks on the CPU whatever the thread count (smaller when training weights);
-    # the whole batch elsewhere
-    from dkkt_plugin import nets
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    assert nets.default_chunk_size("cpu") == nets.CPU_CHUNK == 16
-    assert nets.default_chunk_size("cpu", training=True) == nets.CPU_TRAIN_CHUNK == 8
-    assert nets.default_chunk_size("cpu", training=True, fused=True) == nets.CPU_FUSED_TRAIN_CHUNK == 16
-    assert nets.default_chunk_size("cuda") >= 2 ** 60 and nets.default_chunk_size("cuda", training=True) >= 2 ** 60
-
-
-def test_runs_bf16_reads_the_precision_and_the_tensor():
-    from dkkt_plugin.nets import BF16_PRECISIONS, native_bf16, runs_bf16
-
-    x = torch.zeros(1)
-    assert BF16_PRECISIONS == ("auto", "bf16", "fp32")
-    assert runs_bf16("bf16", x) and not runs_bf16("fp32", x)
-    assert runs_bf16("auto", x) == native_bf16("cpu")
-    assert not runs_bf16("bf16", x.double())  # a float64 model stays float64

@@ -27,7 +27,6 @@ SIGNATURES = {
     'load_cifar10': [('root', 'POSITIONAL_OR_KEYWORD', 'None'), ('train', 'POSITIONAL_OR_KEYWORD', 'True'), ('download', 'KEYWORD_ONLY', 'False')],
     'Pipc': [('args', 'VAR_POSITIONAL', ''), ('kwargs', 'VAR_KEYWORD', '')],
     'parse_pipc': [('value', 'POSITIONAL_OR_KEYWORD', '')],
-    'fused_blocks': [('enabled', 'POSITIONAL_OR_KEYWORD', 'True')],
     'ConvNet': [('channels', 'POSITIONAL_OR_KEYWORD', '3'), ('num_classes', 'POSITIONAL_OR_KEYWORD', '10'), ('image_size', 'POSITIONAL_OR_KEYWORD', '32'), ('width', 'KEYWORD_ONLY', '128'), ('depth', 'KEYWORD_ONLY', '3'), ('norm', 'KEYWORD_ONLY', "'instancenorm'"), ('pooling', 'KEYWORD_ONLY', "'avg'"), ('generator', 'KEYWORD_ONLY', 'None'), ('device', 'KEYWORD_ONLY', 'None')],
     'load_edge_model': [('path', 'POSITIONAL_OR_KEYWORD', ''), ('device', 'POSITIONAL_OR_KEYWORD', 'None')],
     'save_edge_model': [('path', 'POSITIONAL_OR_KEYWORD', ''), ('model', 'POSITIONAL_OR_KEYWORD', ''), ('meta', 'POSITIONAL_OR_KEYWORD', '')],

@@ -1,21 +1,23 @@
-"""Training: chunked forward/backward gives the unchunked step; so do the fused blocks; bf16
-autocast stays close; the compiled step gives the eager one."""
+"""Training: chunked forward/backward gives the unchunked step; so do the fused blocks (backend
+cpu); bf16 autocast stays close; the compiled step (backend compile) gives the eager one; the
+speed settings are read when training starts."""
 import pytest
 import torch
 
+from dkkt_plugin import runtime
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.nets import ConvNet
 from dkkt_plugin.training import TrainConfig, accuracy, train_classifier
 
 
 def _train(chunk_size, precision="fp32", augment="color_crop_cutout_flip_scale_rotate", norm="instancenorm",
-           fused=True):
+           backend="cpu"):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(20, 1, 28, 28, generator=g), torch.arange(20) % 4
     net = ConvNet(1, 4, 28, width=8, norm=norm, generator=torch.Generator().manual_seed(1))
-    cfg = TrainConfig(epochs=3, batch_size=12, lr=0.05, augment=augment, chunk_size=chunk_size,
-                      precision=precision, fused=fused)
-    loss = train_classifier(net, x, y, cfg, generator=torch.Generator().manual_seed(2))
+    cfg = TrainConfig(epochs=3, batch_size=12, lr=0.05, augment=augment, chunk_size=chunk_size)
+    with runtime.use(precision=precision, backend=backend):
+        loss = train_classifier(net, x, y, cfg, generator=torch.Generator().manual_seed(2))
     return loss, net
 
 
@@ -29,12 +31,12 @@ def test_chunks_give_the_same_training(chunk_size):
 
 
 def test_fused_blocks_give_the_same_training(monkeypatch):
-    # TrainConfig.fused (default on): each block's norm, ReLU and pooling, and block 1 whole, fused
-    from dkkt_plugin import fused
+    # backend cpu (the default): each block's norm, ReLU and pooling, and block 1 whole, fused
+    from dkkt_plugin.cpu import kernels
 
     calls = []
-    monkeypatch.setattr(fused.FirstBlock, "apply", lambda *a, _f=fused.FirstBlock.apply: calls.append(1) or _f(*a))
-    loss_a, a = _train(None, fused=False)
+    monkeypatch.setattr(kernels.FirstBlock, "apply", lambda *a, _f=kernels.FirstBlock.apply: calls.append(1) or _f(*a))
+    loss_a, a = _train(None, backend="torch")
     assert not calls
     loss_b, b = _train(None)
     assert calls
@@ -68,10 +70,26 @@ def test_accuracy_batch_size_does_not_matter():
 
 
 def test_bad_settings():
-    with pytest.raises(ConfigError, match="precision"):
-        TrainConfig(precision="fp16")
     with pytest.raises(ConfigError, match="chunk_size"):
         TrainConfig(chunk_size=0)
+    with pytest.raises(TypeError, match="precision"):  # a speed setting is the process's, not the config's
+        TrainConfig(precision="fp32")
+
+
+@pytest.mark.parametrize("precision,native,bf16", [("auto", True, True), ("auto", False, False),
+                                                   ("bf16", False, True), ("fp32", True, False)])
+def test_the_precision_is_read_when_training_starts(precision, native, bf16, monkeypatch):
+    import dkkt_plugin.training as training
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
+    seen = []
+    real_step = training._step
+    monkeypatch.setattr(training, "_step", lambda *a, **k: seen.append(a[6]) or real_step(*a, **k))  # its bf16
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    net = ConvNet(1, 2, 8, width=4, depth=1)
+    with runtime.use(precision=precision):
+        train_classifier(net, x, y, TrainConfig(epochs=2, batch_size=4), generator=torch.Generator().manual_seed(0))
+    assert seen == [bf16, bf16]
 
 
 def _train_compiled(monkeypatch, compile_fn=None):
@@ -90,12 +108,13 @@ def _train_compiled(monkeypatch, compile_fn=None):
     x, y = torch.randn(20, 1, 28, 28, generator=g), torch.arange(20) % 4
     out = []
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for compile_step in (False, True):
+        for backend in ("torch", "compile"):
             net = ConvNet(1, 4, 28, width=8, generator=torch.Generator().manual_seed(1))
             # minibatches of 12 and 8 in chunks of 5: each one's last chunk (2, 3 images) is padded
             cfg = TrainConfig(epochs=3, batch_size=12, lr=0.05, augment="color_crop_cutout_flip_scale_rotate",
-                              chunk_size=5, compile_step=compile_step)
-            out.append((train_classifier(net, x, y, cfg, generator=torch.Generator().manual_seed(2)), net))
+                              chunk_size=5)
+            with runtime.use(precision="fp32", backend=backend):
+                out.append((train_classifier(net, x, y, cfg, generator=torch.Generator().manual_seed(2)), net))
     return out, calls
 
 

@@ -1,8 +1,8 @@
 """A function run through ``torch.compile`` with static chunk shapes, or eagerly if that fails.
 
-Shared by the opt-in compiled paths (``DMLoss(compile_real=True)``,
-``TrainConfig(compile_step=True)``): both run a per-sample function over chunks of a batch, whose
-last chunk is usually shorter. Padding that chunk with zeros to the full chunk size keeps one
+The ``compile`` backend (:mod:`dkkt_plugin.runtime`) runs two passes this way: DM's real-image
+embedding and each chunk of classifier training. Both run a per-sample function over chunks of a
+batch, whose last chunk is usually shorter. Padding that chunk with zeros to the full chunk size keeps one
 static shape, so the function compiles once per process (dynamo caches per code object, so later
 instances reuse the code). A failed compile (no C++ compiler, an unsupported operation, ...)
 warns once and runs the function eagerly from then on.
@@ -26,8 +26,8 @@ class StaticCompiled:
     Args:
         fn: a function whose tensor arguments and output share their leading (sample) dimension
             and whose samples are independent (padding samples must not change the others).
-        who: the setting that asked for compiling, named in the warning (e.g.
-            ``"DMLoss(compile_real=True)"``).
+        who: the pass that asked for compiling, named in the warning (e.g. ``"backend 'compile',
+            DM's real-image embedding"``).
         fallback: what happens instead, ending the warning (e.g. ``"training eagerly instead"``).
         enabled: ``False`` runs ``fn`` eagerly and never pads.
         eager_fn: what runs instead of ``fn`` when not compiling (not enabled, or the compile

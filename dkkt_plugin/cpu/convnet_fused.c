@@ -1,6 +1,7 @@
 /* Fused CPU kernels for dkkt_plugin.nets.ConvNet (instance norm, ReLU, 2x2 average pooling), built
- * and loaded by dkkt_plugin/fused.py: first the no-grad bf16 embedding (dkkt_block1,
- * dkkt_norm_relu_pool), then the blocks with a backward (dkkt_nrp_*, dkkt_first_*), further down.
+ * by dkkt_plugin/cpu/build.py and called by dkkt_plugin/cpu/kernels.py: first the no-grad bf16
+ * embedding (dkkt_block1, dkkt_norm_relu_pool), then the blocks with a backward (dkkt_nrp_*,
+ * dkkt_first_*), further down.
  *
  * No-grad embedding: each image is handled by one thread, start to end, in a scratch buffer that
  * stays in the L2 cache: the conv output (fp32), its per-channel mean and variance (two passes

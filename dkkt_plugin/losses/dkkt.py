@@ -20,12 +20,15 @@ synthetic image) are parameters of this module, learnt with the images; the clas
 referenced: it is scored in eval mode with detached copies of its weights, so its mode, its
 ``requires_grad`` flags and its ``.grad`` stay as they were.
 
-With ``precision="auto"`` (the default), a :class:`~dkkt_plugin.nets.ConvNet` edge model and
-only classifier parameters selected, the frozen model's features (its blocks: the forward and
-the images' backward, most of the term's cost) run under bf16 autocast where the hardware
-computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX); the classifier, both losses and
-the stationarity gradient stay fp32. ``precision="fp32"`` gives the exact loss. (Measured in
-``benchmarks/results/precision-cpu/dkkt-*``.)
+Speed follows the process-wide switch (:mod:`dkkt_plugin.runtime`), read when the loss is
+built. Precision: with a :class:`~dkkt_plugin.nets.ConvNet` edge model and only classifier
+parameters selected, the frozen model's features (its blocks: the forward and the images'
+backward, most of the term's cost) run under bf16 autocast under ``auto`` where the hardware
+computes bf16 natively (``bf16``: everywhere; ``fp32``: never); the classifier, both losses and
+the stationarity gradient stay fp32 (measured in ``benchmarks/results/precision-cpu/dkkt-*``).
+Backend ``cpu``: on the CPU, the blocks of every ConvNet in the model that holds no selected
+parameter run fused (:func:`dkkt_plugin.cpu.fused`; the kernels have no double backward, so the
+stationarity gradient never enters them and the images' gradient crosses them once).
 
 The stationarity *floor* is the value of L_stat when the gradient sum is zero (``D(θ*, 0)``): a
 term that stays at its floor carries no model knowledge (docs/method.md, 'The stationarity
@@ -44,10 +47,10 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..nets import ConvNet, check_input, default_chunk_size, fused_blocks, runs_bf16
+from .. import cpu, runtime
+from ..nets import ConvNet, check_input
 from ..settings import (DEFAULT_ALPHA, DISTANCES, MULTIPLIERS, PRIMALS, SCALES,  # noqa: F401
                         STATIONARITIES, DKKTConfig)
-from ..settings import BF16_PRECISIONS as PRECISIONS  # noqa: F401
 from .balance import BalanceStats, FixedScale, GradBalance
 from .kkt import fit_multipliers_nnls, margin_logits, per_sample_grads, select_parameters, soft_relu_backward
 
@@ -96,10 +99,6 @@ class DKKTLoss(nn.Module):
         augment: optional callable applied to the images before scoring (the soft "manifold"
             condition: the KKT conditions must hold for augmented copies too).
         param_filter: custom ``(name, tensor) -> bool`` selection of θ*, overriding ``config.params``.
-        fused: on the CPU, run a ConvNet edge model's blocks with their norm, ReLU and pooling fused
-            (:func:`dkkt_plugin.nets.fused_blocks`; the same gradients up to float rounding) when
-            only classifier parameters are selected (the double backward then never enters the
-            blocks). ``False``: torch only.
 
     Shape:
         - images: ``(N, C, H, W)``, labels: ``(N,)`` long; with ``indices`` (``(B,)``) a minibatch
@@ -136,7 +135,6 @@ class DKKTLoss(nn.Module):
         *,
         augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         param_filter: Optional[Callable[[str, torch.Tensor], bool]] = None,
-        fused: bool = True,
         **overrides,
     ) -> None:
         super().__init__()
@@ -157,14 +155,10 @@ class DKKTLoss(nn.Module):
         self._model = (model, _Embed(model))
         self.param_names = select_parameters(model, config.params, param_filter)
         head_only = all(n.startswith("classifier.") for n in self.param_names)
-        self.fused = fused and head_only
+        self.speed = runtime.settings()  # the process-wide precision and backend, as built
         # the bf16 feature pass runs ConvNet's blocks (embed) and its classifier apart, which is
         # its forward (unless a subclass changed that)
         self._splits = head_only and isinstance(model, ConvNet) and type(model).forward is ConvNet.forward
-        if config.precision == "bf16" and not self._splits:
-            raise ConfigError("DKKTConfig.precision='bf16' needs params='classifier' and a dkkt_plugin.nets.ConvNet "
-                              f"edge model; got params={config.params!r}, {type(model).__name__}; use "
-                              "precision='fp32' (or 'auto', which is fp32 there)")
         init = math.log(config.lambda_init) if config.multiplier == "log" else config.lambda_init
         self.rho = nn.Parameter(torch.full((num_images,), init, device=_device_of(model)))
         # images are scored in the model's dtype (a float64 model works)
@@ -241,10 +235,11 @@ class DKKTLoss(nn.Module):
         theta = {n: p.detach().requires_grad_(n in self.param_names)
                  for n, p in self.model.named_parameters()}
         params = {**theta, **dict(self.model.named_buffers())}
-        with eval_mode(self.model), soft_relu_backward(self.model, self.config.soft_relu), fused_blocks(self.fused):
+        with eval_mode(self.model), soft_relu_backward(self.model, self.config.soft_relu), \
+                cpu.fused(self.model, differentiated=self.param_names, enabled=self.speed.backend == "cpu"):
             # per-sample models (e.g. ConvNet in eval mode) run in cache-sized chunks; the chunks'
             # graphs stay separate, so both backward passes also run chunk by chunk
-            chunk = default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
+            chunk = cpu.default_chunk_size(x.device) if getattr(self.model, "per_sample", False) else x.shape[0]
             if self.uses_bf16(x):
                 head = {n[len("classifier."):]: t for n, t in theta.items() if n.startswith("classifier.")}
                 logits = torch.cat([functional_call(self.model.classifier, head,
@@ -318,8 +313,17 @@ class DKKTLoss(nn.Module):
         return terms, stats
 
     def uses_bf16(self, x: torch.Tensor) -> bool:
-        """Whether the edge model's features of ``x`` are computed in bf16 under ``config.precision``."""
-        return self._splits and runs_bf16(self.config.precision, x)
+        """Whether the edge model's features of images like ``x`` are computed in bf16."""
+        return self._splits and runtime.runs_bf16(x.to(self._dtype), self.speed.precision)
+
+    def speed_report(self, x: torch.Tensor) -> dict[str, dict]:
+        """What runs for images like ``x``: ``{"dkkt.features": ...}``
+        (:func:`dkkt_plugin.runtime.describe_pass`)."""
+        x = x.to(self._dtype)
+        why = (cpu.not_supported_reasons(self.model, x, differentiated=self.param_names)
+               if self.speed.backend == "cpu" else [])
+        backend = "cpu" if self.speed.backend == "cpu" and not why else "torch"
+        return {"dkkt.features": runtime.describe_pass(self.uses_bf16(x), backend, why)}
 
     # -- helpers -------------------------------------------------------------------------------
     def _embed_bf16(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

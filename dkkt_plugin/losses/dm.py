@@ -5,40 +5,32 @@
 with ``φ`` the embedding of a freshly initialised network each step (or a pretrained one for
 DM*), and ``A_c`` one Siamese augmentation draw shared by class c's real and synthetic images.
 
-All classes are augmented together, then embedded in chunks of ``chunk_size`` images (the real
-batch without autograd: it is a constant); class means come from ``index_add``. With a
-per-sample network (instance norm, eval-mode batch norm) this equals the per-class loop of the
-reference code. On the CPU, chunks of ``nets.CPU_CHUNK`` (16) images keep each layer's
-activations in the caches (``nets.default_chunk_size``).
+All classes are augmented together, then embedded in chunks (the real batch without autograd:
+it is a constant); class means come from ``index_add``. With a per-sample network (instance
+norm, eval-mode batch norm) this equals the per-class loop of the reference code. On the CPU,
+chunks of 16 images keep each layer's activations in the caches
+(:func:`dkkt_plugin.cpu.default_chunk_size`).
 
-The real embedding needs no gradient and only its class means, so by default it runs in bf16
-(autocast) where the hardware computes bf16 natively (CUDA, CPUs with AVX-512 BF16 or AMX); the
-class sums stay fp32. ``real_precision="fp32"`` gives the exact fp32 loss. At width 128 bf16
-changed the loss by ~1e-4 and its image gradient by ~4e-3 (relative; ``tests/losses/test_dm.py``
-bounds them at 1e-3 and 2e-2).
+Speed follows the process-wide switch (:mod:`dkkt_plugin.runtime`), read when the loss is built:
 
-On the CPU a bf16 real embedding through :class:`dkkt_plugin.nets.ConvNet` (instance norm, average
-pooling) runs by default through the package's fused kernels (``fused_real=True``,
-:mod:`dkkt_plugin.fused`): block 1's convolution (fp32), each block's norm, ReLU and pooling per
-image in the L2 cache, oneDNN's bf16 convolutions in between; on our CPU a DM step at ipc 10 took
-0.49-0.56x the autocast path's time and 0.64-0.73x the compiled path's (sitting 6's grid of
-``benchmarks/results/speed-cpu``, in git history at commit 541fdb0), with no compile step. It
-needs a C compiler on first use (built once, then cached); if building fails a warning says so
-and the torch path runs.
-
-The synthetic images' forward and backward run with each ConvNet block fused by default
-(``fused_syn=True``, :func:`dkkt_plugin.nets.fused_blocks`; the same gradient up to float
-rounding): at ipc 50 (500 synthetic images) that pass is most of a DM step on the CPU.
-
-``compile_real=True`` (opt-in) runs that real embedding through ``torch.compile`` (inductor fuses
-each block's norm, ReLU and pooling): on our CPU about a third off a DM step, after a one-off
-compile of 8–30 s per process that needs a C++ compiler. Chunks keep one static shape (the last
-is zero-padded and its padding dropped), so it compiles once. torch.compile caches per code
-object: once a ``compile_real`` loss has run under a dispatch mode (e.g. ``FlopCounterMode``), the
-compiled path runs eagerly for every later instance in that process (measured: that is what made
-an earlier benchmark of this option look inconsistent, ``benchmarks/results/speed-cpu``). The
-generated CPU kernels also keep the thread count they were compiled under (compiled under one
-thread they never parallelise): set ``torch.set_num_threads`` before the first step.
+- precision: the real embedding needs no gradient and only its class means, so under ``auto``
+  it runs in bf16 where the hardware computes bf16 natively (``bf16``: everywhere, ``fp32``:
+  never); the class sums stay fp32. At width 128 bf16 changed the loss by ~1e-4 and its image
+  gradient by ~4e-3 (relative; ``tests/losses/test_dm.py`` bounds them at 1e-3 and 2e-2). The
+  synthetic images' pass is fp32.
+- backend ``cpu``: on the CPU, a bf16 real embedding through a
+  :class:`~dkkt_plugin.nets.ConvNet` runs through the fused kernels' no-grad embedding (block 1's
+  convolution in fp32, each block's norm, ReLU and pooling per image in the L2 cache, oneDNN's
+  bf16 convolutions in between), and the synthetic images' forward and backward with each block
+  fused (the same gradient up to float rounding): at ipc 50 that pass is most of a DM step.
+  Where they do not apply, torch's ops run.
+- backend ``compile``: the real embedding through ``torch.compile`` (inductor fuses each
+  block's norm, ReLU and pooling), after a one-off compile of 8–30 s per process that needs a
+  C++ compiler. Chunks keep one static shape (the last is zero-padded and its padding dropped),
+  so it compiles once. torch.compile caches per code object: once such a loss has run under a
+  dispatch mode (e.g. ``FlopCounterMode``), the compiled path runs eagerly for every later
+  instance in that process. The generated CPU kernels also keep the thread count they were
+  compiled under: set ``torch.set_num_threads`` before the first step.
 """
 from __future__ import annotations
 
@@ -47,13 +39,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..compiled import StaticCompiled
+from .. import cpu, runtime
 from ..errors import ConfigError
-from ..fused import FusedEmbed
-from ..nets import BF16_PRECISIONS as PRECISIONS, check_input, default_chunk_size, fused_blocks, runs_bf16
+from ..nets import check_input
 from .dkkt import check_labels
-
-
 
 
 class DMLoss(nn.Module):
@@ -67,21 +56,12 @@ class DMLoss(nn.Module):
         reinit: draw fresh weights for ``net`` at every call (DM); ``False`` keeps ``net`` (DM*).
         generator: the random source of re-initialisation (seeded with 0 if omitted).
         batched: all classes together, embedded in chunks (``True``), or the reference per-class
-            loop (one real and one synthetic forward per class, always fp32).
-        real_precision: precision of the real images' embedding in the batched path: ``"fp32"``
-            (exact), ``"bf16"`` (bf16 activations: the fused kernels or autocast; class sums in
-            fp32) or ``"auto"``: bf16 on CUDA and on CPUs with native bf16 dot products, else
-            fp32. Only float32 inputs are affected.
+            loop (one real and one synthetic forward per class, always fp32 through torch's ops).
         chunk_size: images per forward in the batched path; ``None``:
-            ``nets.default_chunk_size`` (16 on the CPU, the whole batch on GPUs).
-        compile_real: embed the real images through ``torch.compile`` (batched path; see the
-            module notes). If compiling fails, a warning names the error and the eager path runs.
-        fused_real: on the CPU, embed the real images with :mod:`dkkt_plugin.fused`'s kernels
-            where they apply (batched path, bf16 precision, a ConvNet with instance norm and
-            average pooling); they take precedence over ``compile_real``. ``False``: torch only.
-        fused_syn: on the CPU, run the synthetic images' forward and backward through a ConvNet
-            with each block's norm, ReLU and pooling fused (:func:`dkkt_plugin.nets.fused_blocks`;
-            the same gradients up to float rounding). ``False``: torch only.
+            :func:`dkkt_plugin.cpu.default_chunk_size` (16 on the CPU, the whole batch on GPUs).
+
+    Precision and backend: the process-wide settings when the loss is built
+    (:mod:`dkkt_plugin.runtime`; see the module notes).
 
     Shape:
         - real: ``(R, C, H, W)`` with real_labels ``(R,)``; syn: ``(S, C, H, W)`` with syn_labels ``(S,)``.
@@ -103,16 +83,13 @@ class DMLoss(nn.Module):
 
     def __init__(self, net: nn.Module, *, augment: Optional[nn.Module] = None, reinit: bool = True,
                  generator: Optional[torch.Generator] = None, batched: bool = True,
-                 real_precision: str = "auto", chunk_size: Optional[int] = None,
-                 compile_real: bool = False, fused_real: bool = True, fused_syn: bool = True) -> None:
+                 chunk_size: Optional[int] = None) -> None:
         super().__init__()
         if reinit and not hasattr(net, "reset_parameters"):
             raise ConfigError(
                 f"DMLoss(reinit=True) needs a network with reset_parameters(generator), such as "
                 f"dkkt_plugin.nets.ConvNet; {type(net).__name__} has none (or pass reinit=False)"
             )
-        if real_precision not in PRECISIONS:
-            raise ConfigError(f"DMLoss real_precision={real_precision!r}; choose one of {PRECISIONS}")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"DMLoss chunk_size must be >= 1 or None, got {chunk_size}")
         self.net = net.requires_grad_(False)
@@ -120,13 +97,11 @@ class DMLoss(nn.Module):
         self.reinit = reinit
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.batched = batched
-        self.real_precision = real_precision
         self.chunk_size = chunk_size
-        self.compile_real = compile_real
-        self._fused = FusedEmbed(enabled=fused_real)
-        self.fused_syn = fused_syn
-        self._embed_real = StaticCompiled(self._embed, "DMLoss(compile_real=True)",
-                                          "embedding the real images eagerly instead", enabled=compile_real)
+        self.speed = runtime.settings()  # the process-wide precision and backend, as built
+        self._embed_real = cpu.StaticCompiled(self._embed, "backend 'compile', DM's real-image embedding",
+                                              "embedding the real images eagerly instead",
+                                              enabled=self.speed.backend == "compile")
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.embed(x) if hasattr(self.net, "embed") else self.net(x)
@@ -162,7 +137,7 @@ class DMLoss(nn.Module):
         with torch.no_grad():
             xr = self._aug(real, r_idx, draw)  # (R, C, H, W), all classes in one DSA call
             bf16 = self.uses_bf16(xr)
-            fused = self._fused.prepare(self.net) if bf16 and self._fused.applies(self.net, xr) else None
+            fused = cpu.embedding_plan(self.net, xr) if bf16 and self.speed.backend == "cpu" else None
             sums = None
             pad = chunk if chunk < xr.shape[0] else None  # several chunks: pad the last to one shape
             for xc, ic in zip(xr.split(chunk), r_idx.split(chunk)):
@@ -176,19 +151,40 @@ class DMLoss(nn.Module):
                 sums.index_add_(0, ic, ec.to(xr.dtype))
             mr = sums / _counts(r_idx, k, sums)  # (K, D)
         xs = self._aug(syn, s_idx, draw)  # (S, C, H, W)
-        with fused_blocks(self.fused_syn):
+        with cpu.fused(self.net, enabled=self.speed.backend == "cpu"):
             es = torch.cat([self._embed(xc) for xc in xs.split(chunk)])  # (S, D)
         ms = es.new_zeros(k, es.shape[1]).index_add(0, s_idx, es) / _counts(s_idx, k, es)  # (K, D)
         return (mr - ms).pow(2).sum()
 
     def uses_bf16(self, x: torch.Tensor) -> bool:
-        """Whether the real embedding of ``x`` runs in bf16 under this loss's ``real_precision``."""
-        return runs_bf16(self.real_precision, x)
+        """Whether the real embedding of images like ``x`` runs in bf16 (batched path)."""
+        return self.batched and runtime.runs_bf16(x, self.speed.precision)
+
+    def speed_report(self, x: torch.Tensor) -> dict[str, dict]:
+        """What runs for images like ``x`` (:func:`dkkt_plugin.runtime.describe_pass` per pass):
+        ``dm.real`` (the real embedding) and ``dm.synthetic`` (the synthetic images' passes)."""
+        backend = self.speed.backend
+        if not self.batched or not getattr(self.net, "per_sample", True):
+            torch_ops = runtime.describe_pass(False, "torch", ["the per-class reference loop runs torch's ops in fp32"])
+            return {"dm.real": torch_ops, "dm.synthetic": torch_ops}
+        bf16 = self.uses_bf16(x)
+        if backend == "cpu" and bf16:
+            with torch.no_grad():
+                why = cpu.not_supported_reasons(self.net, x, bf16_embedding=True)
+            real = runtime.describe_pass(bf16, "torch" if why else "cpu", why)
+        elif backend == "cpu":
+            real = runtime.describe_pass(bf16, "torch", ["the fused embedding computes in bf16; this pass is fp32"])
+        else:
+            real = runtime.describe_pass(bf16, "compile" if backend == "compile" and not self._embed_real.failed
+                                         else "torch")
+        why = cpu.not_supported_reasons(self.net, x) if backend == "cpu" else []
+        syn = runtime.describe_pass(False, "cpu" if backend == "cpu" and not why else "torch", why)
+        return {"dm.real": real, "dm.synthetic": syn}
 
     def _chunk(self, device: torch.device) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
-        return default_chunk_size(device)
+        return cpu.default_chunk_size(device)
 
     def _per_class(self, real, r_idx, syn, s_idx, k, draw) -> torch.Tensor:
         loss = syn.new_zeros(())

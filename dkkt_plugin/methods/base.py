@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
-from .. import registry
+from .. import registry, runtime
 from ..errors import ConfigError, NonFiniteLossError
-from ..nets import ConvNet, runs_bf16
+from ..nets import ConvNet
 from ..settings import (DSA_STRATEGY, AugmentConfig, AugmentedConfig,  # noqa: F401 (torch-free)
                         DistillConfig)
 
@@ -44,13 +44,6 @@ class DistillData:
 IN_MEMORY = "given in memory"  # a resolved data_root / edge_model that came as objects, not paths
 
 
-def precision_in_force(loss: Any, precision: str, x: torch.Tensor) -> str:
-    """``"bf16"`` or ``"fp32"``: the precision a pass over ``x`` runs in, as the loss decides it
-    (its ``uses_bf16(x)``), or by :func:`~dkkt_plugin.nets.runs_bf16` for a loss without one."""
-    uses = getattr(loss, "uses_bf16", None)
-    return "bf16" if (uses(x) if callable(uses) else runs_bf16(precision, x)) else "fp32"
-
-
 def check_finite(value: torch.Tensor, what: str) -> None:
     """Raise NonFiniteLossError (before any update is applied) when ``value`` is NaN or inf."""
     if not bool(torch.isfinite(value).all()):
@@ -64,12 +57,19 @@ class Method(ABC):
     Subclasses set ``name``, ``config_class`` and ``default_init``, build their losses (through
     :meth:`loss`, i.e. the registry) in ``setup()`` and implement ``step()``. Third-party methods
     subclass this the same way.
+
+    Speed: the losses built in ``setup()`` read the process-wide precision and backend
+    (:mod:`dkkt_plugin.runtime`). A method whose results need fp32 sets ``needs_fp32 = True``:
+    ``setup()`` then runs under :func:`dkkt_plugin.runtime.auto_as_fp32`, so precision ``auto``
+    builds its losses in fp32 (an explicit ``bf16`` still applies). :meth:`runtime_record` says
+    what ran.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = DistillConfig
     default_init: ClassVar[str] = "real"
     needs_edge_model: ClassVar[bool] = False
+    needs_fp32: ClassVar[bool] = False  # True: precision "auto" means fp32 for this method's losses
 
     def __init__(self, config: DistillConfig, data: DistillData, *, device: Any = "cpu") -> None:
         if not isinstance(config, self.config_class):
@@ -89,7 +89,9 @@ class Method(ABC):
         images, labels = self.initial_images()
         self.images = images.detach().to(self.device).requires_grad_(True)  # (K * ipc, C, H, W)
         self.labels = labels.to(self.device)  # (K * ipc,)
-        self.setup()
+        with runtime.auto_as_fp32(self.needs_fp32) as speed:  # the losses read the speed settings when built
+            self.speed = speed  # the settings this method's losses were built with
+            self.setup()
 
     @property
     def uses_real_images(self) -> bool:
@@ -129,10 +131,10 @@ class Method(ABC):
             >>> import torch
             >>> from dkkt_plugin.methods import DM, DMConfig, DistillData
             >>> data = DistillData(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), 2, (0.0,), (1.0,))
-            >>> m = DM(DMConfig(ipc=1, pipc=2, net_width=4, net_depth=1, real_precision="fp32"), data)
+            >>> m = DM(DMConfig(ipc=1, pipc=2, net_width=4, net_depth=1), data)
             >>> r = m.resolved_config()
-            >>> r["init"], r["lr_img"], r["data_root"], r["real_precision"], r["augment"]["name"]
-            ('real', 1.0, 'given in memory', 'fp32', 'dsa')
+            >>> r["init"], r["lr_img"], r["data_root"], r["augment"]["name"]
+            ('real', 1.0, 'given in memory', 'dsa')
         """
         out = dataclasses.asdict(self.config)
         for path, value in self.resolved_settings().items():
@@ -155,6 +157,31 @@ class Method(ABC):
             "init": self.init_name,
             "lr_img": self.image_lr,
         }
+
+    def runtime_record(self) -> dict[str, Any]:
+        """The speed settings as this run uses them, for its record: ``precision`` and
+        ``backend`` as its losses were built (``auto`` reads as ``fp32`` for a method with
+        ``needs_fp32``), ``needs_fp32``, and per pass of its losses (those with a
+        ``speed_report(images)`` method) the precision and backend that run and why the CPU
+        backend does not apply (:func:`dkkt_plugin.runtime.describe_pass`).
+
+        Example:
+            >>> import torch
+            >>> from dkkt_plugin import runtime
+            >>> from dkkt_plugin.methods import DM, DMConfig, DistillData
+            >>> data = DistillData(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), 2, (0.0,), (1.0,))
+            >>> with runtime.use(precision="fp32", backend="torch"):
+            ...     r = DM(DMConfig(ipc=1, pipc=2, net_width=4, net_depth=1), data).runtime_record()
+            >>> r["precision"], r["backend"], r["passes"]["dm.real"]
+            ('fp32', 'torch', {'precision': 'fp32', 'backend': 'torch', 'not_supported': []})
+        """
+        out: dict[str, Any] = {"precision": self.speed.precision, "backend": self.speed.backend,
+                               "needs_fp32": self.needs_fp32, "passes": {}}
+        for part in vars(self).values():
+            report = getattr(part, "speed_report", None)
+            if isinstance(part, nn.Module) and callable(report):
+                out["passes"].update(report(self.images.detach()))
+        return out
 
     # -- shared helpers ------------------------------------------------------------------------
     def initial_images(self) -> tuple[torch.Tensor, torch.Tensor]:

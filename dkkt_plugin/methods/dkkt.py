@@ -24,8 +24,7 @@ from .. import registry
 from ..errors import ConfigError
 from ..settings import (COS_ALPHA_ABOVE_IPC1, DSV_ADAM_LR, DSV_LR, DKKTConfig,  # noqa: F401 (torch-free)
                         DKKTMethodConfig, DSVMethodConfig, paper_alpha, paper_beta)
-from .base import Method, check_finite, precision_in_force
-from .dm import speed_options
+from .base import Method, check_finite
 
 
 def multiplier_optimizer_state(saved: dict, count: int) -> dict:
@@ -94,6 +93,9 @@ class DSV(Method):
     config_class = DSVMethodConfig
     needs_edge_model = True
     default_init = "noise"
+    # precision "auto" means fp32 here: a bf16 feature pass moved DSV's accuracy beyond what float
+    # rounding alone does (benchmarks/results/precision-cpu); --precision bf16 still applies
+    needs_fp32 = True
 
     @property
     def beta(self) -> float:
@@ -119,8 +121,7 @@ class DSV(Method):
         else:
             super().setup()  # SGD with momentum
         augment = self.augmenter()
-        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config(),
-                              **({} if cfg.fused_syn else {"fused": False}))
+        self.dkkt = self.loss(cfg.dkkt_loss, self.data.edge_model, self.images.shape[0], cfg.dkkt_config())
         opt = torch.optim.Adam if cfg.multiplier_optimizer == "adam" else torch.optim.SGD
         self.multiplier_optimizer = opt(self.dkkt.parameters(), lr=cfg.lr_multiplier)
         self.manifold = None
@@ -230,11 +231,9 @@ class DSV(Method):
         return {"multipliers": self.dkkt.multipliers.detach().cpu()}
 
     def resolved_settings(self) -> dict:
-        """The base's, plus α and the feature pass's precision as the DKKT loss runs them."""
+        """The base's, plus α as the DKKT loss runs it."""
         config = getattr(self.dkkt, "config", None) or self.config.dkkt_config()  # a plugin loss may have none
-        images = self.images.detach().to(getattr(self.dkkt, "_dtype", self.images.dtype))  # as the loss scores them
-        return {**super().resolved_settings(), "dkkt.alpha": config.resolved_alpha,
-                "dkkt.precision": precision_in_force(self.dkkt, config.precision, images)}
+        return {**super().resolved_settings(), "dkkt.alpha": config.resolved_alpha}
 
 
 class DMDKKT(DSV):
@@ -242,6 +241,7 @@ class DMDKKT(DSV):
 
     name = "dm_dkkt"
     config_class = DKKTMethodConfig
+    needs_fp32 = False  # bf16 where native under "auto": no change beyond seed noise (precision-cpu)
 
     @property
     def default_init(self) -> str:  # the paper: noise for ipc 1, real images otherwise
@@ -252,15 +252,12 @@ class DMDKKT(DSV):
         return self.config.resolved_beta
 
     def resolved_settings(self) -> dict:
-        """DSV's, plus β and the DM term's real precision (as DM's; with β 0 it is never run)."""
-        return {**super().resolved_settings(), "beta": self.beta,
-                "real_precision": precision_in_force(getattr(self, "dm", None), self.config.real_precision,
-                                                     self.real)}
+        """DSV's, plus β."""
+        return {**super().resolved_settings(), "beta": self.beta}
 
     def setup_data_term(self, augment) -> None:
         if self.beta > 0:
-            self.dm = self.loss(self.config.dm_loss, self.fresh_net(), augment=augment, generator=self.generator,
-                                real_precision=self.config.real_precision, **speed_options(self.config))
+            self.dm = self.loss(self.config.dm_loss, self.fresh_net(), augment=augment, generator=self.generator)
 
     def data_term(self) -> Optional[torch.Tensor]:
         if self.beta <= 0:

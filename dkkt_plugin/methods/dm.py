@@ -9,14 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..settings import DMConfig  # noqa: F401 (defined torch-free)
-from .base import Method, check_finite, precision_in_force
-
-
-def speed_options(config) -> dict:
-    """DMLoss's speed switches that differ from their defaults (plugin losses need not take them)."""
-    return {**({"compile_real": True} if config.compile_real else {}),
-            **({} if config.fused_real else {"fused_real": False}),
-            **({} if config.fused_syn else {"fused_syn": False})}
+from .base import Method, check_finite
 
 
 class DM(Method):
@@ -32,13 +25,7 @@ class DM(Method):
         super().setup()
         reinit = not self.needs_edge_model
         self.dm = self.loss(self.config.dm_loss, self.embedding_net(), augment=self.augmenter(),
-                            reinit=reinit, generator=self.generator, real_precision=self.config.real_precision,
-                            **speed_options(self.config))
-
-    def resolved_settings(self) -> dict:
-        """The base's, plus the real embedding's precision as the DM loss runs it."""
-        return {**super().resolved_settings(),
-                "real_precision": precision_in_force(self.dm, self.config.real_precision, self.real)}
+                            reinit=reinit, generator=self.generator)
 
     def step(self, iteration: int) -> dict[str, float]:
         real, real_labels = self.sample_real()

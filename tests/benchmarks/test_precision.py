@@ -8,14 +8,22 @@ from benchmarks import precision
 
 @pytest.mark.parametrize("method", ["dm_dkkt", "dsv"])
 def test_compare_dkkt_distils_fp32_and_bf16_dkkt_sets(method, tiny_fashion_mnist, tmp_path, monkeypatch):
+    from dkkt_plugin import runtime
+
     built = []
-    orig = precision.build_config
-    monkeypatch.setattr(precision, "build_config", lambda *a, **k: built.append(orig(*a, **k)) or built[-1])
+    orig = precision.method_class
+
+    def recording(name):
+        cls = orig(name)
+        return lambda cfg, data, device: built.append((cfg, runtime.settings())) or cls(cfg, data, device=device)
+
+    monkeypatch.setattr(precision, "method_class", recording)
     argv = ["--compare", "dkkt", "--method", method, "--ipc", "1", "--iterations", "2", "--eval-epochs", "1",
             "--num-eval", "2", "--test-per-class", "2", "--data-root", str(tiny_fashion_mnist), "--out", str(tmp_path)]
     assert precision.main(argv) == 0
-    assert [(c.dkkt.precision, c.fused_syn) for c in built] == [("fp32", True), ("bf16", True), ("fp32", False)]
-    assert {c.ipc for c in built} == {1}
+    assert [speed for _, speed in built] == [runtime.Settings("fp32", "cpu"), runtime.Settings("bf16", "cpu"),
+                                             runtime.Settings("fp32", "torch")]
+    assert {c.ipc for c, _ in built} == {1} and len({c for c, _ in built}) == 1  # the same method settings
     report = json.loads((tmp_path / "precision.json").read_text())
     assert report["settings"]["method"] == method and set(report["distillation"]) == {"dkkt-fp32", "dkkt-bf16",
                                                                                         "dkkt-fp32-torch"}
@@ -36,5 +44,5 @@ def test_dkkt_comparison_needs_a_dkkt_method_and_others_need_dm(capsys):
         precision.main(["--compare", "dkkt", "--method", "dm"])
     assert "--compare dkkt needs a method with the DKKT term" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        precision.main(["--compare", "blocks", "--method", "dsv"])
+        precision.main(["--compare", "backend", "--method", "dsv"])
     assert "--method dm" in capsys.readouterr().err

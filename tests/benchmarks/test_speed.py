@@ -1,7 +1,7 @@
 """The speed benchmark runs with tiny settings, interleaves its variants and writes JSON + Markdown."""
-import dataclasses
 import json
 
+import pytest
 import torch
 
 from benchmarks import speed
@@ -33,17 +33,36 @@ def test_speed_tiny(tmp_path):
     md = (tmp_path / "speed.md").read_text()
     assert "dm / reference" in md and "dm_dkkt / dm" in md and "dm_dkkt_fp32 / dm" in md and "eval_reference" in md
     assert {"dm_dkkt/dm", "dm_dkkt_fp32/dm"} <= set(cell["ratios"])
+    assert report["settings"]["speed"]["dm_torch"]["backend"] == "torch"
+    assert report["settings"]["speed"]["eval_fp32"]["precision"] == "fp32"
 
 
-def test_dm_dkkt_variants_differ_only_in_the_dkkt_precision(monkeypatch):
+@pytest.mark.parametrize("variant,method,speed_settings", [
+    ("dm", "dm", ("auto", "cpu")), ("dm_torch", "dm", ("auto", "torch")), ("dm_fp32", "dm", ("fp32", "cpu")),
+    ("dm_compiled", "dm", ("auto", "compile")), ("dm_dkkt", "dm_dkkt", ("auto", "cpu")),
+    ("dm_dkkt_fp32", "dm_dkkt", ("fp32", "cpu"))])
+def test_dm_variants_differ_only_in_their_speed_settings(variant, method, speed_settings, monkeypatch):
+    from dkkt_plugin import runtime
+
     seen = []
-    monkeypatch.setattr(speed, "method_class", lambda name: lambda cfg, data, device: seen.append((name, cfg)))
+
+    def fake_method(name):
+        def build(cfg, data, device):
+            seen.append((name, cfg, (runtime.settings().precision, runtime.settings().backend)))
+            return type("M", (), {"step": lambda self, it: seen.append(("step", runtime.settings().backend))})()
+        return build
+
+    monkeypatch.setattr(speed, "method_class", fake_method)
     real, labels = speed.generated_data(3)
-    for v in ("dm_dkkt", "dm_dkkt_fp32"):
-        speed.dm_variant(v, 1, real, labels, batch_real=2, width=4)
-    (name, auto), (name_fp32, fp32) = seen
-    assert name == name_fp32 == "dm_dkkt" and auto.dkkt.precision == "auto"
-    assert fp32 == dataclasses.replace(auto, dkkt=dataclasses.replace(auto.dkkt, precision="fp32"))
+    with runtime.use(precision="auto", backend="cpu"):
+        step = speed.dm_variant(variant, 1, real, labels, batch_real=2, width=4)
+        speed.dm_variant(variant, 1, real, labels, batch_real=2, width=4, counting=True)
+        step()
+    (name, cfg, settings), (_, counted_cfg, counted), ran = seen
+    assert name == method and settings == speed_settings and ran == ("step", speed_settings[1])
+    assert counted == (speed_settings[0], "torch") and counted_cfg == cfg
+    assert cfg == speed.build_config(method, ipc=1, pipc="all", batch_real=2, net_width=4, iterations=1,
+                                     init="noise", seed=0)  # the method's own settings: the same for all
 
 
 def test_interleave_rotates_the_order():
@@ -72,22 +91,19 @@ def test_reference_restatement_uses_the_reference_layers_and_per_class_forwards(
 
 
 def test_eval_variants_train_as_the_dm_protocol(monkeypatch):
-    # "eval" is the shipped evaluation training (the dm protocol, precision auto, fused blocks);
-    # eval_fp32 exact; eval_torch and eval_compiled: torch's ops
-    seen = {}
-    monkeypatch.setattr(speed, "train_classifier", lambda net, x, y, cfg, generator: seen.setdefault("cfg", cfg))
-    speed.eval_variant("eval", 3, width=4)()
+    # "eval" is the shipped evaluation training (the dm protocol, default speed settings: precision
+    # auto, backend cpu); eval_fp32 exact; eval_torch torch's ops; eval_compiled torch.compile
+    from dkkt_plugin import runtime
     from dkkt_plugin.evaluation import get_protocol
 
-    assert seen.pop("cfg") == get_protocol("dm", 3).train and get_protocol("dm").train.precision == "auto"
-    speed.eval_variant("eval_fp32", 3, width=4)()
-    assert seen["cfg"].precision == "fp32" and seen["cfg"].epochs == 3
-    seen.clear()
-    speed.eval_variant("eval_torch", 3, width=4)()
-    assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, fused=False)
-    seen.clear()
-    speed.eval_variant("eval_compiled", 3, width=4)()
-    assert seen["cfg"] == dataclasses.replace(get_protocol("dm", 3).train, compile_step=True, fused=False)
+    seen = []
+    monkeypatch.setattr(speed, "train_classifier", lambda net, x, y, cfg, generator: seen.append(
+        (cfg, runtime.settings().precision, runtime.settings().backend)))
+    with runtime.use(precision="auto", backend="cpu"):
+        for v in ("eval", "eval_fp32", "eval_torch", "eval_compiled"):
+            speed.eval_variant(v, 3, width=4)()
+    assert [s[1:] for s in seen] == [("auto", "cpu"), ("fp32", "cpu"), ("auto", "torch"), ("auto", "compile")]
+    assert all(cfg == get_protocol("dm", 3).train for cfg, _, _ in seen)
 
 
 def test_evaluation_only_with_chosen_variants(tmp_path):

@@ -1,13 +1,21 @@
-"""The DKKT loss: parts, one-backward stationarity, floor, multipliers, gradients, errors."""
+"""The DKKT loss: parts, one-backward stationarity, floor, multipliers, gradients, errors, and the
+speed settings it reads when built (the bf16 feature pass, the fused edge-model pass)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from dkkt_plugin import runtime
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.losses import DKKTConfig, DKKTLoss
 from dkkt_plugin.losses.kkt import per_sample_grads
 from dkkt_plugin.nets import ConvNet
+
+
+def make(*args, precision=None, backend=None, **kwargs) -> DKKTLoss:
+    """A DKKTLoss built under the given speed settings (None: the ones in force)."""
+    with runtime.use(precision=precision, backend=backend):
+        return DKKTLoss(*args, **kwargs)
 
 
 def tiny_net(dtype=torch.float32, classes=3):
@@ -26,8 +34,8 @@ def data(n=6, classes=3, dtype=torch.float32, seed=0):
 def test_stationarity_equals_per_sample_formulation(distance, params, scale, stationarity):
     net = tiny_net()
     x, y = data()
-    loss = DKKTLoss(net, 6, DKKTConfig(distance=distance, params=params, scale=scale, stationarity=stationarity,
-                                       precision="fp32"))  # exact; bf16: test_bf16_feature_pass_...
+    loss = make(net, 6, DKKTConfig(distance=distance, params=params, scale=scale, stationarity=stationarity),
+                precision="fp32")  # exact; bf16: test_bf16_feature_pass_...
     loss.set_multipliers(torch.linspace(0.5, 3.0, 6))
     got = loss.terms(x, y).stationarity
     grads = per_sample_grads(net, loss.param_names, x, y, loss=stationarity)
@@ -80,14 +88,14 @@ def test_primal_variants():
     logits = net(x)
     ce = F.cross_entropy(logits, y, reduction="none")
     wrong = logits.argmax(1) != y
-    t_ce = DKKTLoss(net, 6, primal="ce", alpha=0, precision="fp32").terms(x, y)
-    t_b = DKKTLoss(net, 6, primal="boundary", alpha=0, precision="fp32").terms(x, y)
+    t_ce = make(net, 6, primal="ce", alpha=0, precision="fp32").terms(x, y)
+    t_b = make(net, 6, primal="boundary", alpha=0, precision="fp32").terms(x, y)
     assert torch.allclose(t_ce.primal, ce.mean(), atol=1e-6)
     assert torch.allclose(t_b.primal, (ce * wrong).mean(), atol=1e-6)
     assert t_b.accuracy == pytest.approx(float((~wrong).float().mean()))
     # a correctly classified image contributes nothing to the boundary primal
     y_pred = logits.argmax(1)
-    assert float(DKKTLoss(net, 6, primal="boundary", alpha=0, precision="fp32").terms(x, y_pred).primal.detach()) == 0.0
+    assert float(make(net, 6, primal="boundary", alpha=0, precision="fp32").terms(x, y_pred).primal.detach()) == 0.0
 
 
 def test_total_combines_weighted_parts():
@@ -157,7 +165,7 @@ def test_user_model_is_left_alone_and_trains_afterwards(precision, params, norm)
     net.features[0].eval()  # a mixed mode must come back as it was
     before = _snapshot(net)
     x, y = data()
-    dkkt = DKKTLoss(net, 6, precision=precision, params=params, soft_relu=5.0)
+    dkkt = make(net, 6, precision=precision, params=params, soft_relu=5.0)
     dkkt.fit_multipliers(x, y)
     dkkt.train()
     images = x.clone().requires_grad_()
@@ -234,7 +242,7 @@ def test_dsv_resumes_a_checkpoint_whose_multiplier_optimizer_lists_the_edge_mode
         g = torch.Generator().manual_seed(0)
         y = torch.arange(3).repeat(4)
         data_ = DistillData(torch.randn(12, 1, 8, 8, generator=g), y, 3, (0.0,), (1.0,), tiny_net())
-        return DSV(build_config("dsv", {"dkkt.precision": "fp32"}, ipc=2, pipc=4, iterations=3), data_)
+        return DSV(build_config("dsv", ipc=2, pipc=4, iterations=3), data_)  # fp32 (DSV.needs_fp32)
 
     a = method()
     a.step(0)
@@ -312,7 +320,7 @@ def test_gradcheck_margin_stationarity_and_multiplier_floor(stationarity):
 def test_margin_stationarity_uses_the_margin_gradient():
     net = tiny_net()
     x, y = data()
-    loss = DKKTLoss(net, 6, DKKTConfig(distance="l2", params="classifier", stationarity="margin", precision="fp32"))
+    loss = make(net, 6, DKKTConfig(distance="l2", params="classifier", stationarity="margin"), precision="fp32")
     got = loss.terms(x, y).stationarity
     w = dict(net.named_parameters())
     names = loss.param_names
@@ -362,7 +370,7 @@ def test_chunked_forward_gives_the_same_loss_and_gradient(monkeypatch):
     y = torch.arange(10)
     out = []
     for chunk in (3, 10 ** 6):
-        monkeypatch.setattr(dkkt_module, "default_chunk_size", lambda device, c=chunk: c)
+        monkeypatch.setattr(dkkt_module.cpu, "default_chunk_size", lambda device, c=chunk: c)
         images = x.clone().requires_grad_()
         loss = DKKTLoss(net, num_images=10, params="all", primal="ce")(images, y)
         out.append((loss.detach(), torch.autograd.grad(loss, images)[0]))
@@ -373,19 +381,21 @@ def test_chunked_forward_gives_the_same_loss_and_gradient(monkeypatch):
 
 @pytest.mark.parametrize("params", ["classifier", "all"])
 def test_fused_edge_model_pass_gives_the_torch_loss_and_gradients(params, monkeypatch):
-    # fused (default on) where only classifier parameters are selected: the double backward then
-    # never enters the blocks; with params="all" the blocks run torch's ops
-    from dkkt_plugin import fused
+    # backend cpu (the default) where only classifier parameters are selected: the double backward
+    # then never enters the blocks; with params="all" the blocks run torch's ops
+    from dkkt_plugin.cpu import kernels
 
     calls = []
-    monkeypatch.setattr(fused.FirstBlock, "apply", lambda *a, _f=fused.FirstBlock.apply: calls.append(1) or _f(*a))
+    monkeypatch.setattr(kernels.FirstBlock, "apply", lambda *a, _f=kernels.FirstBlock.apply: calls.append(1) or _f(*a))
     net = ConvNet(1, 10, 28, width=8, generator=torch.Generator().manual_seed(0))
     x = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     y = torch.arange(10)
-    assert DKKTLoss(net, 10, params=params).fused == (params == "classifier")
+    report = make(net, 10, params=params, backend="cpu").speed_report(x)["dkkt.features"]
+    assert report["backend"] == ("cpu" if params == "classifier" else "torch")
+    assert bool(report["not_supported"]) == (params == "all")
     out = []
-    for on in (True, False):
-        loss_fn = DKKTLoss(net, 10, params=params, fused=on, primal="ce", precision="fp32")
+    for backend in ("cpu", "torch"):
+        loss_fn = make(net, 10, params=params, primal="ce", precision="fp32", backend=backend)
         images = x.clone().requires_grad_()
         loss = loss_fn(images, y)
         gx, grho = torch.autograd.grad(loss, [images, loss_fn.rho])
@@ -395,10 +405,11 @@ def test_fused_edge_model_pass_gives_the_torch_loss_and_gradients(params, monkey
     assert torch.allclose(la, lb, rtol=1e-5)
     assert float((ga - gb).norm()) <= 1e-4 * float(gb.norm())
     assert float((ra - rb).norm()) <= 1e-4 * float(rb.norm())
+    assert "embed" not in vars(net)  # the model is left as it was
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_bf16_feature_pass_is_close_to_fp32(fused):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_bf16_feature_pass_is_close_to_fp32(backend):
     # bf16 autocast on the blocks only: the classifier, the losses and the stationarity gradient
     # stay fp32, so the loss is close and the images' and multipliers' gradients point the same way
     net = ConvNet(1, 10, 28, width=8, generator=torch.Generator().manual_seed(0))
@@ -406,7 +417,7 @@ def test_bf16_feature_pass_is_close_to_fp32(fused):
     y = torch.arange(20) % 10
     out = {}
     for precision in ("fp32", "bf16"):
-        loss_fn = DKKTLoss(net, 20, precision=precision, fused=fused, primal="ce", alpha=1.0)
+        loss_fn = make(net, 20, precision=precision, backend=backend, primal="ce", alpha=1.0)
         loss_fn.set_multipliers(torch.linspace(0.5, 2.0, 20))
         assert loss_fn.uses_bf16(x) == (precision == "bf16")
         images = x.clone().requires_grad_()
@@ -422,30 +433,30 @@ def test_bf16_feature_pass_is_close_to_fp32(fused):
         assert F.cosine_similarity(a.flatten(), b.flatten(), 0) > 0.99
 
 
-def test_precision_auto_and_where_bf16_applies():
-    from dkkt_plugin.nets import native_bf16
-
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_and_where_bf16_applies(native, monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
     net = tiny_net()
     x, _ = data()
-    assert DKKTLoss(net, 6).config.precision == "auto"
-    assert DKKTLoss(net, 6).uses_bf16(x) == native_bf16("cpu")
-    assert not DKKTLoss(net, 6, precision="fp32").uses_bf16(x)
-    assert not DKKTLoss(net, 6, params="all").uses_bf16(x)  # auto: the blocks' parameters need fp32 there
-    assert not DKKTLoss(tiny_net(torch.float64), 6, precision="bf16").uses_bf16(x.double())
-    with pytest.raises(ConfigError, match="precision='bf16' needs params='classifier'"):
-        DKKTLoss(net, 6, precision="bf16", params="all")
+    auto = make(net, 6, precision="auto")
+    with runtime.use(precision="fp32"):
+        assert auto.uses_bf16(x) is native  # read when the loss was built
+    assert make(net, 6, precision="bf16").uses_bf16(x) and not make(net, 6, precision="fp32").uses_bf16(x)
+    # the bf16 path splits a ConvNet's blocks from its classifier: elsewhere the pass stays fp32
+    assert not make(net, 6, params="all", precision="bf16").uses_bf16(x)  # the blocks' parameters need fp32
+    assert not make(tiny_net(torch.float64), 6, precision="bf16").uses_bf16(x.double())
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    with pytest.raises(ConfigError, match="a dkkt_plugin.nets.ConvNet edge model"):
-        DKKTLoss(flat, 6, precision="bf16")
-    assert not DKKTLoss(flat, 6).uses_bf16(x)
+    assert not make(flat, 6, precision="bf16").uses_bf16(x)
+    assert make(flat, 6, precision="bf16").speed_report(x)["dkkt.features"] == {
+        "precision": "fp32", "backend": "torch", "not_supported": ["Sequential is not a dkkt_plugin.nets.ConvNet and "
+                                                                    "holds none"]}
 
     class Scaled(ConvNet):  # a forward that is not classifier(embed(x)): the split would be wrong
         def forward(self, x):
             return 2 * super().forward(x)
 
-    scaled = Scaled(1, 3, 8, width=3, depth=1)
-    assert not DKKTLoss(scaled, 6).uses_bf16(x)
-    with pytest.raises(ConfigError, match="ConvNet edge model"):
-        DKKTLoss(scaled, 6, precision="bf16")
-    with pytest.raises(ConfigError, match="precision"):
-        DKKTConfig(precision="fp16")
+    assert not make(Scaled(1, 3, 8, width=3, depth=1), 6, precision="bf16").uses_bf16(x)
+    with pytest.raises(TypeError, match="precision"):  # a speed setting is the process's, not the loss's
+        DKKTConfig(precision="fp32")
+    with pytest.raises(TypeError, match="precision"):
+        DKKTLoss(net, 6, precision="fp32")

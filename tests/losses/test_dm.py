@@ -1,7 +1,9 @@
-"""DM: batched all-class forward equals the per-class reference loop; gradients."""
+"""DM: batched all-class forward equals the per-class reference loop; gradients; the speed
+settings (precision of the real embedding, the CPU and compile backends) read when it is built."""
 import pytest
 import torch
 
+from dkkt_plugin import cpu, runtime
 from dkkt_plugin.augment import DSA
 from dkkt_plugin.errors import ConfigError
 from dkkt_plugin.losses import DMLoss
@@ -15,11 +17,11 @@ def batch(n_real=12, n_syn=6, classes=3, dtype=torch.float32, size=28):
     return real, torch.arange(n_real) % classes, syn, torch.arange(n_syn) % classes
 
 
-def make(batched, augment=True, seed=0, dtype=torch.float32, **kwargs):
+def make(batched, augment=True, seed=0, dtype=torch.float32, precision="fp32", backend="cpu", **kwargs):
     net = ConvNet(1, 3, 28, width=8).to(dtype)
     dsa = DSA(seed=seed) if augment else None
-    kwargs.setdefault("real_precision", "fp32")
-    return DMLoss(net, augment=dsa, generator=torch.Generator().manual_seed(seed), batched=batched, **kwargs)
+    with runtime.use(precision=precision, backend=backend):
+        return DMLoss(net, augment=dsa, generator=torch.Generator().manual_seed(seed), batched=batched, **kwargs)
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -48,61 +50,81 @@ def test_chunk_size_does_not_change_the_fp32_loss(chunk_size):
     assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("fused_real", [True, False])
-def test_bf16_real_embedding_within_tolerance_of_fp32(fused_real, monkeypatch):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_bf16_real_embedding_within_tolerance_of_fp32(backend, monkeypatch):
     # The reference width (128) and batch shape of DM: bf16 real class means change the loss by
     # ~1e-4 relative and the image gradient by ~4e-3 (measured, torch autocast; the fused kernels,
     # block 1 in fp32, are closer); bound them at 1e-3 and 2e-2.
-    from dkkt_plugin.fused import FusedEmbed
-
     used = []
-    prepare = FusedEmbed.prepare
-    monkeypatch.setattr(FusedEmbed, "prepare", lambda self, net: used.append(net) or prepare(self, net))
+    plan = cpu.embedding_plan
+    monkeypatch.setattr(cpu, "embedding_plan", lambda net, x: used.append(net) or plan(net, x))
     g = torch.Generator().manual_seed(0)
     real, yr = torch.randn(3 * 64, 1, 28, 28, generator=g), torch.arange(3).repeat_interleave(64)
     syn, ys = torch.randn(6, 1, 28, 28, generator=g), torch.arange(3).repeat_interleave(2)
     out = {}
     for precision in ("fp32", "bf16"):
-        dm = DMLoss(ConvNet(1, 3, 28), augment=DSA(seed=0), generator=torch.Generator().manual_seed(0),
-                    real_precision=precision, fused_real=fused_real)
+        with runtime.use(precision=precision, backend=backend):
+            dm = DMLoss(ConvNet(1, 3, 28), augment=DSA(seed=0), generator=torch.Generator().manual_seed(0))
         s = syn.clone().requires_grad_()
         loss = dm(real, yr, s, ys)
         out[precision] = (loss.detach(), torch.autograd.grad(loss, s)[0])
         assert dm.uses_bf16(real) == (precision == "bf16")
-    assert len(used) == int(fused_real)  # the fused kernels ran for bf16 only, and only if asked
+    assert len(used) == int(backend == "cpu")  # the fused kernels ran for bf16 only, on the cpu backend
     (l32, g32), (l16, g16) = out["fp32"], out["bf16"]
     assert not torch.equal(l32, l16)  # bf16 really ran
     assert abs(float(l16 - l32)) <= 1e-3 * float(l32)
     assert float((g16 - g32).norm() / g32.norm()) <= 2e-2
 
 
-def test_fused_kernels_unavailable_warn_and_the_torch_path_runs(monkeypatch, tmp_path):
-    from dkkt_plugin import fused
+def test_fused_kernels_unavailable_warn_once_and_the_torch_path_runs(monkeypatch, tmp_path):
+    from dkkt_plugin.cpu import build
 
-    monkeypatch.setattr(fused, "_library", None)
-    monkeypatch.setattr(fused, "_grad_failed", False)  # restored afterwards: later tests build the kernels
+    monkeypatch.setattr(build, "_library", None)
+    monkeypatch.setattr(build, "_error", None)  # restored afterwards: later tests build the kernels
     monkeypatch.setenv("DKKT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     real, yr, syn, ys = batch()
     syn.requires_grad_()
-    dm = make(True, real_precision="bf16")
+    dm = make(True, precision="bf16")
     with pytest.warns(RuntimeWarning) as caught:
         a = dm(real, yr, syn, ys)
-    messages = " | ".join(str(w.message) for w in caught)
-    assert "fused ConvNet embedding unavailable" in messages and "fused ConvNet blocks unavailable" in messages
-    b = make(True, real_precision="bf16", fused_real=False, fused_syn=False)(real, yr, syn, ys)
+    assert [str(w.message).split(" (")[0] for w in caught] == ["the fused kernels are unavailable"]
+    assert dm.speed_report(syn)["dm.real"]["backend"] == "torch"
+    b = make(True, precision="bf16", backend="torch")(real, yr, syn, ys)
     assert torch.equal(a, b)
 
 
-def test_real_precision_auto_and_other_dtypes():
-    dm = make(True, real_precision="auto")
-    from dkkt_plugin.nets import native_bf16
-    assert dm.uses_bf16(torch.zeros(1)) == native_bf16(torch.device("cpu"))
-    assert not make(True, real_precision="bf16").uses_bf16(torch.zeros(1, dtype=torch.float64))
-    with pytest.raises(ConfigError, match="real_precision"):
-        make(True, real_precision="fp16")
+@pytest.mark.parametrize("native", [True, False])
+def test_the_speed_settings_are_read_when_the_loss_is_built(native, monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
+    x = torch.zeros(1, 1, 28, 28)
+    auto = make(True, precision="auto")
+    with runtime.use(precision="fp32"):
+        assert auto.uses_bf16(x) is native  # built under auto: later settings leave it alone
+    assert make(True, precision="bf16").uses_bf16(x) and not make(True, precision="fp32").uses_bf16(x)
+    assert not make(True, precision="bf16").uses_bf16(x.double())
+    assert not make(False, precision="bf16").uses_bf16(x)  # the per-class reference loop: fp32
     with pytest.raises(ConfigError, match="chunk_size"):
         make(True, chunk_size=0)
+    with pytest.raises(TypeError):  # no speed keyword: the process-wide settings decide
+        make(True, real_precision="fp32")
+
+
+def test_speed_report_says_what_runs():
+    real, yr, syn, ys = batch()
+    report = make(True, precision="bf16").speed_report(syn)
+    assert report == {"dm.real": {"precision": "bf16", "backend": "cpu", "not_supported": []},
+                      "dm.synthetic": {"precision": "fp32", "backend": "cpu", "not_supported": []}}
+    fp32 = make(True).speed_report(syn)["dm.real"]
+    assert fp32["backend"] == "torch" and fp32["not_supported"] == [
+        "the fused embedding computes in bf16; this pass is fp32"]
+    assert make(True, backend="compile").speed_report(syn)["dm.real"]["backend"] == "compile"
+    assert make(True, backend="torch").speed_report(syn)["dm.synthetic"]["backend"] == "torch"
+    with runtime.use(precision="bf16"):
+        bn = DMLoss(ConvNet(1, 3, 28, width=8, norm="batchnorm"), reinit=False).eval()
+    bn.net.eval()
+    real_entry = bn.speed_report(syn)["dm.real"]
+    assert real_entry["backend"] == "torch" and real_entry["not_supported"][0].startswith("features.1 is BatchNorm2d")
 
 
 def test_matches_hand_formula_without_augmentation():
@@ -165,7 +187,7 @@ def test_compiled_real_embedding_equals_eager(recwarn):
 
     torch._dynamo.reset()
     real, yr, syn, ys = batch()
-    eager, compiled = make(True, chunk_size=5), make(True, chunk_size=5, compile_real=True)
+    eager, compiled = make(True, chunk_size=5, backend="torch"), make(True, chunk_size=5, backend="compile")
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(3):
             a, b = eager(real, yr, syn, ys), compiled(real, yr, syn, ys)
@@ -182,27 +204,28 @@ def test_compile_failure_warns_and_runs_eagerly(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     real, yr, syn, ys = batch()
-    dm = make(True, chunk_size=5, compile_real=True)
-    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler found\); "
+    dm = make(True, chunk_size=5, backend="compile")
+    with pytest.warns(RuntimeWarning, match=r"backend 'compile', DM's real-image embedding: torch.compile failed "
+                                            r"\(RuntimeError: no C\+\+ compiler found\); "
                                             "embedding the real images eagerly"):
         a = dm(real, yr, syn, ys)
-    assert torch.allclose(a, make(True, chunk_size=5)(real, yr, syn, ys), rtol=1e-5, atol=1e-6)
+    assert torch.equal(a, make(True, chunk_size=5, backend="torch")(real, yr, syn, ys))
     assert dm._embed_real.failed
 
 
 def test_fused_synthetic_passes_give_the_torch_loss_and_gradient(monkeypatch):
-    # fused_syn (default on): the synthetic images' forward and backward through the fused blocks
-    from dkkt_plugin import fused
+    # backend cpu (the default): the synthetic images' forward and backward through the fused blocks
+    from dkkt_plugin.cpu import kernels
 
     calls = []
-    monkeypatch.setattr(fused.FirstBlock, "apply", lambda *a, _f=fused.FirstBlock.apply: calls.append(1) or _f(*a))
+    monkeypatch.setattr(kernels.FirstBlock, "apply", lambda *a, _f=kernels.FirstBlock.apply: calls.append(1) or _f(*a))
     real, yr, syn, ys = batch()
     out = []
-    for fused_syn in (True, False):
+    for backend in ("cpu", "torch"):
         s = syn.clone().requires_grad_()
-        loss = make(True, fused_syn=fused_syn)(real, yr, s, ys)
+        loss = make(True, backend=backend)(real, yr, s, ys)
         out.append((loss.detach(), torch.autograd.grad(loss, s)[0]))
-    assert len(calls) == 1  # the fused blocks ran with fused_syn=True only (fp32 real side: torch)
+    assert len(calls) == 1  # the fused blocks ran on the cpu backend only (fp32 real side: torch)
     (la, ga), (lb, gb) = out
     assert torch.allclose(la, lb, rtol=1e-5)
     assert float((ga - gb).norm()) <= 1e-4 * float(gb.norm())

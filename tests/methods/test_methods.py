@@ -1,8 +1,10 @@
 """Every registered method distils tiny generated data, logs, and round-trips its state."""
+import dataclasses
+
 import pytest
 import torch
 
-from dkkt_plugin import registry
+from dkkt_plugin import registry, runtime
 from dkkt_plugin.engine import build_config, method_class
 from dkkt_plugin.errors import ConfigError, NonFiniteLossError
 from dkkt_plugin.methods import DistillData, Method
@@ -27,10 +29,15 @@ def config(name, **kw):
     cls = method_class(name).config_class
     fields = {f for f in cls.__dataclass_fields__}
     opts = {k: v for k, v in {"ipc": 2, "pipc": 4, "iterations": 3, **FAST, **kw}.items() if k in fields}
-    # the DKKT term's feature pass in fp32: exact first-order descent on every CPU (bf16 is tested
-    # in tests/losses/test_dkkt.py)
-    nested = {"dkkt.precision": "fp32"} if "dkkt" in fields else {}
-    return build_config(name, nested, **opts)
+    return build_config(name, **opts)
+
+
+@pytest.fixture(autouse=True)
+def fp32():
+    """Every pass in fp32: exact first-order descent on every CPU (bf16 is tested in
+    tests/losses/test_dkkt.py and test_dm.py; the tests of the precision set their own)."""
+    with runtime.use(precision="fp32"):
+        yield
 
 
 def test_all_builtin_methods_registered():
@@ -95,7 +102,8 @@ def test_paper_defaults():
     assert default_loops(1) == (1, 1) and default_loops(10) == (10, 50) and default_loops(50) == (50, 10)
     cfg = build_config("dm_dkkt", {"dkkt.distance": "l1"}, ipc=50, pipc="all")
     assert cfg.dkkt_config().alpha == 0.001 and cfg.resolved_beta == 0.01
-    assert build_config("dm_dkkt", distance="l1").dkkt.distance == "l1"  # the flat spelling still resolves
+    with pytest.raises(ConfigError, match=r"did you mean dkkt.distance\?"):
+        build_config("dm_dkkt", distance="l1")  # one spelling per setting: the full dotted key
     assert build_config("dm_dkkt", pipc="all").dkkt_config().alpha == 1.0  # cos: measured default
     assert build_config("dm_dkkt", {"dkkt.alpha": 0.3}, pipc="all").dkkt_config().alpha == 0.3
     assert build_config("dm_dkkt", ipc=1).init == "auto"
@@ -112,19 +120,19 @@ def test_paper_defaults():
     assert build_config("dm_dkkt").dkkt.stationarity == "margin"
 
 
-def test_dkkt_precision_auto_is_bf16_capable_for_dm_dkkt_and_fp32_for_dsv():
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_where_native_for_dm_dkkt_and_fp32_for_dsv(native, monkeypatch):
     # measured (benchmarks/results/precision-cpu): DM+DKKT unchanged by the bf16 feature pass,
-    # DSV moved beyond the float-rounding control, so DSV resolves "auto" to fp32
-    assert build_config("dm_dkkt", ipc=10).dkkt_config().precision == "auto"
-    assert build_config("dm_dkkt", ipc=1).dkkt_config().precision == "auto"
-    assert build_config("dsv").dkkt_config().precision == "fp32"
-    assert build_config("dsv", {"dkkt.precision": "bf16"}).dkkt_config().precision == "bf16"
-    assert build_config("dm_dkkt", {"dkkt.precision": "fp32"}).dkkt_config().precision == "fp32"
+    # DSV moved beyond the float-rounding control, so DSV declares needs_fp32
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
     small = dict(ipc=2, pipc=4, iterations=3, net_width=4, net_depth=1)
-    dsv = method_class("dsv")(build_config("dsv", **small), tiny_data())
-    assert dsv.dkkt.config.precision == "fp32" and not dsv.dkkt.uses_bf16(dsv.images)
-    both = method_class("dm_dkkt")(build_config("dm_dkkt", **small), tiny_data())
-    assert both.dkkt.config.precision == "auto"
+    with runtime.use(precision="auto"):
+        dsv = method_class("dsv")(build_config("dsv", **small), tiny_data())
+        both = method_class("dm_dkkt")(build_config("dm_dkkt", **small), tiny_data())
+    assert dsv.dkkt.speed.precision == "fp32" and not dsv.dkkt.uses_bf16(dsv.images)
+    assert both.dkkt.speed.precision == "auto" and both.dkkt.uses_bf16(both.images) is native
+    with runtime.use(precision="bf16"):
+        assert method_class("dsv")(build_config("dsv", **small), tiny_data()).dkkt.uses_bf16(dsv.images)
 
 
 def test_errors():
@@ -155,19 +163,21 @@ def test_dm_dkkt_step_takes_the_gradient_of_the_summed_loss():
     assert torch.allclose(a.dkkt.rho.grad, g_rho, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch", "compile"])
 @pytest.mark.parametrize("name", ["dm", "dm_dkkt"])
-def test_speed_switches_reach_the_dm_loss(name):
-    # fused_real, fused_syn (default on) and compile_real (default off) reach DMLoss; a loss built
-    # with the defaults gets none of these keywords (plugin losses need not take them)
-    m = method_class(name)(config(name), tiny_data())
-    assert m.dm._fused.enabled and m.dm.fused_syn
-    m = method_class(name)(config(name, fused_real=False, compile_real=True, fused_syn=False), tiny_data())
-    assert not m.dm._fused.enabled and m.dm.compile_real and not m.dm.fused_syn
-    if name == "dm_dkkt":  # fused_syn also reaches the DKKT term's edge-model pass
-        assert not m.dkkt.fused and method_class(name)(config(name), tiny_data()).dkkt.fused
-    from dkkt_plugin.methods.dm import speed_options
-
-    assert speed_options(config(name)) == {}
+def test_the_speed_settings_reach_the_losses_and_the_record(name, backend):
+    # no speed keyword reaches a loss: each reads the process-wide settings when the method builds it
+    with runtime.use(backend=backend):
+        m = method_class(name)(config(name), tiny_data())
+    assert m.dm.speed == runtime.Settings("fp32", backend)
+    record = m.runtime_record()
+    assert (record["precision"], record["backend"]) == ("fp32", backend)  # as the losses were built
+    assert record["passes"]["dm.synthetic"]["backend"] == ("cpu" if backend == "cpu" else "torch")
+    if name == "dm_dkkt":
+        assert m.dkkt.speed == m.dm.speed
+        assert record["passes"]["dkkt.features"]["backend"] == ("cpu" if backend == "cpu" else "torch")
+    for field in ("real_precision", "compile_real", "fused_real", "fused_syn"):
+        assert field not in {f.name for f in dataclasses.fields(m.config)}
 
 
 @pytest.mark.parametrize("name", ["dm", "dm_dkkt"])

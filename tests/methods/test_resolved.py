@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dkkt_plugin import config as configs
-from dkkt_plugin import nets, registry
+from dkkt_plugin import registry, runtime
 from dkkt_plugin.engine import build_config, method_class
 from dkkt_plugin.methods import DistillData
 from dkkt_plugin.nets import ConvNet
@@ -100,7 +100,8 @@ def test_beta_resolves_by_ipc(ipc, beta):
     ("dm_dkkt", "l1", 2, 51, 0.001), ("dsv", "l2", 1, "all", 0.001), ("dsv", "l1", 1, 10, 0.1),
 ])
 def test_alpha_resolves_by_distance_ipc_and_pipc_and_is_the_one_the_loss_applies(name, distance, ipc, pipc, alpha):
-    m = build(name, {"dkkt.distance": distance, "dkkt.precision": "fp32"}, ipc=ipc, pipc=pipc, init="noise")
+    with runtime.use(precision="fp32"):
+        m = build(name, {"dkkt.distance": distance}, ipc=ipc, pipc=pipc, init="noise")
     resolved = m.resolved_config()["dkkt"]["alpha"]
     assert resolved == alpha
     parts = m.dkkt.terms(m.images, m.labels).detached()  # the loss really weighs its stationarity by α
@@ -110,32 +111,41 @@ def test_alpha_resolves_by_distance_ipc_and_pipc_and_is_the_one_the_loss_applies
     assert asked.resolved_config()["dkkt"]["alpha"] == 0.3
 
 
+def passes(m) -> dict[str, str]:
+    """``{pass: precision}`` of the method's runtime record."""
+    return {name: entry["precision"] for name, entry in m.runtime_record()["passes"].items()}
+
+
 @pytest.mark.parametrize("native", [True, False])
-def test_precision_resolves_to_what_runs_on_this_hardware(native, monkeypatch):
-    monkeypatch.setattr(nets, "native_bf16", lambda device: native)
+def test_the_record_states_the_precision_each_pass_runs_on_this_hardware(native, monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
     auto = "bf16" if native else "fp32"
-    assert build("dm").resolved_config()["real_precision"] == auto
-    assert build("dm_star").resolved_config()["real_precision"] == auto
-    assert build("dm", real_precision="fp32").resolved_config()["real_precision"] == "fp32"
-    assert build("dm", real_precision="bf16").resolved_config()["real_precision"] == "bf16"
-    both = build("dm_dkkt").resolved_config()
-    assert both["dkkt"]["precision"] == auto and both["real_precision"] == auto
-    assert build("dsv").resolved_config()["dkkt"]["precision"] == "fp32"  # dsv reads auto as fp32
-    assert build("dsv", {"dkkt.precision": "bf16"}).resolved_config()["dkkt"]["precision"] == "bf16"
-    # the bf16 feature pass needs classifier-only parameters: with all of them auto is fp32
-    assert build("dm_dkkt", {"dkkt.params": "all"}).resolved_config()["dkkt"]["precision"] == "fp32"
+    with runtime.use(precision="auto"):
+        assert passes(build("dm")) == {"dm.real": auto, "dm.synthetic": "fp32"}
+        assert passes(build("dm_star"))["dm.real"] == auto
+        assert passes(build("dm_dkkt")) == {"dkkt.features": auto, "dm.real": auto, "dm.synthetic": "fp32"}
+        assert passes(build("dsv")) == {"dkkt.features": "fp32"}  # dsv needs fp32: auto reads as fp32
+        # the bf16 feature pass needs classifier-only parameters: with all of them it is fp32
+        assert passes(build("dm_dkkt", {"dkkt.params": "all"}))["dkkt.features"] == "fp32"
+        record = build("dsv").runtime_record()
+        assert (record["precision"], record["backend"], record["needs_fp32"]) == ("fp32", "cpu", True)
+    for precision in ("bf16", "fp32"):
+        with runtime.use(precision=precision):
+            assert passes(build("dsv")) == {"dkkt.features": precision}  # asked for: it runs
+            assert passes(build("dm"))["dm.real"] == precision
 
 
-@pytest.mark.parametrize("name,settings", [("dm_dkkt", {}), ("dsv", {"dkkt.precision": "bf16"}), ("dsv", {})])
-def test_recorded_dkkt_precision_is_the_pass_that_runs(name, settings, monkeypatch):
+@pytest.mark.parametrize("name,precision", [("dm_dkkt", "auto"), ("dsv", "bf16"), ("dsv", "auto")])
+def test_recorded_dkkt_precision_is_the_pass_that_runs(name, precision, monkeypatch):
     from dkkt_plugin.losses.dkkt import DKKTLoss
 
-    m = build(name, settings)
+    with runtime.use(precision=precision):
+        m = build(name)
     calls = []
     embed = DKKTLoss._embed_bf16
     monkeypatch.setattr(DKKTLoss, "_embed_bf16", lambda *args: calls.append(1) or embed(*args))
     m.step(0)
-    assert (m.resolved_config()["dkkt"]["precision"] == "bf16") == bool(calls)
+    assert (passes(m)["dkkt.features"] == "bf16") == bool(calls)
 
 
 @pytest.mark.parametrize("ipc,loops", [(1, (1, 1)), (2, (10, 50)), (10, (10, 50)), (11, (20, 25)),
@@ -206,7 +216,7 @@ def test_help_of_each_auto_setting_names_every_value_it_resolves_to(name, monkey
     specs = {s.path: s for s in configs.config_fields(method_class(name).config_class)}
     missing = set()
     for native in (True, False):
-        monkeypatch.setattr(nets, "native_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(runtime, "native_bf16", lambda device, native=native: native)
         for distance in ("cos", "l1"):
             for settings in HELP_GRID:
                 m = build(name, {"dkkt.distance": distance} if "dkkt.alpha" in specs else None,
