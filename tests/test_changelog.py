@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHANGELOG = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
 BUILTIN_METHODS = ("dm", "dm_star", "dc", "dsa", "dsv", "dm_dkkt")
 # where the public names of restore keywords live, searched in this order
-NAMESPACES = ("dkkt_plugin", "dkkt_plugin.methods", "dkkt_plugin.losses")
+NAMESPACES = ("dkkt_plugin", "dkkt_plugin.methods", "dkkt_plugin.losses", "dkkt_plugin.runtime")
 # callables whose **kwargs go to a config class: their keywords may be that class's fields
 FORWARDS = {"DKKTLoss": "DKKTConfig"}
 OPTION = re.compile(r"^\s+(?:-\w(?: \S+)?, )?(--[\w.-]+)", re.M)  # an option line of argparse help
