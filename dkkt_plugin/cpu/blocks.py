@@ -190,7 +190,8 @@ def not_supported_reasons(model: nn.Module, x: torch.Tensor, *, differentiated: 
 def fused(model: nn.Module, *, differentiated: Collection[str] = (), enabled: bool = True) -> Iterator[nn.Module]:
     """Within the block, every ConvNet in ``model`` whose structure fits computes ``embed`` (and
     so ``forward``) with its blocks fused, on each input where :func:`not_supported_reasons`
-    allows it, and with its own ops elsewhere; on exit the model is as it was.
+    allows it, and with its own ops elsewhere; on exit the model is as it was. (Each such ConvNet
+    gets an instance attribute ``embed`` for the block: copy a model outside the block.)
 
     Args:
         model: the model (a ConvNet or a model holding ConvNets).
