@@ -84,10 +84,10 @@ from dkkt_plugin.evaluation import get_protocol  # noqa: E402
 from dkkt_plugin.training import train_classifier  # noqa: E402
 
 from dkkt_plugin.provenance import cpu_model, versions  # noqa: E402
+from dkkt_plugin.settings import DSA_STRATEGY  # noqa: E402
 
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 NUM_CLASSES = 10
-DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DM_VARIANTS = ("reference", "dm", "dm_torch", "dm_fp32", "dm_compiled", "dm_dkkt", "dm_dkkt_fp32")
 EVAL_VARIANTS = ("eval_reference", "eval", "eval_torch", "eval_fp32", "eval_compiled")
 # each variant's speed settings (dkkt_plugin.runtime.use); the others run the defaults

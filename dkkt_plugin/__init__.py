@@ -27,7 +27,7 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys(("DSA", "DSAConfig", "DSADraw"), "augment"),
     **dict.fromkeys(("Pipc", "parse_pipc"), "config"),
     **dict.fromkeys(("ImageDataset", "PracticalSubset", "load_cifar10", "load_fashion_mnist"), "data"),
-    "packaged_edge_model": "demo",
+    "packaged_edge_model": "packaged",
     **dict.fromkeys(("RunResult", "append_evaluation", "build_config", "distill", "load_synthetic",
                      "read_evaluations", "run_distillation", "save_synthetic"), "engine"),
     **dict.fromkeys(("CheckpointError", "ConfigError", "DatasetError", "DkktError", "NonFiniteLossError",

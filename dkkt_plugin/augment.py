@@ -15,6 +15,7 @@ import kornia.augmentation as K
 import torch
 
 from dkkt_plugin.errors import ConfigError
+from dkkt_plugin.settings import DSA_STRATEGY
 
 __all__ = ["DSA", "DSAConfig", "DSADraw"]
 
@@ -195,7 +196,7 @@ class DSA(torch.nn.Module):
 
     def __init__(
         self,
-        strategy: str = "color_crop_cutout_flip_scale_rotate",
+        strategy: str = DSA_STRATEGY,
         *,
         mode: str = "one",
         config: DSAConfig = DSAConfig(),
@@ -208,7 +209,7 @@ class DSA(torch.nn.Module):
         if bad or len(set(tokens)) != len(tokens):
             raise ConfigError(
                 f"bad DSA strategy {strategy!r} (unknown or repeated tokens {bad or tokens}): use a "
-                f"'_'-joined subset of {', '.join(FAMILIES)}, e.g. 'color_crop_cutout_flip_scale_rotate'"
+                f"'_'-joined subset of {', '.join(FAMILIES)}, e.g. '{DSA_STRATEGY}'"
             )
         if mode not in ("one", "all"):
             raise ConfigError(f"unknown DSA mode {mode!r}: use 'one' (one family per draw) or 'all'")

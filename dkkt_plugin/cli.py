@@ -26,9 +26,10 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 from . import __version__, registry
 from . import config as configs
 from .errors import ConfigError, DkktError, UnknownComponentError
+from .settings import EvalConfig
 
 DEFAULT_METHOD = "dm_dkkt"
-EVAL_PROTOCOLS = ("dm", "paper")  # the names of dkkt_plugin.evaluation.PROTOCOLS (that module needs torch)
+EVALUATE_DEFAULTS = EvalConfig(num_eval=5)  # `dkkt evaluate` runs five evaluations unless told
 # The settings `dkkt distill --help` lists first, in this order ("--method" stands for that flag).
 ESSENTIALS = ("dataset", "data_root", "ipc", "pipc", "--method", "edge_model", "iterations")
 
@@ -172,49 +173,53 @@ def _summary(record: dict) -> str:
     return line
 
 
-def _protocol(args: argparse.Namespace):
-    """The evaluation protocol of the flags, checked before any work starts."""
+def _eval_config(args: argparse.Namespace, base: EvalConfig) -> EvalConfig:
+    """The :class:`~dkkt_plugin.settings.EvalConfig` of the evaluation flags given, over ``base``
+    (the command's defaults)."""
+    return configs.build(EvalConfig, configs.overrides_from_args(args, EvalConfig), base=base)
+
+
+def _protocol(eval_cfg: EvalConfig):
+    """The evaluation protocol of the evaluation settings ``eval_cfg``."""
     from .evaluation import get_protocol
 
-    if args.eval_epochs is not None and args.eval_epochs < 1:
-        raise ConfigError(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
-    return get_protocol(args.eval_protocol, args.eval_epochs)
+    return get_protocol(eval_cfg.eval_protocol, eval_cfg.eval_epochs)
 
 
-def _eval_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of ``evaluate()`` that the evaluation flags set."""
-    return dict(num_eval=args.num_eval, seed=args.eval_seed, test_size=args.test_size, test_seed=args.test_seed)
+def _eval_options(eval_cfg: EvalConfig) -> dict[str, Any]:
+    """The keyword arguments of ``evaluate()`` that the evaluation settings ``eval_cfg`` set."""
+    return dict(num_eval=eval_cfg.num_eval, seed=eval_cfg.eval_seed, test_size=eval_cfg.test_size,
+                test_seed=eval_cfg.test_seed)
 
 
-def _check_test_size(args: argparse.Namespace, dataset: str, data_root: Optional[str]) -> None:
+def _check_test_size(eval_cfg: EvalConfig, dataset: str, data_root: Optional[str]) -> None:
     """Fail now, not after the distillation, when the test set cannot give ``--test-size``."""
-    if args.test_size is None:
+    if eval_cfg.test_size is None:
         return
-    if not args.num_eval:
-        raise ConfigError(f"--test-size {args.test_size} sets the test images of the evaluation after distilling: "
+    if not eval_cfg.num_eval:
+        raise ConfigError(f"--test-size {eval_cfg.test_size} sets the test images of the evaluation after distilling: "
                           "add --num-eval N (evaluation runs), or drop --test-size")
     from .evaluation import stratified_subset
 
     test = registry.load("datasets", dataset)(data_root, train=False)
-    stratified_subset(test.targets, args.test_size, seed=args.test_seed)
+    stratified_subset(test.targets, eval_cfg.test_size, seed=eval_cfg.test_seed)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from .engine import build_config, distill_then_evaluate
     from .provenance import resolve_device
 
-    overrides = {**configs.overrides_from_args(args), **configs.parse_set(args.set)}
+    overrides = {**configs.overrides_from_args(args, method_config_class(args.method)), **configs.parse_set(args.set)}
     cfg = build_config(args.method, overrides)
     device = resolve_device(args.device)
-    if args.num_eval < 0:
-        raise ConfigError(f"--num-eval must be >= 0 (0: no evaluation), got {args.num_eval}")
-    protocol = _protocol(args) if args.num_eval else None
+    eval_cfg = _eval_config(args, EvalConfig())
+    protocol = _protocol(eval_cfg) if eval_cfg.num_eval else None
     budgets = sorted(set(args.eval_at or ()))
     if budgets and protocol is None:
         raise ConfigError("--eval-at evaluates the set at those iterations: add --num-eval N (evaluation runs)")
     if budgets and not 1 <= budgets[0] <= budgets[-1] <= cfg.iterations:
         raise ConfigError(f"--eval-at iterations must lie in 1..--iterations ({cfg.iterations}), got {budgets}")
-    _check_test_size(args, cfg.dataset, cfg.data_root)
+    _check_test_size(eval_cfg, cfg.dataset, cfg.data_root)
     with _computing(args):
         data = None
         edge = _edge_spec(args)
@@ -234,7 +239,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
             return evaluate(images, labels, dataset=cfg.dataset, data_root=cfg.data_root, protocol=protocol,
                             device=device, augmentation=aug.name if aug is not None else None,
-                            **_eval_options(args))
+                            **_eval_options(eval_cfg))
 
         def report(stop) -> None:
             print(_summary(stop.run.record))
@@ -259,9 +264,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .fileio import check_writable, write_atomic
     from .provenance import provenance, resolve_device
 
-    if args.num_eval < 1:
-        raise ConfigError(f"--num-eval must be >= 1, got {args.num_eval}")
-    protocol = _protocol(args)
+    eval_cfg = _eval_config(args, EVALUATE_DEFAULTS)
+    if eval_cfg.num_eval < 1:
+        raise ConfigError(f"--num-eval must be >= 1, got {eval_cfg.num_eval}")
+    protocol = _protocol(eval_cfg)
     device = resolve_device(args.device)
     if args.json:
         check_writable(args.json, "--json")  # now, not after the evaluation
@@ -274,7 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results = []
         for arch in archs:
             ev = evaluate(args.synthetic, dataset=args.dataset, data_root=args.data_root, protocol=protocol,
-                          device=device, augmentation=args.augmentation, arch=arch, **_eval_options(args))
+                          device=device, augmentation=args.augmentation, arch=arch, **_eval_options(eval_cfg))
             print(f"{args.synthetic} [{arch}]: {ev}" if args.arch else f"{args.synthetic}: {ev}")
             run_dir = Path(args.synthetic)
             if run_dir.is_dir():
@@ -339,25 +345,13 @@ def _add_machine(p: argparse.ArgumentParser) -> None:
                         f"per process) (default: ${BACKEND_ENV}, else cpu)")
 
 
-def _add_eval_flags(p: argparse.ArgumentParser, num_eval: int, title: str = "evaluation") -> None:
-    g = p.add_argument_group(title)
-    g.add_argument("--num-eval", type=int, default=num_eval,
-                   help=f"evaluation runs, each a fresh ConvNet (default: {num_eval}"
-                        + (", i.e. no evaluation" if num_eval == 0 else "") + ")")
-    g.add_argument("--eval-epochs", type=int, default=None,
-                   help="scale the protocol down to this many epochs (default: the protocol's own)")
-    g.add_argument("--test-size", type=_positive_int, default=None, metavar="N",
-                   help="test each network on a stratified subset of N test images (the same number of each "
-                        "class, drawn with --test-seed; N a multiple of the classes) instead of all of them; the "
-                        "result records which (default: the whole test set)")
-    g.add_argument("--eval-protocol", default="dm", choices=EVAL_PROTOCOLS,
-                   help="dm: SGD, 1000 epochs with DSA; paper: SAM, 5000 epochs (default: dm)")
-    g.add_argument("--eval-seed", type=int, default=0, help="seed of the first evaluation run (default: 0)")
-    g.add_argument("--test-seed", type=int, default=0, help="seed of the --test-size subset (default: 0)")
+def _add_eval_flags(p: argparse.ArgumentParser, base: EvalConfig, title: str = "evaluation") -> None:
+    """The flags of :class:`~dkkt_plugin.settings.EvalConfig`, their defaults those of ``base``."""
+    configs.add_arguments(p, EvalConfig, title=title, base=base)
 
 
 def _edge_model_help() -> str:
-    from .demo import EDGE_MODELS
+    from .packaged import EDGE_MODELS
 
     names = "; ".join(f"{name}: {what}" for name, (_, what) in EDGE_MODELS.items())
     return (f"the pretrained edge model (methods that need one): a packaged model's name ({names}), the path "
@@ -457,7 +451,7 @@ def _add_distill(sub, argv: Sequence[str]) -> None:
     main.add_argument("--out", required=True, help="run directory")
     main.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _add_edge_flags(p)
-    _add_eval_flags(p, num_eval=0, title="evaluation of the distilled set")
+    _add_eval_flags(p, EvalConfig(), title="evaluation of the distilled set")
     _add_machine(p)
     if cls is not None:
         configs.add_arguments(p, cls, skip=ESSENTIALS, title=f"advanced: {method} settings ({cls.__name__})")
@@ -489,7 +483,7 @@ def _add_evaluate(sub, argv: Sequence[str]) -> None:
                         "models`), module.path:factory, torchvision:NAME or timm:NAME")
     p.add_argument("--json", default=None,
                    help="also write the result here (several --arch: under 'evaluations', one per architecture)")
-    _add_eval_flags(p, num_eval=5)
+    _add_eval_flags(p, EVALUATE_DEFAULTS)
     _add_machine(p)
     p.set_defaults(func=cmd_evaluate)
 

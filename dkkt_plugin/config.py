@@ -1,10 +1,14 @@
 """Typed dataclass configs: the ``pipc`` type, one field walker, overrides and command-line flags.
 
 Every setting of dkkt-plugin (and of a third-party method) lives in a frozen dataclass whose
-fields carry a type hint and a comment. One walker, :func:`config_fields`, turns such a class
-into :class:`FieldSpec` leaves with dotted paths (nested dataclasses become ``dkkt.distance``),
-a parser derived from the type hint, the real default and a one-line help taken from the
-field's comment. The same leaves serve three uses:
+fields carry a type hint and a help text in their metadata::
+
+    lr_img: float = field(default=1.0, metadata={"help": "learning rate of the images' SGD"})
+
+One walker, :func:`config_fields`, turns such a class into :class:`FieldSpec` leaves with dotted
+paths (nested dataclasses become ``dkkt.distance``), a parser derived from the type hint, the
+real default and the help (``metadata["help"]``; empty for a field without one). The same leaves
+serve three uses:
 
 - :func:`build` makes a config from overrides keyed by dotted path (``{"dkkt.alpha": 0.1}``);
 - ``--set KEY=VALUE`` parses strings with the field's own parser;
@@ -26,14 +30,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import inspect
-import io
 import numbers
-import textwrap
-import tokenize
 import typing
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 from .errors import ConfigError
@@ -81,7 +80,7 @@ class FieldSpec:
     path: str  # dotted path from the root config, e.g. "dkkt.distance"
     type: Any  # the resolved type hint
     default: Any  # the real default (default_factory called)
-    help: str  # the field's comment
+    help: str  # the field's metadata["help"] ("" without one)
     parse: Callable[[Any], Any]  # str (or value) -> checked value of the right type
     choices: Optional[tuple] = None  # from a Literal hint
 
@@ -96,47 +95,6 @@ class FieldSpec:
         if isinstance(self.default, tuple):
             return ",".join(map(str, self.default))
         return str(self.default) if self.default != "" else "''"
-
-
-# -- comments as help ----------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _comments(cls: type) -> dict[str, str]:
-    """``field -> comment`` for the fields that ``cls`` itself declares (trailing ``# ...`` on the
-    field's line, else the ``#`` lines right above it)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # defined interactively or in a zip: no comments, empty help
-        return {}
-    own = set(getattr(cls, "__annotations__", {}))
-    found: dict[str, str] = {}
-    above: list[str] = []
-    source = textwrap.dedent(source)
-    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    layout = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
-    code_lines = {t.start[0] for t in tokens if t.type not in layout}
-    trailing = {t.start[0]: t.string.lstrip("#").strip() for t in tokens
-                if t.type == tokenize.COMMENT and t.start[0] in code_lines}
-    for number, line in enumerate(source.splitlines(), 1):
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            above.append(stripped.lstrip("#").strip())
-            continue
-        name = stripped.split(":", 1)[0].strip() if ":" in stripped else ""
-        if name in own and name not in found and name.isidentifier():
-            text = trailing.get(number) or " ".join(above)
-            if text:
-                found[name] = text
-        above = []
-    return found
-
-
-def _help(cls: type, name: str) -> str:
-    for klass in cls.__mro__:
-        if name in getattr(klass, "__annotations__", {}):
-            text = _comments(klass).get(name)
-            if text:
-                return text
-    return ""
 
 
 # -- types -> parsers ----------------------------------------------------------------------------
@@ -224,7 +182,7 @@ def config_fields(cls: type, prefix: str = "") -> list[FieldSpec]:
             out += config_fields(hint, path + ".")
             continue
         parse, choices = _parser(hint, path)
-        out.append(FieldSpec(path, hint, _default(f), _help(cls, f.name), parse, choices))
+        out.append(FieldSpec(path, hint, _default(f), f.metadata.get("help", ""), parse, choices))
     return out
 
 
@@ -305,20 +263,25 @@ DEST = "cfg:"  # argparse dest prefix of generated flags
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                  title: Optional[str] = None) -> None:
-    """One flag per leaf of ``cls`` (``--lr-img``, ``--dkkt.distance``), help from its comment
+                  title: Optional[str] = None, base: Any = None) -> None:
+    """One flag per leaf of ``cls`` (``--lr-img``, ``--dkkt.distance``), help from its metadata
     and its real default, in a group titled ``title``; only flags given on the command line
-    become overrides. Leaves whose path is in ``skip`` get no flag here."""
+    become overrides. Leaves whose path is in ``skip`` get no flag here. ``base``, an instance of
+    ``cls``, supplies the defaults the help states (a command whose defaults differ from the
+    class's builds its config with the same ``base``)."""
     group = parser.add_argument_group(title or f"{cls.__name__} settings")
+    defaults = flatten(base) if base is not None else {}
     for spec in config_fields(cls):
         if spec.path not in skip:
+            if spec.path in defaults:
+                spec = dataclasses.replace(spec, default=defaults[spec.path])
             add_argument(group, spec)
 
 
 def add_argument(parser: Any, spec: FieldSpec, *, help: Optional[str] = None,
                  metavar: Optional[str] = None) -> None:
     """The flag of one leaf ``spec`` on ``parser`` (a parser or an argument group); ``help`` and
-    ``metavar`` replace the field's comment and name. Its value becomes an override only when given."""
+    ``metavar`` replace the field's help and name. Its value becomes an override only when given."""
     metavar = metavar or ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices else _metavar(spec))
     text = help or spec.help or spec.path.replace("_", " ")
     parser.add_argument(spec.flag, dest=DEST + spec.path, default=None, type=_argparse_type(spec),
@@ -344,6 +307,11 @@ def _argparse_type(spec: FieldSpec) -> Callable[[str], Any]:
     return convert
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The generated flags that were given, as ``{dotted path: value}``."""
-    return {k[len(DEST):]: v for k, v in vars(args).items() if k.startswith(DEST) and v is not None}
+def overrides_from_args(args: argparse.Namespace, cls: Optional[type] = None) -> dict[str, Any]:
+    """The generated flags that were given, as ``{dotted path: value}``; with ``cls``, only the
+    settings of ``cls`` (a command with flags of two configs reads each one's apart)."""
+    given = {k[len(DEST):]: v for k, v in vars(args).items() if k.startswith(DEST) and v is not None}
+    if cls is None:
+        return given
+    paths = {spec.path for spec in config_fields(cls)}
+    return {k: v for k, v in given.items() if k in paths}

@@ -1,35 +1,22 @@
 """``dkkt demo``: DM vs DM+DKKT (and DSV) on Fashion-MNIST, ipc 1, pipc 10, on the CPU.
 
-Runs from the files shipped in ``dkkt_plugin/assets`` (no download, no GPU): a ConvNet edge
-model trained by ``dkkt pretrain`` on the full Fashion-MNIST training set, the practical subset
-(10 training images per class) and a class-balanced test subset. ``scripts/make_demo_assets.py``
-regenerates them. Everything here is CPU-sized: far fewer iterations and evaluation epochs than
-the paper's protocol, and a test subset instead of the 10 000 test images.
-
-The packaged edge model also has a name, ``fmnist`` (:data:`EDGE_MODELS`): ``dkkt distill
---edge-model fmnist`` and ``load_edge_model("fmnist")`` use it. This module imports torch only
-when a demo runs.
+Runs from the files shipped in ``dkkt_plugin/assets`` (:mod:`dkkt_plugin.packaged`; no download,
+no GPU): a ConvNet edge model trained by ``dkkt pretrain`` on the full Fashion-MNIST training set,
+the practical subset (10 training images per class) and a class-balanced test subset. Everything
+here is CPU-sized: far fewer iterations and evaluation epochs than the paper's protocol, and a
+test subset instead of the 10 000 test images. This module imports torch only when a demo runs.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError, DatasetError
-
-ASSETS = "assets"
-EDGE = "fmnist_edge.pt"
-PRACTICAL = "fmnist_practical.pt"
-TEST = "fmnist_test.pt"
-TRANSFER = "fmnist_transfer.pt"
-
-# name -> (packaged asset, what it is): the names --edge-model and load_edge_model accept
-EDGE_MODELS = {"fmnist": (EDGE, "the packaged Fashion-MNIST ConvNet, 90.76 % test accuracy"),
-               "fmnist-transfer": (TRANSFER, "an independent Fashion-MNIST ConvNet of width 4 (seed 1), "
-                                             "82.02 % test accuracy, for transfer accuracy")}
+from .errors import CheckpointError, ConfigError
+# packaged_edge_model and packaged_transfer_model stay importable from here too
+from .packaged import (EDGE, EDGE_MODELS, PRACTICAL, TEST, asset_path, load_images,  # noqa: F401
+                       packaged_edge_model, packaged_transfer_model)
 
 RUN_FILES = ("checkpoint.pt", "synthetic.pt", "record.json")  # any of them: the folder holds a run
 
@@ -38,64 +25,15 @@ RUN_FILES = ("checkpoint.pt", "synthetic.pt", "record.json")  # any of them: the
 class DemoConfig:
     """The demo's CPU-sized settings (the paper: 20 000 iterations, 5000 SAM epochs)."""
 
-    iterations: int = 150  # distillation iterations of dm and dm_dkkt (the paper: 20 000)
-    dsv_iterations: int = 1000  # DSV's own default budget (a DSV step is ~5x cheaper than a DM+DKKT step)
-    eval_epochs: int = 200  # the dm protocol (SGD + DSA) scaled from 1000 epochs
-    num_eval: int = 2  # evaluation runs (fresh ConvNets) per method
-    seed: int = 0  # distillation seed; evaluation run r uses seed + r
-    methods: tuple[str, ...] = ("dm", "dm_dkkt", "dsv")  # registered methods to compare, comma-separated
-
-
-def asset_path(name: str) -> Path:
-    path = Path(str(resources.files("dkkt_plugin") / ASSETS / name))
-    if not path.is_file():
-        raise DatasetError(f"demo asset {path} is missing: reinstall dkkt-plugin, or regenerate it "
-                           "with `python scripts/make_demo_assets.py` from a checkout")
-    return path
-
-
-def packaged_edge_model() -> Path:
-    """Path of the packaged Fashion-MNIST edge model (ConvNet, 90.76 % test accuracy, made by
-    ``dkkt pretrain --dataset fashion_mnist --epochs 3 --weight-decay 5e-3 --seed 0``); its name
-    is ``fmnist``.
-
-    Example:
-        >>> from dkkt_plugin import load_edge_model, packaged_edge_model
-        >>> model, meta = load_edge_model(packaged_edge_model())
-        >>> meta["dataset"], round(meta["test_accuracy"], 4)
-        ('fashion_mnist', 0.9076)
-    """
-    return asset_path(EDGE)
-
-
-def packaged_transfer_model() -> Path:
-    """Path of the packaged independent Fashion-MNIST classifier (ConvNet of width 4, 82.02 % test
-    accuracy, made by ``dkkt pretrain --dataset fashion_mnist --width 4 --epochs 1 --seed 1``), the
-    transfer model of the benchmarks' fidelity measures; its name is ``fmnist-transfer``."""
-    return asset_path(TRANSFER)
-
-
-def edge_model_path(value: Any) -> Any:
-    """The checkpoint an edge-model setting names: a packaged model's path for one of the names
-    of :data:`EDGE_MODELS` (``fmnist``), anything else unchanged (a path).
-
-    Example:
-        >>> edge_model_path("fmnist").name, edge_model_path("runs/edge.pt")
-        ('fmnist_edge.pt', 'runs/edge.pt')
-    """
-    if isinstance(value, str) and value in EDGE_MODELS:
-        return asset_path(EDGE_MODELS[value][0])
-    return value
-
-
-def load_images(name: str) -> tuple:
-    """A packaged uint8 image set, normalised like the training data: (N, 1, 28, 28), (N,)."""
-    import torch
-
-    payload = torch.load(asset_path(name), map_location="cpu", weights_only=True)
-    mean, std = payload["mean"], payload["std"]
-    images = (payload["images"].float() / 255.0 - mean) / std
-    return images, payload["labels"].long(), payload
+    iterations: int = field(default=150, metadata={
+        "help": "distillation iterations of dm and dm_dkkt (the paper: 20 000)"})
+    dsv_iterations: int = field(default=1000, metadata={
+        "help": "DSV's own default budget (a DSV step is ~5x cheaper than a DM+DKKT step)"})
+    eval_epochs: int = field(default=200, metadata={"help": "the dm protocol (SGD + DSA) scaled from 1000 epochs"})
+    num_eval: int = field(default=2, metadata={"help": "evaluation runs (fresh ConvNets) per method"})
+    seed: int = field(default=0, metadata={"help": "distillation seed; evaluation run r uses seed + r"})
+    methods: tuple[str, ...] = field(default=("dm", "dm_dkkt", "dsv"), metadata={
+        "help": "registered methods to compare, comma-separated"})
 
 
 def check_out(out_dir: str | Path, methods: tuple[str, ...], resume: bool = False) -> list[str]:

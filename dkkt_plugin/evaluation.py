@@ -43,9 +43,8 @@ from . import cpu, runtime
 from .errors import ConfigError
 from .models import build_model, resolve, size_options
 from .progress import progress_bar
+from .settings import DSA_STRATEGY
 from .training import TrainConfig, accuracy, train_classifier
-
-DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 def _num(x: float) -> str:

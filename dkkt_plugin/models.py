@@ -49,14 +49,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, UnknownComponentError
-from .nets import ConvNet
+from .nets import ConvNet, init_weights  # noqa: F401 (dkkt_plugin.models.init_weights)
 
 DEFAULT_ARCH = "convnet"
 # the zoo, in the order of DC's cross-architecture tables (the entry points in setup.cfg)
@@ -121,34 +120,6 @@ class ZooNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The features the final linear layer reads: (B, C, H, W) -> (B, feature_dim)."""
         return self._features(x).flatten(1)
-
-
-
-@torch.no_grad()
-def init_weights(model: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
-    """PyTorch's default initialisation drawn from ``generator``: conv and linear weights and
-    biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)), norm scales 1,
-    shifts 0, batch-norm statistics reset. Modules are visited in ``model.modules()`` order."""
-    if generator is None:
-        p = next(model.parameters(), None)
-        generator = torch.Generator(device=p.device if p is not None else "cpu").manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan_in
-            _uniform_(m.weight, bound, generator)
-            if m.bias is not None:
-                _uniform_(m.bias, bound, generator)
-        elif isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-    return model
-
-
-def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator) -> None:
-    # drawn on the generator's device, then copied: a CPU generator also initialises CUDA models
-    t.copy_(torch.empty(t.shape, device=generator.device).uniform_(-bound, bound, generator=generator))
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

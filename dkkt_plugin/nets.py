@@ -104,25 +104,9 @@ class ConvNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> "ConvNet":
-        """Re-draw every weight as PyTorch's default init does, from ``generator``.
-
-        Conv and linear weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
-        kaiming-uniform default with a = sqrt(5)); norm weights 1, biases 0; BN statistics reset.
-        """
-        if generator is None:
-            generator = torch.Generator(device=self.classifier.weight.device).manual_seed(0)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan_in
-                _uniform_(m.weight, bound, generator)
-                if m.bias is not None:
-                    _uniform_(m.bias, bound, generator)
-            elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-                if isinstance(m, nn.BatchNorm2d):
-                    m.reset_running_stats()
-        return self
+        """Re-draw every weight as PyTorch's default init does, from ``generator`` (seeded with 0
+        if omitted): see :func:`init_weights`."""
+        return init_weights(self, generator)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened features before the classifier: (B, C, H, W) -> (B, feature_dim).
@@ -200,8 +184,30 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
+@torch.no_grad()
+def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """PyTorch's default initialisation drawn from ``generator``: conv and linear weights and
+    biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)), norm scales 1,
+    shifts 0, batch-norm statistics reset. Modules are visited in ``model.modules()`` order."""
+    if generator is None:
+        p = next(model.parameters(), None)
+        generator = torch.Generator(device=p.device if p is not None else "cpu").manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan_in
+            _uniform_(m.weight, bound, generator)
+            if m.bias is not None:
+                _uniform_(m.bias, bound, generator)
+        elif isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+    return model
+
+
 def _uniform_(t: torch.Tensor, bound: float, generator: torch.Generator) -> None:
-    # Draw on the generator's device, then copy: a CPU generator also initialises CUDA models.
+    # drawn on the generator's device, then copied: a CPU generator also initialises CUDA models
     t.copy_(torch.empty(t.shape, device=generator.device).uniform_(-bound, bound, generator=generator))
 
 

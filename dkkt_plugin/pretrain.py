@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from .errors import CheckpointError, ConfigError
 from .fileio import check_writable, save_torch
 from .models import build_model, final_linear, resolve, size_options
 from .nets import ConvNet
+from .packaged import edge_model_path
 from .provenance import provenance
 from .settings import PretrainConfig  # noqa: F401 (defined torch-free, used here)
 from .training import TrainConfig, accuracy, train_classifier
@@ -128,7 +130,7 @@ def load_edge_model(path: str | os.PathLike, device: Any = None, *, edge: Option
     """The edge model in ``path`` (in eval mode, on ``device``) and what is known about it.
 
     ``path``: a checkpoint written by :func:`save_edge_model`, the packaged one a name stands for
-    (``fmnist``: :data:`dkkt_plugin.demo.EDGE_MODELS`), a TorchScript file, or a state dict with
+    (``fmnist``: :data:`dkkt_plugin.packaged.EDGE_MODELS`), a TorchScript file, or a state dict with
     ``edge.arch``. ``image_shape`` ``(C, H, W)`` and ``num_classes`` are the data's: a state dict's
     architecture is built for them where ``edge`` does not say otherwise (C: the length of
     ``edge.mean``).
@@ -144,8 +146,6 @@ def load_edge_model(path: str | os.PathLike, device: Any = None, *, edge: Option
             names the missing, unexpected or mismatched tensors), or ``edge`` contradicting what
             the file records.
     """
-    from .demo import edge_model_path
-
     edge = edge or EdgeSpec()
     path = Path(edge_model_path(path))
     if not path.is_file():
@@ -247,7 +247,9 @@ def _load_torchscript(path: Path, device: Any, edge: EdgeSpec) -> tuple[nn.Modul
         raise ConfigError(f"edge model {path} is a TorchScript file, which holds its own architecture: drop "
                           f"--edge-arch {edge.arch}")
     try:
-        model = TorchScriptModel(torch.jit.load(str(path), map_location=device or "cpu"))
+        with warnings.catch_warnings():  # torch's deprecation of its own loader asks nothing of the user
+            warnings.filterwarnings("ignore", r".*torch\.jit\.load.* is deprecated", DeprecationWarning)
+            model = TorchScriptModel(torch.jit.load(str(path), map_location=device or "cpu"))
     except Exception as exc:
         raise CheckpointError(f"edge model {path} is a corrupt TorchScript file ({error_line(exc)})") from exc
     arch = {"name": "torchscript",

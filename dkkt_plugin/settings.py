@@ -1,10 +1,11 @@
-"""The typed settings of the built-in methods, losses and pretraining, importable without torch.
+"""The typed settings of the built-in methods, losses, pretraining and evaluation, importable without torch.
 
-Every class here is a frozen dataclass whose fields carry a type hint and a comment: the
-command line builds its flags (and their help) from them before torch is imported, so ``dkkt
---help`` answers at once. The classes are also importable from the modules that use them
-(``dkkt_plugin.methods``, ``dkkt_plugin.losses``, ``dkkt_plugin.pretrain``); they are the same
-objects. :data:`METHOD_CONFIGS` names the config class of every built-in method.
+Every class here is a frozen dataclass whose fields carry a type hint and their help text
+(``field(default=..., metadata={"help": ...})``): the command line builds its flags (and their
+help) from them before torch is imported, so ``dkkt --help`` answers at once. The classes are
+also importable from the modules that use them (``dkkt_plugin.methods``, ``dkkt_plugin.losses``,
+``dkkt_plugin.pretrain``); they are the same objects. :data:`METHOD_CONFIGS` names the config
+class of every built-in method.
 
 Example:
     >>> METHOD_CONFIGS["dm_dkkt"].__name__, DKKTMethodConfig(ipc=50).resolved_beta
@@ -29,23 +30,27 @@ class PretrainConfig:
     regularised loss, so the DKKT stationarity condition has an exact solution
     (docs/method.md, 'Deep-KKT conditions')."""
 
-    dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
-    data_root: Optional[str] = None  # dataset folder; auto: the loader's default location
-    width: int = 128  # ConvNet width (the convnet architectures only)
-    depth: int = 3  # ConvNet depth (convnet, convnet_bn, convnet_nn only)
-    epochs: int = 3  # passes over the full training set (3 epochs: about 40 min on one CPU core)
-    batch_size: int = 256  # minibatch size
-    lr: float = 0.05  # SGD learning rate (cosine schedule)
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-3  # as the DSV paper's teacher; makes θ* a KKT point of the regularised loss
-    seed: int = 0  # initial weights and minibatch order
-    # after SGD, solve the classifier layer exactly (full-batch L-BFGS on frozen features) for the
-    # weight-decayed loss, so the classifier is a true KKT point: θ_c = -(1/(wd N)) Σ ∇θ_c ℓ_i
-    refit_classifier: bool = False
-    # the architecture: a model of the group dkkt_plugin.models (convnet, convnet_bn, convnet_nn,
-    # convnet_d1..d4, mlp, lenet, alexnet, alexnet_bn, vgg11, vgg11_bn, resnet18, resnet18_bn, or a
-    # plugin's), module.path:factory, torchvision:NAME or timm:NAME; the checkpoint records it
-    arch: str = "convnet"
+    dataset: str = field(default="fashion_mnist", metadata={
+        "help": "registered dataset loader (group dkkt_plugin.datasets)"})
+    data_root: Optional[str] = field(default=None, metadata={
+        "help": "dataset folder; auto: the loader's default location"})
+    width: int = field(default=128, metadata={"help": "ConvNet width (the convnet architectures only)"})
+    depth: int = field(default=3, metadata={"help": "ConvNet depth (convnet, convnet_bn, convnet_nn only)"})
+    epochs: int = field(default=3, metadata={
+        "help": "passes over the full training set (3 epochs: about 40 min on one CPU core)"})
+    batch_size: int = field(default=256, metadata={"help": "minibatch size"})
+    lr: float = field(default=0.05, metadata={"help": "SGD learning rate (cosine schedule)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=5e-3, metadata={
+        "help": "as the DSV paper's teacher; makes θ* a KKT point of the regularised loss"})
+    seed: int = field(default=0, metadata={"help": "initial weights and minibatch order"})
+    refit_classifier: bool = field(default=False, metadata={"help": (
+        "after SGD, solve the classifier layer exactly (full-batch L-BFGS on frozen features) for the "
+        "weight-decayed loss, so the classifier is a true KKT point: θ_c = -(1/(wd N)) Σ ∇θ_c ℓ_i")})
+    arch: str = field(default="convnet", metadata={"help": (
+        "the architecture: a model of the group dkkt_plugin.models (convnet, convnet_bn, convnet_nn, "
+        "convnet_d1..d4, mlp, lenet, alexnet, alexnet_bn, vgg11, vgg11_bn, resnet18, resnet18_bn, or a plugin's), "
+        "module.path:factory, torchvision:NAME or timm:NAME; the checkpoint records it")})
 
     def __post_init__(self) -> None:
         if min(self.width, self.depth, self.epochs, self.batch_size) < 1 or not self.lr > 0 or self.weight_decay < 0:
@@ -62,6 +67,12 @@ STATIONARITIES = ("margin", "ce")
 DEFAULT_ALPHA = {"cos": 1.0, "l1": 0.1, "l2": 0.1}  # α when DKKTConfig.alpha is None
 BALANCES = ("fixed", "grad")  # how the DKKT term is weighed against a host loss (DKKTConfig.balance)
 BALANCE_MODES = ("step", "running")  # which gradient norms the grad balance compares
+
+BALANCE_HELP = ("how the term is weighed against a host loss (DKKTLoss.backward_with and the methods with one): "
+                "fixed: the weights as given (α here, the method's β on the host loss); grad: the term's image "
+                "gradient is rescaled each step to balance_fraction times the host loss's (GradBalance; "
+                "docs/method.md, 'Adding the term to another method')")
+"""The help of ``DKKTConfig.balance``, whose default :class:`BalancedDKKTConfig` changes."""
 
 DEFAULT_BALANCE_FRACTION = 0.1
 """``DKKTConfig.balance_fraction``: the DKKT term's image gradient as a fraction of the host
@@ -81,43 +92,42 @@ class DKKTConfig:
         0.1
     """
 
-    # stationarity rate α; auto: 1.0 with the cos distance (dm_dkkt above ipc 1: 0.01); with l1 / l2
-    # the paper's 0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all (DKKTLoss alone: 0.1)
-    alpha: Optional[float] = None
-    # l1, l2 (squared), averaged within each tensor; cos: 1 - cos per output row (scale-free; the
-    # l1 / l2 terms' image gradients are ~1e-5..1e-3, too small to move anything: docs/method.md,
-    # 'Stationarity')
-    distance: Literal["l1", "l2", "cos"] = "cos"
-    # ce: mean cross-entropy; boundary: cross-entropy only where argmax f(x) != y (DSV Eq. 7)
-    primal: Literal["ce", "boundary"] = "boundary"
-    multiplier: Literal["log", "projected"] = "log"  # log: λ = exp(ρ); projected: λ = ρ clamped at 0
-    lambda_init: float = 1.0  # initial λ (refit with fit_multipliers() to start at the right scale)
-    # which θ* tensors enter L_stat: all, weights (ndim >= 2) or classifier (the last nn.Linear;
-    # best on the validation split: ten images can match its rank-10 gradient)
-    params: Literal["all", "weights", "classifier"] = "classifier"
-    scale: Literal["none", "floor"] = "none"  # floor: divide each tensor's distance by its floor
-    tv_weight: float = 0.0  # weight of the total-variation image prior
-    norm_weight: float = 0.0  # weight of the mean squared pixel prior
-    # per-sample term whose λ-weighted gradient must equal -θ*: margin (-(f_y - max_{k≠y} f_k),
-    # Haim et al.; it does not vanish on confident images as CE's does: DSV from noise 60.1 % vs
-    # 54.5 % on the validation split), or ce (cross-entropy, the DSV paper's ℓ)
-    stationarity: Literal["ce", "margin"] = "margin"
-    # > 0: in the DKKT term the edge model's ReLUs get the derivative sigmoid(soft_relu · z)
-    # (forward unchanged; Haim et al. use 19..150), so the double backward reaches the images
-    soft_relu: float = 0.0
-    lambda_min: float = 0.0  # > 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)
-    # how the term is weighed against a host loss (DKKTLoss.backward_with and the methods with one):
-    # fixed: the weights as given (α here, the method's β on the host loss); grad: the term's image
-    # gradient is rescaled each step to balance_fraction times the host loss's (GradBalance;
-    # docs/method.md, 'Adding the term to another method')
-    balance: Literal["fixed", "grad"] = "fixed"
-    # with balance grad: the term's image-gradient norm as a fraction of the host loss's (0: the
-    # host method exactly)
-    balance_fraction: float = DEFAULT_BALANCE_FRACTION
-    # with balance grad: step compares this step's two gradient norms; running their exponential
-    # moving averages
-    balance_mode: Literal["step", "running"] = "step"
-    balance_momentum: float = 0.9  # with balance_mode running: the moving averages' momentum
+    alpha: Optional[float] = field(default=None, metadata={"help": (
+        "stationarity rate α; auto: 1.0 with the cos distance (dm_dkkt above ipc 1: 0.01); with l1 / l2 the paper's "
+        "0.1 / 0.01 / 0.001 for pipc below 50 / 50 / above 50 or all (DKKTLoss alone: 0.1)")})
+    distance: Literal["l1", "l2", "cos"] = field(default="cos", metadata={"help": (
+        "l1, l2 (squared), averaged within each tensor; cos: 1 - cos per output row (scale-free; the l1 / l2 terms' "
+        "image gradients are ~1e-5..1e-3, too small to move anything: docs/method.md, 'Stationarity')")})
+    primal: Literal["ce", "boundary"] = field(default="boundary", metadata={
+        "help": "ce: mean cross-entropy; boundary: cross-entropy only where argmax f(x) != y (DSV Eq. 7)"})
+    multiplier: Literal["log", "projected"] = field(default="log", metadata={
+        "help": "log: λ = exp(ρ); projected: λ = ρ clamped at 0"})
+    lambda_init: float = field(default=1.0, metadata={
+        "help": "initial λ (refit with fit_multipliers() to start at the right scale)"})
+    params: Literal["all", "weights", "classifier"] = field(default="classifier", metadata={"help": (
+        "which θ* tensors enter L_stat: all, weights (ndim >= 2) or classifier (the last nn.Linear; best on the "
+        "validation split: ten images can match its rank-10 gradient)")})
+    scale: Literal["none", "floor"] = field(default="none", metadata={
+        "help": "floor: divide each tensor's distance by its floor"})
+    tv_weight: float = field(default=0.0, metadata={"help": "weight of the total-variation image prior"})
+    norm_weight: float = field(default=0.0, metadata={"help": "weight of the mean squared pixel prior"})
+    stationarity: Literal["ce", "margin"] = field(default="margin", metadata={"help": (
+        "per-sample term whose λ-weighted gradient must equal -θ*: margin (-(f_y - max_{k≠y} f_k), Haim et al.; it "
+        "does not vanish on confident images as CE's does: DSV from noise 60.1 % vs 54.5 % on the validation "
+        "split), or ce (cross-entropy, the DSV paper's ℓ)")})
+    soft_relu: float = field(default=0.0, metadata={"help": (
+        "> 0: in the DKKT term the edge model's ReLUs get the derivative sigmoid(soft_relu · z) (forward unchanged; "
+        "Haim et al. use 19..150), so the double backward reaches the images")})
+    lambda_min: float = field(default=0.0, metadata={
+        "help": "> 0: the penalty 5·(λ_min - λ)₊² keeps the multipliers above λ_min (Haim et al.)"})
+    balance: Literal["fixed", "grad"] = field(default="fixed", metadata={"help": BALANCE_HELP})
+    balance_fraction: float = field(default=DEFAULT_BALANCE_FRACTION, metadata={"help": (
+        "with balance grad: the term's image-gradient norm as a fraction of the host loss's (0: the host method "
+        "exactly)")})
+    balance_mode: Literal["step", "running"] = field(default="step", metadata={"help": (
+        "with balance grad: step compares this step's two gradient norms; running their exponential moving averages")})
+    balance_momentum: float = field(default=0.9, metadata={
+        "help": "with balance_mode running: the moving averages' momentum"})
 
     def __post_init__(self) -> None:
         for name, allowed in (("distance", DISTANCES), ("primal", PRIMALS), ("multiplier", MULTIPLIERS),
@@ -147,25 +157,28 @@ class DKKTConfig:
 class DistillConfig:
     """Settings shared by every method (DatasetCondensation's names and defaults)."""
 
-    dataset: str = "fashion_mnist"  # registered dataset loader (group dkkt_plugin.datasets)
-    # dataset folder; auto: the loader's default (fashion_mnist: $DKKT_FASHION_MNIST_ROOT, else
-    # /usr/share/datasets/fashion-mnist; cifar10: $DKKT_CIFAR10_ROOT)
-    data_root: Optional[str] = None
-    ipc: int = 1  # synthetic images per class
-    pipc: Pipc = 10  # real images per class the server may see: a positive int or all
-    iterations: int = 1000  # distillation iterations
-    lr_img: float = 1.0  # learning rate of the images' SGD
-    momentum: float = 0.5  # momentum of the images' SGD
-    batch_real: int = 256  # real images per class per iteration (all of them when pipc is smaller)
-    # noise, real, dsv or any registered initializer; auto: the method's default_init (dm, dm_star,
-    # dc, dsa: real; dsv: noise; dm_dkkt: noise at ipc 1, real above)
-    init: str = "auto"
-    # the pretrained edge model (methods that need one): a packaged model's name (fmnist: the
-    # Fashion-MNIST ConvNet shipped with dkkt-plugin) or a checkpoint written by `dkkt pretrain`
-    edge_model: Optional[str] = None
-    net_width: int = 128  # ConvNet width of the embedding / matching networks
-    net_depth: int = 3  # ConvNet depth of the embedding / matching networks
-    seed: int = 0  # chooses the practical subset and drives every random draw of the run
+    dataset: str = field(default="fashion_mnist", metadata={
+        "help": "registered dataset loader (group dkkt_plugin.datasets)"})
+    data_root: Optional[str] = field(default=None, metadata={"help": (
+        "dataset folder; auto: the loader's default (fashion_mnist: $DKKT_FASHION_MNIST_ROOT, else "
+        "/usr/share/datasets/fashion-mnist; cifar10: $DKKT_CIFAR10_ROOT)")})
+    ipc: int = field(default=1, metadata={"help": "synthetic images per class"})
+    pipc: Pipc = field(default=10, metadata={"help": "real images per class the server may see: a positive int or all"})
+    iterations: int = field(default=1000, metadata={"help": "distillation iterations"})
+    lr_img: float = field(default=1.0, metadata={"help": "learning rate of the images' SGD"})
+    momentum: float = field(default=0.5, metadata={"help": "momentum of the images' SGD"})
+    batch_real: int = field(default=256, metadata={
+        "help": "real images per class per iteration (all of them when pipc is smaller)"})
+    init: str = field(default="auto", metadata={"help": (
+        "noise, real, dsv or any registered initializer; auto: the method's default_init (dm, dm_star, dc, dsa: "
+        "real; dsv: noise; dm_dkkt: noise at ipc 1, real above)")})
+    edge_model: Optional[str] = field(default=None, metadata={"help": (
+        "the pretrained edge model (methods that need one): a packaged model's name (fmnist: the Fashion-MNIST "
+        "ConvNet shipped with dkkt-plugin) or a checkpoint written by `dkkt pretrain`")})
+    net_width: int = field(default=128, metadata={"help": "ConvNet width of the embedding / matching networks"})
+    net_depth: int = field(default=3, metadata={"help": "ConvNet depth of the embedding / matching networks"})
+    seed: int = field(default=0, metadata={
+        "help": "chooses the practical subset and drives every random draw of the run"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipc", parse_pipc(self.pipc))
@@ -183,15 +196,16 @@ class DistillConfig:
 class AugmentConfig:
     """Which registered Siamese augmentation a method uses, and its strategy."""
 
-    name: str = "dsa"  # registered augmentation (group dkkt_plugin.augmentations)
-    strategy: str = DSA_STRATEGY  # the augmentation's strategy; '' or none: no augmentation
+    name: str = field(default="dsa", metadata={"help": "registered augmentation (group dkkt_plugin.augmentations)"})
+    strategy: str = field(default=DSA_STRATEGY, metadata={
+        "help": "the augmentation's strategy; '' or none: no augmentation"})
 
 
 @dataclass(frozen=True)
 class AugmentedConfig(DistillConfig):
     """Settings of a method that augments real and synthetic images alike (DM, DSA, DSV, ...)."""
 
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "the Siamese augmentation"})
 
 
 # -- DM, DM* -----------------------------------------------------------------------------------
@@ -199,8 +213,8 @@ class AugmentedConfig(DistillConfig):
 class DMConfig(AugmentedConfig):
     """DM / DM* settings (DatasetCondensation's defaults: SGD lr 1.0, momentum 0.5, batch_real 256)."""
 
-    # registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=, generator=)
-    dm_loss: str = "dm"
+    dm_loss: str = field(default="dm", metadata={
+        "help": "registered loss (group dkkt_plugin.losses) built as DMLoss is: (net, augment=, reinit=, generator=)"})
 
 
 # -- DC, DSA -----------------------------------------------------------------------------------
@@ -220,18 +234,19 @@ def default_loops(ipc: int) -> tuple[int, int]:
 class GMConfig(DistillConfig):
     """DC settings (reference defaults); DC matches un-augmented gradients."""
 
-    lr_img: float = 0.1  # learning rate of the images' SGD
-    lr_net: float = 0.01  # learning rate of the matching network's SGD
-    # matching steps per iteration; 0: by ipc, as in the reference: 1 / 10 / 20 / 30 / 40 / 50 for
-    # ipc 1 / up to 10 / 20 / 30 / 40 / above 40
-    outer_loop: int = 0
-    # network training epochs between two matching steps; 0: by ipc, as in the reference:
-    # 1 / 50 / 25 / 20 / 15 / 10 for ipc 1 / up to 10 / 20 / 30 / 40 / above 40
-    inner_loop: int = 0
-    batch_train: int = 256  # minibatch of the inner network training
-    metric: Literal["ours", "mse", "cos"] = "ours"  # ours: layer-wise sum of (1 - cos) over output rows
-    # registered loss (group dkkt_plugin.losses) built as GradientMatchingLoss is: (metric, augment=)
-    matching_loss: str = "gradient_matching"
+    lr_img: float = field(default=0.1, metadata={"help": "learning rate of the images' SGD"})
+    lr_net: float = field(default=0.01, metadata={"help": "learning rate of the matching network's SGD"})
+    outer_loop: int = field(default=0, metadata={"help": (
+        "matching steps per iteration; 0: by ipc, as in the reference: 1 / 10 / 20 / 30 / 40 / 50 for ipc 1 / up to "
+        "10 / 20 / 30 / 40 / above 40")})
+    inner_loop: int = field(default=0, metadata={"help": (
+        "network training epochs between two matching steps; 0: by ipc, as in the reference: 1 / 50 / 25 / 20 / 15 "
+        "/ 10 for ipc 1 / up to 10 / 20 / 30 / 40 / above 40")})
+    batch_train: int = field(default=256, metadata={"help": "minibatch of the inner network training"})
+    metric: Literal["ours", "mse", "cos"] = field(default="ours", metadata={
+        "help": "ours: layer-wise sum of (1 - cos) over output rows"})
+    matching_loss: str = field(default="gradient_matching", metadata={
+        "help": "registered loss (group dkkt_plugin.losses) built as GradientMatchingLoss is: (metric, augment=)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -244,7 +259,7 @@ class GMConfig(DistillConfig):
 class DSAConfig(GMConfig):
     """DSA settings: DC's plus the Siamese augmentation."""
 
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "the Siamese augmentation"})
 
 
 # -- DSV, DM+DKKT ------------------------------------------------------------------------------
@@ -269,25 +284,29 @@ def paper_beta(ipc: int) -> float:
 class DSVMethodConfig(AugmentedConfig):
     """DSV settings: the DKKT loss alone, from noise (default) or real images."""
 
-    lr_img: Optional[float] = None  # learning rate of the images' optimiser; auto: 0.05 with adam, 100 with sgd
-    # the images' optimiser (sgd: with --momentum); DSV: adam (54.5 % vs 52.5 % from noise on the
-    # validation split, and it keeps the images in range without tuning the lr)
-    image_optimizer: Literal["sgd", "adam"] = "adam"
-    dkkt: DKKTConfig = field(default_factory=DKKTConfig)  # the DKKT loss
-    dkkt_loss: str = "dkkt"  # registered loss (group dkkt_plugin.losses) built as DKKTLoss is
-    lr_multiplier: float = 0.01  # learning rate of the multipliers' own optimiser
-    multiplier_optimizer: Literal["adam", "sgd"] = "adam"  # the multipliers' optimiser (Haim et al.: sgd)
-    refit_every: int = 0  # refit λ by NNLS every k iterations (and at the start); 0: never
-    # η: add η·L_DKKT(A(X)) over augmented copies, the manifold condition (the DSV authors use 5)
-    manifold_weight: float = 0.0
-    # the manifold term's augmentation strategy (registered augment.name, one draw per image)
-    manifold_strategy: str = "crop_flip_scale_rotate"
-    # synthesise at 1/f of the image side for each factor f first (4,2: 7 then 14 px for 28 px),
-    # upscale_every iterations each, then at full size: the images are projected onto upsampled
-    # low-resolution ones after every step. DSV default 4,2 (61.6 % vs 60.1 % at full resolution
-    # on the validation split, and smoother: high-frequency share 0.12 vs 0.23); none: full size only
-    downscale: tuple[int, ...] = (4, 2)
-    upscale_every: int = 300  # iterations per entry of downscale
+    lr_img: Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the images' optimiser; auto: 0.05 with adam, 100 with sgd"})
+    image_optimizer: Literal["sgd", "adam"] = field(default="adam", metadata={"help": (
+        "the images' optimiser (sgd: with --momentum); DSV: adam (54.5 % vs 52.5 % from noise on the validation "
+        "split, and it keeps the images in range without tuning the lr)")})
+    dkkt: DKKTConfig = field(default_factory=DKKTConfig, metadata={"help": "the DKKT loss"})
+    dkkt_loss: str = field(default="dkkt", metadata={
+        "help": "registered loss (group dkkt_plugin.losses) built as DKKTLoss is"})
+    lr_multiplier: float = field(default=0.01, metadata={"help": "learning rate of the multipliers' own optimiser"})
+    multiplier_optimizer: Literal["adam", "sgd"] = field(default="adam", metadata={
+        "help": "the multipliers' optimiser (Haim et al.: sgd)"})
+    refit_every: int = field(default=0, metadata={
+        "help": "refit λ by NNLS every k iterations (and at the start); 0: never"})
+    manifold_weight: float = field(default=0.0, metadata={
+        "help": "η: add η·L_DKKT(A(X)) over augmented copies, the manifold condition (the DSV authors use 5)"})
+    manifold_strategy: str = field(default="crop_flip_scale_rotate", metadata={
+        "help": "the manifold term's augmentation strategy (registered augment.name, one draw per image)"})
+    downscale: tuple[int, ...] = field(default=(4, 2), metadata={"help": (
+        "synthesise at 1/f of the image side for each factor f first (4,2: 7 then 14 px for 28 px), upscale_every "
+        "iterations each, then at full size: the images are projected onto upsampled low-resolution ones after "
+        "every step. DSV default 4,2 (61.6 % vs 60.1 % at full resolution on the validation split, and smoother: "
+        "high-frequency share 0.12 vs 0.23); none: full size only")})
+    upscale_every: int = field(default=300, metadata={"help": "iterations per entry of downscale"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -318,14 +337,17 @@ COS_ALPHA_ABOVE_IPC1 = 0.01  # DM+DKKT's α with cos at ipc > 1 (measured at ipc
 class DKKTMethodConfig(DSVMethodConfig):
     """DM+DKKT settings: DSV's plus the DM term."""
 
-    # learning rate of the images' optimiser; auto: 1/β (with β auto: 1000 below ipc 50, 100 from
-    # ipc 50), so that the β·L_DM part moves the images as plain DM with lr 1 does; with β 0: 0.05
-    # with adam, 100 with sgd
-    lr_img: Optional[float] = None
-    beta: Optional[float] = None  # the DM ratio β; auto: the paper's 0.01 from ipc 50, 0.001 below
-    dm_loss: str = "dm"  # registered loss (group dkkt_plugin.losses) built as DMLoss is
-    image_optimizer: Literal["sgd", "adam"] = "sgd"  # the images' optimiser (sgd: with --momentum, as DM)
-    downscale: tuple[int, ...] = ()  # as DSV's; DM+DKKT: full size only (the DM part adds the detail)
+    lr_img: Optional[float] = field(default=None, metadata={"help": (
+        "learning rate of the images' optimiser; auto: 1/β (with β auto: 1000 below ipc 50, 100 from ipc 50), so "
+        "that the β·L_DM part moves the images as plain DM with lr 1 does; with β 0: 0.05 with adam, 100 with sgd")})
+    beta: Optional[float] = field(default=None, metadata={
+        "help": "the DM ratio β; auto: the paper's 0.01 from ipc 50, 0.001 below"})
+    dm_loss: str = field(default="dm", metadata={
+        "help": "registered loss (group dkkt_plugin.losses) built as DMLoss is"})
+    image_optimizer: Literal["sgd", "adam"] = field(default="sgd", metadata={
+        "help": "the images' optimiser (sgd: with --momentum, as DM)"})
+    downscale: tuple[int, ...] = field(default=(), metadata={
+        "help": "as DSV's; DM+DKKT: full size only (the DM part adds the detail)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -349,24 +371,26 @@ class DKKTMethodConfig(DSVMethodConfig):
 class BalancedDKKTConfig(DKKTConfig):
     """:class:`DKKTConfig` whose term is balanced against the host loss by default (dc_dkkt, dsa_dkkt)."""
 
-    balance: Literal["fixed", "grad"] = "grad"
+    balance: Literal["fixed", "grad"] = field(default="grad", metadata={"help": BALANCE_HELP})
 
 
 @dataclass(frozen=True)
 class GMDKKTConfig(GMConfig):
     """DC+DKKT settings: DC's (loops, matching network) plus the DKKT term of the edge model."""
 
-    # learning rate of the images' SGD; auto: 0.1 (DC's) with dkkt.balance grad, where the matching
-    # loss's gradient enters unscaled; 0.1/β with fixed weights, so that the β·L_GM part moves the
-    # images as DC with lr 0.1 does (β 1: 0.1)
-    lr_img: Optional[float] = None
-    # with dkkt.balance fixed: the loss is L_DKKT + β·L_GM (the practical paper's form, gradient
-    # matching as the data term); unused with grad
-    beta: float = 1.0
-    dkkt: BalancedDKKTConfig = field(default_factory=BalancedDKKTConfig)  # the DKKT term
-    dkkt_loss: str = "dkkt"  # registered loss (group dkkt_plugin.losses) built as DKKTLoss is
-    lr_multiplier: float = 0.01  # learning rate of the multipliers' own optimiser
-    multiplier_optimizer: Literal["adam", "sgd"] = "adam"  # the multipliers' optimiser
+    lr_img: Optional[float] = field(default=None, metadata={"help": (
+        "learning rate of the images' SGD; auto: 0.1 (DC's) with dkkt.balance grad, where the matching loss's "
+        "gradient enters unscaled; 0.1/β with fixed weights, so that the β·L_GM part moves the images as DC with lr "
+        "0.1 does (β 1: 0.1)")})
+    beta: float = field(default=1.0, metadata={"help": (
+        "with dkkt.balance fixed: the loss is L_DKKT + β·L_GM (the practical paper's form, gradient matching as the "
+        "data term); unused with grad")})
+    dkkt: BalancedDKKTConfig = field(default_factory=BalancedDKKTConfig, metadata={"help": "the DKKT term"})
+    dkkt_loss: str = field(default="dkkt", metadata={
+        "help": "registered loss (group dkkt_plugin.losses) built as DKKTLoss is"})
+    lr_multiplier: float = field(default=0.01, metadata={"help": "learning rate of the multipliers' own optimiser"})
+    multiplier_optimizer: Literal["adam", "sgd"] = field(default="adam", metadata={
+        "help": "the multipliers' optimiser"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -387,7 +411,45 @@ class DSADKKTConfig(GMDKKTConfig):
     """DSA+DKKT settings: DC+DKKT's plus the Siamese augmentation of the matching loss (the DKKT
     term scores the images unaugmented)."""
 
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the Siamese augmentation
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "the Siamese augmentation"})
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+EVAL_PROTOCOLS = ("dm", "paper")  # the names of dkkt_plugin.evaluation.PROTOCOLS (that module needs torch)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a synthetic set is evaluated: the evaluation flags of ``dkkt distill`` (after the
+    distillation; by default none) and ``dkkt evaluate`` (which runs 5 unless told).
+
+    Example:
+        >>> EvalConfig(num_eval=3, eval_epochs=50).eval_protocol
+        'dm'
+    """
+
+    num_eval: int = field(default=0, metadata={
+        "help": "evaluation runs, each training a fresh network on the set (with distill, 0: no evaluation)"})
+    eval_epochs: Optional[int] = field(default=None, metadata={
+        "help": "scale the protocol down to this many epochs; auto: the protocol's own"})
+    test_size: Optional[int] = field(default=None, metadata={"help": (
+        "test each network on a stratified subset of this many test images (the same number of each class, drawn "
+        "with --test-seed; a multiple of the classes) instead of all of them, and record which; none: the whole "
+        "test set")})
+    eval_protocol: Literal["dm", "paper"] = field(default="dm", metadata={
+        "help": "dm: SGD, 1000 epochs with DSA; paper: SAM, 5000 epochs"})
+    eval_seed: int = field(default=0, metadata={"help": "seed of the first evaluation run"})
+    test_seed: int = field(default=0, metadata={"help": "seed of the --test-size subset"})
+
+    def __post_init__(self) -> None:
+        if self.num_eval < 0:
+            raise ConfigError(f"--num-eval must be >= 0 (0: no evaluation), got {self.num_eval}")
+        if self.eval_epochs is not None and self.eval_epochs < 1:
+            raise ConfigError(f"--eval-epochs must be >= 1, got {self.eval_epochs}")
+        if self.test_size is not None and self.test_size < 1:
+            raise ConfigError(f"--test-size must be a positive integer, got {self.test_size}")
+        if self.eval_protocol not in EVAL_PROTOCOLS:
+            raise ConfigError(f"--eval-protocol must be one of {', '.join(EVAL_PROTOCOLS)}; got {self.eval_protocol!r}")
 
 
 # The config class of every built-in method (each Method subclass names the same in config_class).

@@ -163,9 +163,13 @@ def test_flags_are_never_abbreviated_and_a_typo_gets_did_you_mean(argv, hint, tm
 
 
 def test_eval_protocol_choices_are_the_protocols():
-    from dkkt_plugin.evaluation import PROTOCOLS
+    import typing
 
-    assert cli.EVAL_PROTOCOLS == tuple(sorted(PROTOCOLS))
+    from dkkt_plugin.evaluation import PROTOCOLS
+    from dkkt_plugin.settings import EVAL_PROTOCOLS, EvalConfig
+
+    assert EVAL_PROTOCOLS == tuple(sorted(PROTOCOLS))
+    assert typing.get_args(typing.get_type_hints(EvalConfig)["eval_protocol"]) == EVAL_PROTOCOLS
 
 
 def test_distill_help_lists_the_essentials_first(capsys):
@@ -257,6 +261,25 @@ def test_evaluate_passes_test_size_and_seed(fake_evaluate, tmp_path, capsys):
     base = ["evaluate", "--synthetic", str(tmp_path / "s.pt"), "--dataset", "fashion_mnist"]
     assert cli.main(base) == 0 and cli.main([*base, "--test-size", "1000", "--test-seed", "7"]) == 0
     assert [(s["test_size"], s["test_seed"]) for s in fake_evaluate] == [(None, 0), (1000, 7)]
+
+
+def test_evaluation_flags_are_generated_from_eval_config(fake_evaluate, tmp_path, capsys):
+    """Every EvalConfig setting is a flag of distill and evaluate, with the command's own default
+    (evaluate: 5 runs; distill: none); the values given reach evaluate()."""
+    from dkkt_plugin.config import config_fields
+    from dkkt_plugin.settings import EvalConfig
+
+    subs = cli.build_parser(["distill"])._subparsers._group_actions[0].choices
+    for command, runs in (("distill", 0), ("evaluate", 5)):
+        text = " ".join(subs[command].format_help().split())
+        for spec in config_fields(EvalConfig):
+            assert f"{spec.flag} " in text and spec.help in text, (command, spec.flag)
+        assert f"no evaluation) (default: {runs})" in text, command
+    base = ["evaluate", "--synthetic", str(tmp_path / "s.pt"), "--dataset", "fashion_mnist"]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--num-eval", "2", "--eval-seed", "3", "--eval-epochs", "4"]) == 0
+    assert [(s["num_eval"], s["seed"]) for s in fake_evaluate] == [(5, 0), (2, 3)]
+    assert "SCALED to 4 of 1000 epochs" in fake_evaluate[1]["protocol"].describe()
 
 
 TINY = ["--dataset", "fashion_mnist", "--ipc", "1", "--pipc", "2", "--iterations", "1", "--net-width", "4",

@@ -1,9 +1,12 @@
 """Typed configs: pipc, the field walker, overrides, generated flags with help and real defaults."""
 import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
 
 import pytest
 
-from dkkt_plugin import registry
+from dkkt_plugin import registry, settings
 from dkkt_plugin.cli import build_parser
 from dkkt_plugin.config import add_arguments, build, config_fields, flatten, overrides_from_args, parse_pipc
 from dkkt_plugin.demo import DemoConfig
@@ -12,7 +15,62 @@ from dkkt_plugin.methods import DKKTMethodConfig, DSVMethodConfig
 from dkkt_plugin.pretrain import PretrainConfig
 
 CONFIGS = sorted({registry.load("methods", n).config_class for n in registry.names("methods")}
-                 | {PretrainConfig, DemoConfig}, key=lambda c: c.__name__)
+                 | {PretrainConfig, DemoConfig, settings.EvalConfig}, key=lambda c: c.__name__)
+
+
+def _reachable(roots) -> set:
+    """The dataclasses ``roots`` are made of: themselves, their bases and their nested configs."""
+    seen: set = set()
+    todo = list(roots)
+    while todo:
+        cls = todo.pop()
+        if cls in seen or not dataclasses.is_dataclass(cls):
+            continue
+        seen.add(cls)
+        todo += list(cls.__mro__[1:])
+        todo += [hint for hint in typing.get_type_hints(cls, localns={"Pipc": settings.Pipc}).values()
+                 if dataclasses.is_dataclass(hint)]
+    return seen
+
+
+def test_every_flagged_field_carries_its_help_in_metadata():
+    """A field that becomes a flag states its help in ``field(metadata={"help": ...})``, in the
+    class that declares (or redeclares) it: the command line reads nothing else."""
+    roots = {*settings.METHOD_CONFIGS.values(), PretrainConfig, DemoConfig, settings.EvalConfig}
+    classes = _reachable(roots)
+    assert settings.BalancedDKKTConfig in classes and settings.AugmentConfig in classes
+    missing = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls, localns={"Pipc": settings.Pipc})
+        for f in dataclasses.fields(cls):
+            if f.init and not dataclasses.is_dataclass(hints[f.name]) and not f.metadata.get("help", "").strip():
+                missing.append(f"{cls.__name__}.{f.name}")
+    assert missing == []
+
+
+def test_help_comes_from_metadata_not_from_comments():
+    @dataclass(frozen=True)
+    class Settings:
+        rate: float = field(default=0.5, metadata={"help": "step size"})
+        depth: int = 3  # a comment is not help
+
+    specs = {s.path: s for s in config_fields(Settings)}
+    assert specs["rate"].help == "step size" and specs["depth"].help == ""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Settings)
+    text = " ".join(parser.format_help().split())
+    assert "step size (default: 0.5)" in text and "comment" not in text
+    assert "--depth DEPTH depth (default: 3)" in text  # no help: the setting's name
+
+
+def test_add_arguments_states_the_defaults_of_a_base():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, settings.EvalConfig, base=settings.EvalConfig(num_eval=5))
+    text = " ".join(parser.format_help().split())
+    assert "no evaluation) (default: 5)" in text
+    args = parser.parse_args(["--eval-seed", "2"])
+    assert overrides_from_args(args) == overrides_from_args(args, settings.EvalConfig) == {"eval_seed": 2}
+    assert overrides_from_args(args, PretrainConfig) == {}
 
 
 def test_pipc_is_parsed_in_one_place():

@@ -21,10 +21,7 @@ ROOT = Path(dkkt_plugin.__file__).parent
 PACKAGE = "dkkt_plugin"
 # Function-level imports left out of the cycle check, with the reason (as import-linter's
 # ignore_imports): remove an entry once its import is gone.
-IGNORED = {
-    ("dkkt_plugin.pretrain", "dkkt_plugin.demo"): "load_edge_model resolves a packaged model's name (fmnist) with "
-                                                  "demo.edge_model_path, and the demo runs pretrain's loader",
-}
+IGNORED: dict[tuple[str, str], str] = {}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -173,7 +170,8 @@ def test_every_module_imports_first():
     assert done.returncode == 0, f"modules that fail to import first:\n{done.stdout}{done.stderr[-2000:]}"
 
 
-@pytest.mark.parametrize("name", ["dkkt_plugin.runtime", "dkkt_plugin.settings", "dkkt_plugin.config"])
+@pytest.mark.parametrize("name", ["dkkt_plugin.runtime", "dkkt_plugin.settings", "dkkt_plugin.config",
+                                  "dkkt_plugin.packaged", "dkkt_plugin.demo", "dkkt_plugin.cli"])
 def test_torch_free_modules_import_without_torch(name):
     done = subprocess.run([sys.executable, "-c", f"import sys, {name}; sys.exit('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=120)

@@ -142,10 +142,7 @@ def fit_multipliers_nnls(theta: Sequence[torch.Tensor], grads: Sequence[torch.Te
 @torch.no_grad()
 def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Logit margin ``f_y(x) - max_{k≠y} f_k(x)`` per sample, shape (N,); small = near the boundary."""
-    logits = model(x)  # (N, K)
-    true = logits.gather(1, y[:, None])[:, 0]
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return true - other
+    return margin_logits(model(x), y)  # (N,)
 
 
 def margin_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

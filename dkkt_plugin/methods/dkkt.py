@@ -86,7 +86,31 @@ def load_balancer_state(balancer, state: dict[str, torch.Tensor]) -> None:
         balancer.load_state_dict(saved)
 
 
-class DSV(Method):
+class DKKTTerm:
+    """What a method holding the DKKT term saves, outputs and reports, whatever its host loss:
+    the multipliers' parameters and the balance rule's running norms in the checkpoint, the
+    multipliers among the outputs, α as the loss runs it among the resolved settings. Mixed in
+    before the host method (``class DSV(DKKTTerm, Method)``), which sets ``self.dkkt`` (the loss)
+    and ``self.balancer`` (:func:`balancer_of`) in its ``setup``."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"rho": self.dkkt.rho.detach(), **balancer_state(self.balancer)}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.dkkt.rho.copy_(state["rho"])
+        load_balancer_state(self.balancer, state)
+
+    def extra_outputs(self) -> dict[str, torch.Tensor]:
+        return {"multipliers": self.dkkt.multipliers.detach().cpu()}
+
+    def resolved_settings(self) -> dict:
+        """The host method's, plus α as the DKKT loss runs it."""
+        config = getattr(self.dkkt, "config", None) or self.config.dkkt_config()  # a plugin loss may have none
+        return {**super().resolved_settings(), "dkkt.alpha": config.resolved_alpha}
+
+
+class DSV(DKKTTerm, Method):
     """Deep Support Vectors as a distillation method: the DKKT loss alone, from noise or real images."""
 
     name = "dsv"
@@ -218,22 +242,6 @@ class DSV(Method):
             count = len(self.multiplier_optimizer.param_groups[0]["params"])
             opts = {**opts, "multiplier_optimizer": multiplier_optimizer_state(opts["multiplier_optimizer"], count)}
         super().load_state_dict({**state, "optimizers": opts})
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"rho": self.dkkt.rho.detach(), **balancer_state(self.balancer)}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.dkkt.rho.copy_(state["rho"])
-        load_balancer_state(self.balancer, state)
-
-    def extra_outputs(self) -> dict[str, torch.Tensor]:
-        return {"multipliers": self.dkkt.multipliers.detach().cpu()}
-
-    def resolved_settings(self) -> dict:
-        """The base's, plus α as the DKKT loss runs it."""
-        config = getattr(self.dkkt, "config", None) or self.config.dkkt_config()  # a plugin loss may have none
-        return {**super().resolved_settings(), "dkkt.alpha": config.resolved_alpha}
 
 
 class DMDKKT(DSV):

@@ -23,13 +23,13 @@ import torch
 
 from ..settings import DSADKKTConfig, GMConfig, GMDKKTConfig  # noqa: F401 (defined torch-free)
 from .base import check_finite
-from .dkkt import balancer_of, balancer_state, dkkt_diagnostics, load_balancer_state
+from .dkkt import DKKTTerm, balancer_of, dkkt_diagnostics
 from .gm import DC
 
 HOST_LR = GMConfig.lr_img  # DC's image lr (0.1): the matching loss's step under either weighting
 
 
-class DCDKKT(DC):
+class DCDKKT(DKKTTerm, DC):
     """DC with the DKKT term of the pretrained edge model (gradient matching + DKKT)."""
 
     name = "dc_dkkt"
@@ -76,22 +76,6 @@ class DCDKKT(DC):
         dkkt = float(terms.total.detach())
         return {"loss": float(host.detach()) + scale * dkkt, "gm": float(loss.detach()), "dkkt": dkkt,
                 "balance_scale": scale, **dkkt_diagnostics(terms, self.dkkt.multipliers)}
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {"rho": self.dkkt.rho.detach(), **balancer_state(self.balancer)}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.dkkt.rho.copy_(state["rho"])
-        load_balancer_state(self.balancer, state)
-
-    def extra_outputs(self) -> dict[str, torch.Tensor]:
-        return {"multipliers": self.dkkt.multipliers.detach().cpu()}
-
-    def resolved_settings(self) -> dict:
-        """DC's, plus α as the DKKT loss runs it."""
-        config = getattr(self.dkkt, "config", None) or self.config.dkkt_config()  # a plugin loss may have none
-        return {**super().resolved_settings(), "dkkt.alpha": config.resolved_alpha}
 
 
 class DSADKKT(DCDKKT):
