@@ -75,7 +75,7 @@ ABLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "nnls_refit": ("dm_dkkt", {"refit_every": 20}),
     "dsv_noise": ("dsv", {}),
     "dsv_real": ("dsv", {"init": "real"}),
-    # Deep Support Vectors as the papers make them (issue 9): DSV alone, one ingredient at a time.
+    # Deep Support Vectors as the papers make them: DSV alone, one ingredient at a time.
     # Each variant pins the settings it was measured with (the defaults changed after the search).
     "dsv_ce_sgd": ("dsv", {"dkkt.stationarity": "ce", "image_optimizer": "sgd", "downscale": ()}),  # DSV before
     "dsv_adam": ("dsv", {"dkkt.stationarity": "ce", "downscale": (), "image_optimizer": "adam", "lr_img": 0.05}),

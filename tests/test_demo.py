@@ -1,3 +1,4 @@
+import pytest
 """`dkkt demo` runs from the packaged assets alone (tiny settings here; the real demo is longer)."""
 import re
 
@@ -22,6 +23,7 @@ def test_assets_are_what_they_claim():
         assert (model(tx).argmax(1) == ty).float().mean() > 0.85  # the edge model is really trained
 
 
+@pytest.mark.slow
 def test_demo_runs_and_reports(tmp_path, capsys):
     from dkkt_plugin.runtime import native_bf16
 

@@ -1,4 +1,5 @@
 """The distillation engine: outputs, checkpoints, exact resume (after a real kill), errors."""
+import importlib.util
 import json
 import os
 import signal
@@ -51,7 +52,10 @@ def test_run_writes_outputs(cifar, tmp_path):
     assert [h["iteration"] for h in rec["history"]] == list(range(6))
     assert {"stationarity", "floor", "lambda_median"} <= set(rec["history"][-1])
     assert (out / "synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if importlib.util.find_spec("matplotlib") is not None:  # the loss curve needs matplotlib
+        assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not (out / "loss.png").exists()
     assert rec["config"]["beta"] is None and isinstance(rec["resolved"]["beta"], float)  # asked vs ran
     assert rec["resolved"]["data_root"] == str(cifar[0])
 
@@ -101,6 +105,7 @@ def _cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_synthetic_set(cifar, tmp_path):
     root, edge = cifar
     args = ["distill", "--method", "dm_dkkt", "--dataset", "cifar10", "--data-root", str(root),

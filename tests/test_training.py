@@ -118,6 +118,7 @@ def _train_compiled(monkeypatch, compile_fn=None):
     return out, calls
 
 
+@pytest.mark.slow
 def test_compiled_step_gives_the_same_training(monkeypatch, recwarn):
     # torch.compile of each chunk's forward and loss: the same training as eager, compiled once
     # for the padded chunk shape (a recompilation raises here, falls back and warns)

@@ -150,6 +150,7 @@ def test_ablation_report_has_a_row_per_variant_welch_against_dm_the_split_and_cu
     assert "| ipc | pipc |" not in text  # not the paper's layout
     (test,) = json.loads((tmp_path / "report.json").read_text())["groups"][0]["welch"]
     assert test["column"] == "dkkt_default" and test["p"] == pytest.approx(p)
+    pytest.importorskip("matplotlib", reason="the curves figure needs the bench extra (matplotlib)")
     assert (tmp_path / "figures" / "curves-val-ipc1-pipc10.png").read_bytes()[:8] == PNG
     assert "figures/curves-val-ipc1-pipc10.png" in text
 

@@ -98,6 +98,7 @@ def test_interrupted_cell_resumes_from_its_checkpoint(cifar_root, tmp_path, monk
     assert torch.load(ckpt, weights_only=True)["iteration"] == 4
 
 
+@pytest.mark.slow
 def test_shards_and_merge_give_the_unsharded_keys(cifar_root, tmp_path, run_main):
     common = ["--preset", "smoke", "--dataset", "cifar10", "--data-root", cifar_root, "--columns", "dm", "dc",
               "--seeds", "0", "1", "--no-report"]

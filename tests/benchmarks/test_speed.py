@@ -4,10 +4,13 @@ import json
 import pytest
 import torch
 
+pytest.importorskip("psutil", reason="benchmarks.speed measures memory with psutil (the bench extra)")
+
 from benchmarks import speed
 from dkkt_plugin.nets import AvgPool2x2
 
 
+@pytest.mark.slow
 def test_speed_tiny(tmp_path):
     argv = ["--ipc", "1", "2", "--threads", "1", "--width", "4", "--batch-real", "2", "--real-per-class", "3",
             "--rounds", "2", "--eval-epochs", "1", "--out", str(tmp_path)]
