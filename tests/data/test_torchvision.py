@@ -98,7 +98,7 @@ def test_torchvision_cifar10_reads_write_cifar10(tmp_path, train):
     assert torch.allclose(ours.denormalize(ours.images) * 255, pixels, atol=1e-3)
 
     sub = PracticalSubset(tv, pipc=2, seed=0)                  # list targets
-    assert len(sub) == 20 and sub.access_ratio == pytest.approx(100 * 20 / len(tv))
+    assert len(sub) == 20 and sub.access_percent == pytest.approx(100 * 20 / len(tv))
     images, labels = sub.tensors()
     assert images.shape == (20, 3, 32, 32)
     assert torch.equal(labels, torch.tensor(tv.targets)[sub.indices])
