@@ -39,6 +39,9 @@ def test_tables_and_verdict_from_records():
     lines, tests = br.tables(table)
     assert len(tests) == 1 and tests[0]["difference"] == pytest.approx(5.0) and tests[0]["claim_holds"]
     assert any(line.startswith("| 200 | – | 60.05 ± 0.04 (n 3) | 65.05 ± 0.04 (n 3) | +5.00 |") for line in lines)
+    assert tests[0]["paired_n"] == 3 and tests[0]["paired_difference"] == pytest.approx(5.0)
+    assert tests[0]["paired_p"] < 1e-6  # +5.00 at every seed
+
     assert "holds at: ipc 1 pipc 10, dm protocol, 200 iterations (+5.00 points" in br.verdict(tests)
     tests[0].update(claim_holds=False)
     assert "holds at none of the 1 budget(s)" in br.verdict(tests)
@@ -46,3 +49,13 @@ def test_tables_and_verdict_from_records():
     one_seed = {**tests[0], "p": float("nan"), "difference": 9.0, "budget": 1000}
     assert "(1 budget(s) with fewer seeds not tested.)" in br.verdict([tests[0], one_seed])
     assert "+9.00" not in br.verdict([tests[0], one_seed])
+
+
+def test_the_paired_difference_uses_only_the_seeds_both_hold():
+    a = {"seeds": [0, 1, 2], "means": [70.0, 72.0, 71.0]}
+    b = {"seeds": [1, 2, 3], "means": [69.0, 69.5, 50.0]}
+    pair = br.paired(a, b)
+    assert pair["paired_n"] == 2 and pair["paired_difference"] == pytest.approx((3.0 + 1.5) / 2)
+    from scipy import stats
+
+    assert pair["paired_p"] == pytest.approx(stats.ttest_rel([72.0, 71.0], [69.0, 69.5]).pvalue)
