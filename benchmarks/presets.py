@@ -46,6 +46,7 @@ COLUMN_TITLES = {"dm": "DM", "dm_star": "DM*", "dc": "DC", "dsa": "DSA", "dsv_no
                  "dsv_real": "DSV(real)", "dm_dkkt": "DM+DKKT", BLEND_COLUMN: "(DSV+DM)/2",
                  RANDOM_COLUMN: "random"}
 GM_COLUMNS = ("dc", "dsa")
+GM_METHODS = ("dc", "dsa", "dc_dkkt", "dsa_dkkt")  # methods with DC's outer / inner loops
 
 # The ablation's columns: variant -> (method, config overrides, dotted keys as build_config takes
 # them). The ONE place where the DKKT options appear as override keys. "dkkt_default" is DM+DKKT
@@ -168,7 +169,8 @@ class Preset:
         dsv_at_smallest_pipc: DSV columns only at the smallest pipc of each ipc (the paper's table).
         blend: whether the (DSV+DM)/2 blend is evaluated where a row has both sets.
         reference: None for the paper's layout (DM+DKKT against each row's best baseline); else
-            the column every other column is compared with (an ablation: one row per variant).
+            the column every other column is compared with (an ablation: one row per variant), or
+            ``{variant: its reference column}`` (each variant against its own host method).
         transfer: the independent classifier of the fidelity measures (None: none).
         random: whether the ``random`` column (ipc real images drawn at random from the practical
             subset, evaluated like every set) is in the grid.
@@ -199,7 +201,7 @@ class Preset:
     columns: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=lambda: dict(COLUMN_METHODS))
     dsv_at_smallest_pipc: bool = True
     blend: bool = True
-    reference: Optional[str] = None
+    reference: Optional[Union[str, dict[str, str]]] = None
     # the independent classifier of the fidelity measures (transfer accuracy), trained once per
     # output folder: another width and seed than the edge model; None: no transfer accuracy
     transfer: Optional[PretrainConfig] = TRANSFER
@@ -281,7 +283,7 @@ class Preset:
         method, fixed = self.columns[column]
         iterations = {**self.iterations, **self.iterations_by_ipc.get(ipc, {})}[column]
         overrides = {**self.common, **fixed, "iterations": iterations}
-        if column in GM_COLUMNS and ipc in self.gm_loops:
+        if method in GM_METHODS and ipc in self.gm_loops:
             overrides["outer_loop"], overrides["inner_loop"] = self.gm_loops[ipc]
         return method, overrides
 
@@ -453,6 +455,41 @@ ABLATION = Preset(
 )
 
 
+# The DKKT term in three host methods under the balancing rule (GradBalance): DM, DC and DSA, each
+# alone and with the term at fractions 0.03 / 0.1 / 0.3 of the host's image gradient, compared
+# with its own host on the VALIDATION split (the fraction is chosen here, never on the test set).
+TERM_FRACTIONS = (0.03, 0.1, 0.3)
+TERM_HOSTS = {"dm": ("dm_dkkt", {"dkkt.balance": "grad"}), "dc": ("dc_dkkt", {}), "dsa": ("dsa_dkkt", {})}
+TERM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{host: (host, {}) for host in TERM_HOSTS},
+    **{f"{method}_f{f:g}": (method, {**extra, "dkkt.balance_fraction": f})
+       for host, (method, extra) in TERM_HOSTS.items() for f in TERM_FRACTIONS},
+}
+TERM_REFERENCES = {f"{method}_f{f:g}": host for host, (method, _) in TERM_HOSTS.items() for f in TERM_FRACTIONS}
+
+TERM_SWEEP = Preset(
+    name="term-sweep",
+    summary=("the DKKT term in DM, DC and DSA under the balancing rule, fractions 0.03 / 0.1 / 0.3 against "
+             "each host alone (validation split; dm protocol unscaled)"),
+    cpu_sized=True,
+    rows=((1, (10,)), (10, (10,))),
+    default_ipcs=(1, 10),
+    seeds=(0, 1, 2),
+    # DM family: 1000 iterations (paper: 20 000); DC / DSA: 200 at ipc 1 with the reference's
+    # loops 1/1, 50 at ipc 10 with loops 2/5 (reference: 1000 iterations, loops 10/50)
+    iterations={c: (200 if m in GM_METHODS else 1000) for c, (m, _) in TERM_VARIANTS.items()},
+    iterations_by_ipc={10: {c: (50 if m in GM_METHODS else 1000) for c, (m, _) in TERM_VARIANTS.items()}},
+    evaluation=EvalSpec(protocol="dm", epochs=None, num_eval=2, split="val"),
+    pretrain=PretrainConfig(epochs=3, weight_decay=5e-3),  # the packaged edge model's recipe (CIFAR-10)
+    gm_loops={10: (2, 5)},
+    columns=dict(TERM_VARIANTS),
+    dsv_at_smallest_pipc=False,
+    blend=False,
+    reference=dict(TERM_REFERENCES),
+    transfer=None,
+    edge_model="packaged",
+)
+
 REPRODUCE_COLUMNS = (RANDOM_COLUMN, "dm", "dm_dkkt", "dsv_noise", BLEND_COLUMN)
 
 
@@ -509,7 +546,7 @@ REPRODUCE = Preset(
     order=reproduce_order,
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION, REPRODUCE)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION, REPRODUCE, TERM_SWEEP)}
 DEFAULT_PRESET = {"fashion_mnist": "cpu", "cifar10": "paper"}
 
 

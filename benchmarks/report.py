@@ -120,23 +120,26 @@ def welch(row: dict[str, dict]) -> Optional[dict[str, Any]]:
             "difference": float(np.mean(a) - np.mean(b)), "t": t, "p": p, "n_ours": len(a), "n_baseline": len(b)}
 
 
-def variant_table(table: dict, columns: Sequence[str], reference: str) -> tuple[list[str], list[dict]]:
+def variant_table(table: dict, columns: Sequence[str], reference: Any) -> tuple[list[str], list[dict]]:
     """An ablation: one line per variant; per (ipc, pipc): accuracy, Welch's p against ``reference``
-    and the mean final stationarity / floor ratio (DKKT runs)."""
+    (one column, or ``{variant: its reference}``) and the mean final stationarity / floor ratio
+    (DKKT runs)."""
+    versus = "its host" if isinstance(reference, dict) else column_title(reference)
     head = ["variant"] + [f"{h} (ipc {i} pipc {p})" for (i, p) in table
-                          for h in ("acc (%)", f"p vs {column_title(reference)}", "final stat/floor")]
+                          for h in ("acc (%)", f"p vs {versus}", "final stat/floor")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     tests = []
     for column in [c for c in columns if any(c in row for row in table.values())]:
         cells = []
+        against = reference.get(column) if isinstance(reference, dict) else reference
         for (ipc, pipc), row in table.items():
-            cell, ref = row.get(column), row.get(reference)
+            cell, ref = row.get(column), row.get(against)
             if cell is None:
                 cells += ["", "", ""]
                 continue
-            t, p = _ttest(cell["means"], ref["means"]) if ref and column != reference else (float("nan"),) * 2
-            if ref and column != reference:
-                tests.append({"ipc": ipc, "pipc": pipc, "column": column, "reference": reference,
+            t, p = _ttest(cell["means"], ref["means"]) if ref and column != against else (float("nan"),) * 2
+            if ref and column != against:
+                tests.append({"ipc": ipc, "pipc": pipc, "column": column, "reference": against,
                               "mean": cell["mean"], "reference_mean": ref["mean"], "t": t, "p": p,
                               "n": cell["n"], "n_reference": ref["n"]})
             ratio = f"{np.mean(cell['stat_ratio']):.3f}" if cell["stat_ratio"] else ""
@@ -416,7 +419,8 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
             continue
         if reference:
             wl, tests = variant_table(table, columns, reference)
-            md += [f"## Accuracy (%) per variant, Welch's t-test against {column_title(reference)} on per-seed means",
+            versus = "its host method" if isinstance(reference, dict) else column_title(reference)
+            md += [f"## Accuracy (%) per variant, Welch's t-test against {versus} on per-seed means",
                    "", *wl, "", "final stat/floor: the DKKT stationarity term over its floor (its value with a zero "
                    "gradient sum) at the last iteration, mean over seeds; 1 = the term did nothing.", ""]
         else:

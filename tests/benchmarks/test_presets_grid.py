@@ -162,3 +162,27 @@ def test_run_passes_eval_precision_to_the_preset(tmp_path):
         args = run.build_parser("grid").parse_args(["--preset", "smoke", "--out", str(tmp_path), *flag])
         ctx = run._context(args, "python -m benchmarks.run", check_data=False)
         assert ctx.preset.name == name
+
+
+def test_term_sweep_compares_each_variant_with_its_own_host_on_the_validation_split():
+    from benchmarks.presets import TERM_SWEEP
+
+    assert TERM_SWEEP.evaluation.split == "val" and TERM_SWEEP.evaluation.epochs is None
+    assert TERM_SWEEP.reference["dsa_dkkt_f0.1"] == "dsa" and TERM_SWEEP.reference["dm_dkkt_f0.03"] == "dm"
+    method, over = TERM_SWEEP.method_overrides("dc_dkkt_f0.3", 10)
+    assert method == "dc_dkkt" and over["dkkt.balance_fraction"] == 0.3
+    assert (over["outer_loop"], over["inner_loop"], over["iterations"]) == (2, 5, 50)
+    assert TERM_SWEEP.method_overrides("dm_dkkt_f0.1", 1)[1]["dkkt.balance"] == "grad"
+    assert "outer_loop" not in TERM_SWEEP.method_overrides("dc", 1)[1]  # ipc 1: the reference's 1/1
+
+
+def test_variant_table_with_a_host_per_variant():
+    from benchmarks.report import variant_table
+
+    cell = lambda means: {"means": means, "mean": sum(means) / len(means), "std": 0.0, "n": len(means),  # noqa: E731
+                          "stat_ratio": []}
+    table = {(1, 10): {"dc": cell([50.0, 51.0]), "dc_x": cell([60.0, 61.0]), "dm": cell([70.0, 70.5]),
+                       "dm_x": cell([70.0, 70.4])}}
+    lines, tests = variant_table(table, ["dc", "dc_x", "dm", "dm_x"], {"dc_x": "dc", "dm_x": "dm"})
+    assert "p vs its host" in lines[0]
+    assert {(t["column"], t["reference"]) for t in tests} == {("dc_x", "dc"), ("dm_x", "dm")}
