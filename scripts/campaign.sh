@@ -43,6 +43,7 @@ start)
 pause) kill -STOP -"$(cat "$PGID_FILE")" ;;
 resume) kill -CONT -"$(cat "$PGID_FILE")" ;;
 sync) rsync -a --delete --exclude submitit/ --exclude '*.lock' --exclude campaign.pgid --exclude README.md \
+          --exclude report.md --exclude report.json --exclude figures/ \
           "$OUT/" "$results/" ;;
 status) cd "$WORKTREE" && "$VENV/bin/python" -m benchmarks.run status "${ARGS[@]}" ;;
 *) sed -n 2,13p "$0"; exit 2 ;;
