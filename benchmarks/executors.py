@@ -250,5 +250,8 @@ def print_runs(runs_dir: Path, cells: Sequence[Cell]) -> None:
             print(f"  {name}: unreadable checkpoint ({' '.join(str(exc).split())})")
             continue
         kept = sorted(int(p.stem[2:]) for p in (run / SNAPSHOTS).glob("it*.pt")) if (run / SNAPSHOTS).is_dir() else []
-        state = "not started" if at is None else f"iteration {at} of {goal} ({100 * at / goal:.0f} %)"
+        if at is not None:
+            state = f"iteration {at} of {goal} ({100 * at / goal:.0f} %)"
+        else:  # a blend has no distillation of its own: its sets are made from its sources'
+            state = "no checkpoint of its own" if kept else "not started"
         print(f"  {name}: {state}; sets kept at {', '.join(map(str, kept)) or 'none yet'}")
