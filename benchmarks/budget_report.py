@@ -167,6 +167,9 @@ def figures(dataset: str, table: dict, entries: Sequence[tuple[dict, Path]], out
             ax.axhspan(rand["mean"] - rand["std"], rand["mean"] + rand["std"], color="grey", alpha=0.25,
                        label=f"random real ({rand['mean']:.1f} %)")
         ax.set_xscale("log")
+        ticks = sorted(b for b in budgets if b > 0)
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("distillation iterations")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset} ipc {ipc} pipc {pipc}, {protocol} protocol (mean ± std over seeds)", fontsize=9)
