@@ -460,21 +460,16 @@ def reproduce_order(cell: Any) -> tuple:
     """The order in which the ``reproduce`` grid runs its cells, most wanted first:
 
     0. ipc 1, pipc 10: every column at budgets 200, 1 000, 5 000 (dm protocol), budget-major;
-    1. DM and DM+DKKT continued to 20 000 for seeds 0-2;
-    2. the paper's protocol at the final budget of every ipc 1, pipc 10 column (seeds 0-2 for
-       the 20 000-iteration runs);
+    1. DM and DM+DKKT continued to 20 000, all 5 seeds (seeds 0-2 first);
+    2. the paper's protocol at the final budget of every ipc 1, pipc 10 column;
     3. ipc 1, pipc 50 to 5 000;
-    4. seeds 3 and 4 of DM and DM+DKKT to 20 000 (and their paper-protocol evaluation);
-    5. ipc 10, pipc 10 to 5 000.
+    4. ipc 10, pipc 10 to 5 000.
     """
     row, final = (cell.ipc, str(cell.pipc)), cell.protocol != "dm"
     if row == (1, "10"):
-        if cell.budget <= 5000:
-            stage = 2 if final else 0
-        else:
-            stage = (2 if final else 1) if cell.seed <= 2 else 4
+        stage = 2 if final else (0 if cell.budget <= 5000 else 1)
     else:
-        stage = 3 if row == (1, "50") else 5
+        stage = 3 if row == (1, "50") else 4
     column = REPRODUCE_COLUMNS.index(cell.column) if cell.column in REPRODUCE_COLUMNS else len(REPRODUCE_COLUMNS)
     return (stage, cell.budget, cell.seed, column, cell.protocol)
 
