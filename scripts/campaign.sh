@@ -5,6 +5,8 @@
 #                                # repository's copy when missing, then two nice'd 1-thread workers
 #   scripts/campaign.sh pause    # SIGSTOP the campaign's process group (before timing anything)
 #   scripts/campaign.sh resume   # SIGCONT it
+#   scripts/campaign.sh stop     # SIGKILL it (submitit's workers outlive a SIGTERM); each running
+#                                # distillation loses at most one checkpoint interval
 #   scripts/campaign.sh sync     # copy OUT (without submitit's files) into the results folder
 #   scripts/campaign.sh status   # cells done / running / pending, and how far each run is
 #
@@ -42,9 +44,10 @@ start)
     ;;
 pause) kill -STOP -"$(cat "$PGID_FILE")" ;;
 resume) kill -CONT -"$(cat "$PGID_FILE")" ;;
+stop) kill -KILL -"$(cat "$PGID_FILE")" ;;
 sync) rsync -a --delete --exclude submitit/ --exclude '*.lock' --exclude campaign.pgid --exclude README.md \
           --exclude report.md --exclude report.json --exclude figures/ \
           "$OUT/" "$results/" ;;
 status) cd "$WORKTREE" && "$VENV/bin/python" -m benchmarks.run status "${ARGS[@]}" ;;
-*) sed -n 2,13p "$0"; exit 2 ;;
+*) sed -n 2,15p "$0"; exit 2 ;;
 esac
