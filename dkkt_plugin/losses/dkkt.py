@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
