@@ -112,7 +112,11 @@ SPLITS = ("test", "val")
 
 
 def column_title(column: str) -> str:
-    """The paper's name of a column (an ablation variant is its own name)."""
+    """The paper's name of a column (an ablation variant is its own name); ``dm_dkkt@resnet18``
+    (a column split by edge model in a report): ``DM+DKKT (resnet18 edge)``."""
+    if "@" in column:
+        base, edge = column.split("@", 1)
+        return f"{column_title(base)} ({edge} edge)"
     return COLUMN_TITLES.get(column, column)
 
 PAPER_ROWS: tuple[tuple[int, tuple[Pipc, ...]], ...] = (
@@ -490,6 +494,27 @@ TERM_SWEEP = Preset(
     edge_model="packaged",
 )
 
+# The DKKT term's test-set table: each host alone and with the term at the package defaults
+# (the balancing rule at DEFAULT_BALANCE_FRACTION, chosen on the validation split by term-sweep),
+# 5 seeds, the same budgets and evaluation as term-sweep but on the TEST set.
+TERM_TEST_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{host: (host, {}) for host in TERM_HOSTS},
+    **{f"{host}_dkkt" if host != "dm" else "dm_dkkt_grad": (method, dict(extra))
+       for host, (method, extra) in TERM_HOSTS.items()},
+}
+TERM_TEST = dataclasses.replace(
+    TERM_SWEEP,
+    name="term-test",
+    summary=("the DKKT term in DM, DC and DSA at the package defaults (balancing rule) against each host "
+             "alone, 5 seeds (test split; dm protocol unscaled)"),
+    seeds=(0, 1, 2, 3, 4),
+    iterations={c: (200 if m in GM_METHODS else 1000) for c, (m, _) in TERM_TEST_VARIANTS.items()},
+    iterations_by_ipc={10: {c: (50 if m in GM_METHODS else 1000) for c, (m, _) in TERM_TEST_VARIANTS.items()}},
+    evaluation=dataclasses.replace(TERM_SWEEP.evaluation, split="test"),
+    columns=dict(TERM_TEST_VARIANTS),
+    reference={"dm_dkkt_grad": "dm", "dc_dkkt": "dc", "dsa_dkkt": "dsa"},
+)
+
 REPRODUCE_COLUMNS = (RANDOM_COLUMN, "dm", "dm_dkkt", "dsv_noise", BLEND_COLUMN)
 
 
@@ -541,7 +566,7 @@ REPRODUCE = Preset(
     order=reproduce_order,
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION, REPRODUCE, TERM_SWEEP)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, CPU, SMOKE, ABLATION, REPRODUCE, TERM_SWEEP, TERM_TEST)}
 DEFAULT_PRESET = {"fashion_mnist": "cpu", "cifar10": "paper"}
 
 

@@ -49,19 +49,47 @@ STD_NOTE = ("mean ± std over seeds of each seed's mean accuracy (population std
 
 
 def load(inputs: Sequence[Path]) -> list[tuple[dict, Path]]:
-    """Records with the folder their ``run_dir`` is relative to; one per key (the last read wins)."""
-    found: dict[tuple, tuple[dict, Path]] = {}
+    """Records with the folder their ``run_dir`` is relative to; one per key (the last read wins).
+
+    Where records of one (dataset, preset) were distilled with different edge models (result
+    folders of the same grid run with another ``--edge-model``), each column that uses an edge
+    model is split by it: ``dm_dkkt`` becomes ``dm_dkkt@convnet`` and ``dm_dkkt@resnet18``."""
+    read: list[tuple[dict, Path]] = []
     for p in inputs:
         p = Path(p)
         if not p.exists():
             raise ConfigError(f"report: {p} does not exist")
         files = results_files(p) if p.is_dir() else [p]
-        for f in files:
-            for rec in read_jsonl(f):
-                found[record_key(rec)] = (rec, f.parent)
-    if not found:
+        read += [(rec, f.parent) for f in files for rec in read_jsonl(f)]
+    if not read:
         raise ConfigError(f"report: no benchmark records in {', '.join(map(str, inputs))}")
+    found: dict[tuple, tuple[dict, Path]] = {}
+    for rec, base in _split_by_edge_model(read):
+        found[record_key(rec)] = (rec, base)
     return list(found.values())
+
+
+def _split_by_edge_model(read: list[tuple[dict, Path]]) -> list[tuple[dict, Path]]:
+    """Suffix ``@<edge model>`` to the column of records whose method used an edge model, in the
+    (dataset, preset) groups that hold more than one edge model; other records unchanged."""
+    def path(rec: dict) -> Optional[str]:
+        return (rec.get("config") or {}).get("edge_model")
+
+    def arch(rec: dict) -> str:
+        return str(((rec.get("edge_model") or {}).get("config") or {}).get("arch") or "convnet")
+
+    archs: dict[tuple, dict[str, str]] = defaultdict(dict)  # (dataset, preset) -> {edge path: its arch}
+    for rec, _ in read:
+        if path(rec):
+            archs[(rec["dataset"], rec["preset"])][path(rec)] = arch(rec)
+    out = []
+    for rec, base in read:
+        group = archs.get((rec["dataset"], rec["preset"]), {})
+        if path(rec) and len(group) > 1:
+            by_arch = len(set(group.values())) == len(group)  # else the edge models' file names
+            rec = {**rec, "column": f"{rec['column']}@{group[path(rec)] if by_arch else Path(path(rec)).stem}"}
+        out.append((rec, base))
+    return out
 
 
 def _pipc(value: Any) -> Any:

@@ -79,3 +79,26 @@ def test_cross_architecture_table_rows_methods_columns_architectures():
     assert lines[2].startswith("| 1 | 10 | DM | 70.00 ± 10.00 (n=2) | 50.00 ± 10.00 (n=2) | 40.00 ± 10.00 (n=2) |")
     assert lines[3].endswith("| 90.00 ± 0.00 (n=1) | 70.00 ± 0.00 (n=1) | – |")
     assert report.arch_table([{**r, "archs": {}} for r in records], ["dm"]) == ([], [])
+
+
+def test_report_splits_the_columns_of_grids_run_with_different_edge_models(tmp_path):
+    def edge_rec(column, seed, conv, edge):
+        rec = {**_rec(column, seed, conv, {"mlp": [conv[0] - 0.1]}), "format": grid.FORMAT}
+        if edge:
+            rec["config"] = {"edge_model": f"/models/{edge}.pt"}
+            rec["edge_model"] = {"path": f"/models/{edge}.pt", "config": {"arch": edge}}
+        return rec
+
+    for folder, edge, acc in (("a", "convnet", 0.6), ("b", "resnet18", 0.5)):
+        (tmp_path / folder).mkdir()
+        lines = [edge_rec("dm_dkkt", s, [acc + s / 100], edge) for s in (0, 1)] + [edge_rec("dm", 0, [0.7], None)]
+        (tmp_path / folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    records = [r for r, _ in report.load([tmp_path / "a", tmp_path / "b"])]
+    assert sorted(r["column"] for r in records) == ["dm", "dm_dkkt@convnet", "dm_dkkt@convnet",
+                                                    "dm_dkkt@resnet18", "dm_dkkt@resnet18"]
+    lines, rows = report.arch_table(records, ["dm"])
+    by = {r["column"]: r["archs"]["convnet"]["means"] for r in rows}
+    assert by["dm_dkkt@convnet"] == pytest.approx([60.0, 61.0]) and by["dm_dkkt@resnet18"] == pytest.approx([50.0, 51.0])
+    assert any("| DM+DKKT (resnet18 edge) |" in line for line in lines)
+    # one edge model: the columns keep their names
+    assert {r["column"] for r, _ in report.load([tmp_path / "a"])} == {"dm", "dm_dkkt"}

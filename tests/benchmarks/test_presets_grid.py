@@ -176,6 +176,20 @@ def test_term_sweep_compares_each_variant_with_its_own_host_on_the_validation_sp
     assert "outer_loop" not in TERM_SWEEP.method_overrides("dc", 1)[1]  # ipc 1: the reference's 1/1
 
 
+def test_term_test_runs_the_package_defaults_against_each_host_on_the_test_split():
+    from benchmarks.presets import TERM_TEST
+    from dkkt_plugin.engine import build_config
+
+    assert TERM_TEST.evaluation.split == "test" and TERM_TEST.seeds == (0, 1, 2, 3, 4)
+    assert TERM_TEST.reference == {"dm_dkkt_grad": "dm", "dc_dkkt": "dc", "dsa_dkkt": "dsa"}
+    method, over = TERM_TEST.method_overrides("dm_dkkt_grad", 1)
+    assert method == "dm_dkkt" and over["dkkt.balance"] == "grad" and "dkkt.balance_fraction" not in over
+    cfg = build_config(method, over, ipc=1, pipc=10)
+    assert cfg.dkkt.balance == "grad"  # the fraction is the package default, whatever it is
+    method, over = TERM_TEST.method_overrides("dsa_dkkt", 10)
+    assert method == "dsa_dkkt" and (over["outer_loop"], over["inner_loop"], over["iterations"]) == (2, 5, 50)
+
+
 def test_variant_table_with_a_host_per_variant():
     from benchmarks.report import variant_table
 
