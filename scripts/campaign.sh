@@ -40,6 +40,9 @@ start)
         --executor local --workers 2 --threads 1 >> "$OUT/campaign.log" 2>&1 &
     sleep 2
     ps -o pgid= -p $! | tr -d ' ' > "$PGID_FILE"
+    # setsid puts the campaign in its own scheduler autogroup, where `nice` only ranks its own
+    # processes against each other; the group's nice makes it yield to foreground work
+    [ -w /proc/$!/autogroup ] && echo 19 > /proc/$!/autogroup
     echo "campaign started from $COMMIT, process group $(cat "$PGID_FILE"), log $OUT/campaign.log"
     ;;
 pause) kill -STOP -"$(cat "$PGID_FILE")" ;;
