@@ -471,6 +471,13 @@ TERM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 TERM_REFERENCES = {f"{method}_f{f:g}": host for host, (method, _) in TERM_HOSTS.items() for f in TERM_FRACTIONS}
 
+def _term_budgets(variants: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """``iterations`` and ``iterations_by_ipc`` of the term presets: DM family 1000 iterations;
+    DC / DSA 200 at ipc 1 and 50 at ipc 10."""
+    return {"iterations": {c: (200 if m in GM_METHODS else 1000) for c, (m, _) in variants.items()},
+            "iterations_by_ipc": {10: {c: (50 if m in GM_METHODS else 1000) for c, (m, _) in variants.items()}}}
+
+
 TERM_SWEEP = Preset(
     name="term-sweep",
     summary=("the DKKT term in DM, DC and DSA under the balancing rule, fractions 0.03 / 0.1 / 0.3 against "
@@ -481,8 +488,7 @@ TERM_SWEEP = Preset(
     seeds=(0, 1, 2),
     # DM family: 1000 iterations (paper: 20 000); DC / DSA: 200 at ipc 1 with the reference's
     # loops 1/1, 50 at ipc 10 with loops 2/5 (reference: 1000 iterations, loops 10/50)
-    iterations={c: (200 if m in GM_METHODS else 1000) for c, (m, _) in TERM_VARIANTS.items()},
-    iterations_by_ipc={10: {c: (50 if m in GM_METHODS else 1000) for c, (m, _) in TERM_VARIANTS.items()}},
+    **_term_budgets(TERM_VARIANTS),
     evaluation=EvalSpec(protocol="dm", epochs=None, num_eval=2, split="val"),
     pretrain=PretrainConfig(epochs=3, weight_decay=5e-3),  # the packaged edge model's recipe (CIFAR-10)
     gm_loops={10: (2, 5)},
@@ -497,10 +503,10 @@ TERM_SWEEP = Preset(
 # The DKKT term's test-set table: each host alone and with the term at the package defaults
 # (the balancing rule at DEFAULT_BALANCE_FRACTION, chosen on the validation split by term-sweep),
 # 5 seeds, the same budgets and evaluation as term-sweep but on the TEST set.
+TERM_TEST_REFERENCES = {("dm_dkkt_grad" if host == "dm" else method): host for host, (method, _) in TERM_HOSTS.items()}
 TERM_TEST_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     **{host: (host, {}) for host in TERM_HOSTS},
-    **{f"{host}_dkkt" if host != "dm" else "dm_dkkt_grad": (method, dict(extra))
-       for host, (method, extra) in TERM_HOSTS.items()},
+    **{name: (TERM_HOSTS[host][0], dict(TERM_HOSTS[host][1])) for name, host in TERM_TEST_REFERENCES.items()},
 }
 TERM_TEST = dataclasses.replace(
     TERM_SWEEP,
@@ -508,11 +514,10 @@ TERM_TEST = dataclasses.replace(
     summary=("the DKKT term in DM, DC and DSA at the package defaults (balancing rule) against each host "
              "alone, 5 seeds (test split; dm protocol unscaled)"),
     seeds=(0, 1, 2, 3, 4),
-    iterations={c: (200 if m in GM_METHODS else 1000) for c, (m, _) in TERM_TEST_VARIANTS.items()},
-    iterations_by_ipc={10: {c: (50 if m in GM_METHODS else 1000) for c, (m, _) in TERM_TEST_VARIANTS.items()}},
+    **_term_budgets(TERM_TEST_VARIANTS),
     evaluation=dataclasses.replace(TERM_SWEEP.evaluation, split="test"),
     columns=dict(TERM_TEST_VARIANTS),
-    reference={"dm_dkkt_grad": "dm", "dc_dkkt": "dc", "dsa_dkkt": "dsa"},
+    reference=dict(TERM_TEST_REFERENCES),
 )
 
 REPRODUCE_COLUMNS = (RANDOM_COLUMN, "dm", "dm_dkkt", "dsv_noise", BLEND_COLUMN)
