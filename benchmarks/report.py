@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -175,6 +176,64 @@ def variant_table(table: dict, columns: Sequence[str], reference: Any) -> tuple[
                       "" if not np.isfinite(p) else f"{p:.3g}", ratio]
         lines.append(f"| {column} | " + " | ".join(cells) + " |")
     return lines, tests
+
+
+FRACTION_SUFFIX = re.compile(r"_f(\d+(?:\.\d+)?(?:e-?\d+)?)$")
+TIE_POINTS = 0.1
+
+
+def fraction_choice(tests: Sequence[dict], grid_rows: Sequence[tuple[int, Any]] = (),
+                    n_seeds: int = 1) -> Optional[dict[str, Any]]:
+    """The balance fraction a sweep chooses, by the rule fixed before its results: the fraction with
+    the largest mean difference from its host over every (host, ipc, pipc) row; fractions within
+    ``TIE_POINTS`` of the best: the smallest of them.
+
+    Args:
+        tests: :func:`variant_table`'s; the variants are the columns named ``..._f<fraction>``.
+        grid_rows: the grid's (ipc, pipc) rows; every host is expected in each.
+        n_seeds: a row counts once the variant and its host both have this many seeds.
+
+    Returns:
+        None when no column is such a variant; else ``{"fractions": {f: {"mean_difference" (over the
+        rows measured so far; None without any), "rows": {row: difference}}}, "rows": [row, ...],
+        "chosen": f or None, "missing": [(f, row), ...]}``; nothing is chosen while ``missing``.
+    """
+    variants = [(float(m.group(1)), t) for t in tests if (m := FRACTION_SUFFIX.search(t["column"]))]
+    if not variants:
+        return None
+    measured: dict[float, dict[str, float]] = {f: {} for f, _ in variants}
+    for f, t in variants:
+        if min(t["n"], t["n_reference"]) >= n_seeds:
+            measured[f][f"{t['reference']} ipc {t['ipc']} pipc {t['pipc']}"] = t["mean"] - t["reference_mean"]
+    hosts = {t["reference"] for _, t in variants}
+    rows = sorted({r for d in measured.values() for r in d}
+                  | {f"{h} ipc {i} pipc {p}" for h in hosts for i, p in grid_rows})
+    missing = [(f, r) for f in sorted(measured) for r in rows if r not in measured[f]]
+    fractions = {f: {"mean_difference": float(np.mean(list(d.values()))) if d else None, "rows": dict(sorted(d.items()))}
+                 for f, d in sorted(measured.items())}
+    chosen = None
+    if not missing:
+        best = max(v["mean_difference"] for v in fractions.values())
+        chosen = min(f for f, v in fractions.items() if v["mean_difference"] >= best - TIE_POINTS)
+    return {"fractions": fractions, "rows": rows, "chosen": chosen, "missing": missing}
+
+
+def fraction_lines(choice: dict[str, Any]) -> list[str]:
+    """Markdown for :func:`fraction_choice`: one line per fraction, one column per row, the choice."""
+    rows = choice["rows"]
+    lines = ["| fraction | " + " | ".join(rows) + " | mean difference |", "|" + "---|" * (len(rows) + 2)]
+    for f, v in choice["fractions"].items():
+        cells = [f"{v['rows'][r]:+.2f}" if r in v["rows"] else "–" for r in rows]
+        mean = "–" if v["mean_difference"] is None else f"{v['mean_difference']:+.2f}"
+        lines.append(f"| {f:g} | " + " | ".join(cells) + f" | {mean} |")
+    if choice["chosen"] is None:
+        lines += ["", f"Not chosen: {len(choice['missing'])} (fraction, row) cell(s) not measured with every seed "
+                  "yet; the rule needs every fraction on every row (the mean difference so far covers the "
+                  "measured rows only)."]
+    else:
+        lines += ["", f"Chosen: **{choice['chosen']:g}** (largest mean difference over the {len(rows)} rows; "
+                  f"fractions within {TIE_POINTS:g} point of it: the smallest)."]
+    return lines
 
 
 ARCH_TITLES = {"convnet": "ConvNet", "convnet_bn": "ConvNet-BN", "convnet_nn": "ConvNet-NN", "mlp": "MLP",
@@ -445,12 +504,18 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
                     md += [f"Figures skipped: {exc} (install matplotlib).", ""]
             summary["groups"].append(group)
             continue
+        choice = None
         if reference:
             wl, tests = variant_table(table, columns, reference)
             versus = "its host method" if isinstance(reference, dict) else column_title(reference)
             md += [f"## Accuracy (%) per variant, Welch's t-test against {versus} on per-seed means",
                    "", *wl, "", "final stat/floor: the DKKT stationarity term over its floor (its value with a zero "
                    "gradient sum) at the last iteration, mean over seeds; 1 = the term did nothing.", ""]
+            spec = _preset(preset)
+            choice = fraction_choice(tests, [(i, p) for i, pipcs in spec.rows for p in pipcs] if spec else list(table),
+                                     len(spec.seeds) if spec else 1)
+            if choice:
+                md += ["## Balance fraction (variant − host, points, per row)", "", *fraction_lines(choice), ""]
         else:
             md += ["## Accuracy (%)", "", *markdown_table(dataset, preset, table, n_seeds, columns), "",
                    "– : not run (yet); empty: no such cell in this grid (DSV only at the smallest pipc of each ipc). "
@@ -467,6 +532,7 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
                    "independent classifier (another width and seed); edge high but transfer low = class "
                    "information only the edge model reads.", ""]
         group = {"dataset": dataset, "preset": preset, "welch": tests, "fidelity": fid,
+                 **({"fraction_choice": choice} if choice else {}),
                  "table": [{"ipc": k[0], "pipc": k[1], "cells": v} for k, v in table.items()],
                  **({"archs": arch_rows} if arch_rows else {})}
         if figures:

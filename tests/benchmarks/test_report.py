@@ -161,3 +161,55 @@ def test_no_curves_without_dkkt_run_folders(tmp_path):
         record.unlink()
     assert report.main([str(tmp_path)]) == 0
     assert not (tmp_path / "figures").exists() and "curves" not in (tmp_path / "report.md").read_text()
+
+
+def _variant_test(column, reference, ipc, mean, reference_mean, n=3):
+    return {"column": column, "reference": reference, "ipc": ipc, "pipc": 10, "mean": mean,
+            "reference_mean": reference_mean, "n": n, "n_reference": n}
+
+
+def test_fraction_choice_takes_the_largest_mean_difference_over_all_rows():
+    # f0.3 wins one row by far but loses the other; f0.1 has the larger mean (+1.5 vs +1.0)
+    tests = [_variant_test("dm_dkkt_f0.1", "dm", 1, 62.0, 60.0), _variant_test("dm_dkkt_f0.1", "dm", 10, 71.0, 70.0),
+             _variant_test("dm_dkkt_f0.3", "dm", 1, 65.0, 60.0), _variant_test("dm_dkkt_f0.3", "dm", 10, 67.0, 70.0)]
+    choice = report.fraction_choice(tests, [(1, 10), (10, 10)], n_seeds=3)
+    assert choice["chosen"] == 0.1 and not choice["missing"]
+    assert choice["fractions"][0.1]["mean_difference"] == pytest.approx(1.5)
+    assert choice["fractions"][0.3]["rows"] == {"dm ipc 1 pipc 10": 5.0, "dm ipc 10 pipc 10": -3.0}
+
+
+def test_fraction_choice_breaks_near_ties_towards_the_smaller_fraction():
+    tests = [_variant_test("dc_dkkt_f0.03", "dc", 1, 61.95, 60.0), _variant_test("dc_dkkt_f0.3", "dc", 1, 62.0, 60.0)]
+    assert report.fraction_choice(tests, [(1, 10)])["chosen"] == 0.03  # 1.95 is within 0.1 of 2.0
+    tests[0]["mean"] = 61.85
+    assert report.fraction_choice(tests, [(1, 10)])["chosen"] == 0.3
+
+
+def test_fraction_choice_waits_for_every_row_with_every_seed():
+    tests = [_variant_test("dm_dkkt_f0.1", "dm", 1, 62.0, 60.0), _variant_test("dm_dkkt_f0.3", "dm", 1, 65.0, 60.0),
+             _variant_test("dm_dkkt_f0.3", "dm", 10, 71.0, 70.0, n=2)]  # ipc 10: f0.1 absent, f0.3 one seed short
+    choice = report.fraction_choice(tests, [(1, 10), (10, 10)], n_seeds=3)
+    assert choice["chosen"] is None
+    assert choice["missing"] == [(0.1, "dm ipc 10 pipc 10"), (0.3, "dm ipc 10 pipc 10")]
+    assert "Not chosen: 2 (fraction, row) cell(s)" in "\n".join(report.fraction_lines(choice))
+    assert report.fraction_choice([_variant_test("dm_dkkt_grad", "dm", 1, 62.0, 60.0)]) is None  # not a sweep
+
+
+def test_term_sweep_report_states_the_chosen_fraction(tmp_path):
+    rng = np.random.default_rng(0)
+    centre = {"dm": 60, "dm_dkkt_f0.03": 60.5, "dm_dkkt_f0.1": 62, "dm_dkkt_f0.3": 61}
+    for ipc in (1, 10):
+        for column, c in centre.items():
+            for seed in (0, 1, 2):
+                acc = list((c + ipc + rng.normal(0, 0.1, size=2)) / 100)
+                grid.append_jsonl(tmp_path / "results.jsonl", {
+                    "dataset": "fashion_mnist", "preset": "term-sweep", "column": column, "ipc": ipc, "pipc": 10,
+                    "seed": seed, "accuracies": acc, "mean": float(np.mean(acc)), "eval_protocol": "dm protocol",
+                    "eval_split": "val", "machine": {}, "versions": {}, "device": "cpu", "command": "x",
+                    "date": "2026-01-01T00:00:00", "cpu_sized": True, "preset_label": "term-sweep",
+                    "run_dir": "runs/none"})
+    assert report.main([str(tmp_path), "--no-figures"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "## Balance fraction" in text and "Chosen: **0.1**" in text
+    summary = json.loads((tmp_path / "report.json").read_text())["groups"][0]["fraction_choice"]
+    assert summary["chosen"] == 0.1 and len(summary["rows"]) == 2
