@@ -74,7 +74,7 @@ BALANCE_HELP = ("how the term is weighed against a host loss (DKKTLoss.backward_
                 "docs/method.md, 'Adding the term to another method')")
 """The help of ``DKKTConfig.balance``, whose default :class:`BalancedDKKTConfig` changes."""
 
-DEFAULT_BALANCE_FRACTION = 0.1
+DEFAULT_BALANCE_FRACTION = 0.3
 """``DKKTConfig.balance_fraction``: the DKKT term's image gradient as a fraction of the host
 loss's under ``balance="grad"``. No validation sweep has chosen it yet (docs/method.md, 'Adding
 the term to another method'): 0.1 lets the host loss lead each step. Set another per run with

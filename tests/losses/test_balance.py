@@ -181,7 +181,7 @@ def test_the_balanced_loss_keeps_its_running_norms_in_its_state():
     dkkt = dkkt_loss(edge, balance="grad", balance_mode="running", balance_momentum=0.8)
     assert list(dkkt.state_dict()) == ["rho", "balancer.host_norm", "balancer.dkkt_norm", "balancer.steps"]
     assert [n for n, _ in dkkt.named_parameters()] == ["rho"]  # the optimiser still sees λ only
-    assert (dkkt.balancer.fraction, dkkt.balancer.mode, dkkt.balancer.momentum) == (0.1, "running", 0.8)
+    assert (dkkt.balancer.fraction, dkkt.balancer.mode, dkkt.balancer.momentum) == (0.3, "running", 0.8)  # the default fraction
 
 
 def test_shared_graphs_and_slices_are_reported():

@@ -125,7 +125,7 @@ def test_fixed_weights_need_a_positive_beta():
 
 def test_defaults():
     cfg = build_config("dsa_dkkt")
-    assert (cfg.dkkt.balance, cfg.dkkt.balance_fraction, cfg.dkkt.balance_mode) == ("grad", 0.1, "step")
+    assert (cfg.dkkt.balance, cfg.dkkt.balance_fraction, cfg.dkkt.balance_mode) == ("grad", 0.3, "step")
     assert build_config("dm_dkkt").dkkt.balance == "fixed" and build_config("dsv").dkkt.balance == "fixed"
     assert cfg.dkkt_config().alpha == 1.0 and build_config("dc_dkkt", {"dkkt.distance": "l1"}).dkkt_config().alpha == 0.1
     m = make("dsa_dkkt", ipc=10, outer_loop=0, inner_loop=0, init="noise")
