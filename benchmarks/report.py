@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -178,18 +177,19 @@ def variant_table(table: dict, columns: Sequence[str], reference: Any) -> tuple[
     return lines, tests
 
 
-FRACTION_SUFFIX = re.compile(r"_f(\d+(?:\.\d+)?(?:e-?\d+)?)$")
 TIE_POINTS = 0.1
 
 
-def fraction_choice(tests: Sequence[dict], grid_rows: Sequence[tuple[int, Any]] = (),
+def fraction_choice(tests: Sequence[dict], fractions_of: dict[str, float], grid_rows: Sequence[tuple[int, Any]] = (),
                     n_seeds: int = 1) -> Optional[dict[str, Any]]:
     """The balance fraction a sweep chooses, by the rule fixed before its results: the fraction with
     the largest mean difference from its host over every (host, ipc, pipc) row; fractions within
     ``TIE_POINTS`` of the best: the smallest of them.
 
     Args:
-        tests: :func:`variant_table`'s; the variants are the columns named ``..._f<fraction>``.
+        tests: :func:`variant_table`'s.
+        fractions_of: column -> the balance fraction it ran with (:func:`column_fractions`); the
+            variants are these columns.
         grid_rows: the grid's (ipc, pipc) rows; every host is expected in each.
         n_seeds: a row counts once the variant and its host both have this many seeds.
 
@@ -198,7 +198,7 @@ def fraction_choice(tests: Sequence[dict], grid_rows: Sequence[tuple[int, Any]] 
         rows measured so far; None without any), "rows": {row: difference}}}, "rows": [row, ...],
         "chosen": f or None, "missing": [(f, row), ...]}``; nothing is chosen while ``missing``.
     """
-    variants = [(float(m.group(1)), t) for t in tests if (m := FRACTION_SUFFIX.search(t["column"]))]
+    variants = [(fractions_of[t["column"]], t) for t in tests if t["column"] in fractions_of]
     if not variants:
         return None
     measured: dict[float, dict[str, float]] = {f: {} for f, _ in variants}
@@ -216,6 +216,13 @@ def fraction_choice(tests: Sequence[dict], grid_rows: Sequence[tuple[int, Any]] 
         best = max(v["mean_difference"] for v in fractions.values())
         chosen = min(f for f, v in fractions.items() if v["mean_difference"] >= best - TIE_POINTS)
     return {"fractions": fractions, "rows": rows, "chosen": chosen, "missing": missing}
+
+
+def column_fractions(spec: Optional[Preset]) -> dict[str, float]:
+    """Column -> ``dkkt.balance_fraction`` of a preset's columns that set one (a fraction sweep)."""
+    columns = spec.columns if spec else {}
+    return {c: float(extra["dkkt.balance_fraction"]) for c, (_, extra) in columns.items()
+            if "dkkt.balance_fraction" in extra}
 
 
 def fraction_lines(choice: dict[str, Any]) -> list[str]:
@@ -512,7 +519,8 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
                    "", *wl, "", "final stat/floor: the DKKT stationarity term over its floor (its value with a zero "
                    "gradient sum) at the last iteration, mean over seeds; 1 = the term did nothing.", ""]
             spec = _preset(preset)
-            choice = fraction_choice(tests, [(i, p) for i, pipcs in spec.rows for p in pipcs] if spec else list(table),
+            choice = fraction_choice(tests, column_fractions(spec),
+                                     [(i, p) for i, pipcs in spec.rows for p in pipcs] if spec else list(table),
                                      len(spec.seeds) if spec else 1)
             if choice:
                 md += ["## Balance fraction (variant − host, points, per row)", "", *fraction_lines(choice), ""]

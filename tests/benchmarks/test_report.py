@@ -168,11 +168,14 @@ def _variant_test(column, reference, ipc, mean, reference_mean, n=3):
             "reference_mean": reference_mean, "n": n, "n_reference": n}
 
 
+FRACTIONS = {"dm_dkkt_f0.1": 0.1, "dm_dkkt_f0.3": 0.3, "dc_dkkt_f0.03": 0.03, "dc_dkkt_f0.3": 0.3}
+
+
 def test_fraction_choice_takes_the_largest_mean_difference_over_all_rows():
     # f0.3 wins one row by far but loses the other; f0.1 has the larger mean (+1.5 vs +1.0)
     tests = [_variant_test("dm_dkkt_f0.1", "dm", 1, 62.0, 60.0), _variant_test("dm_dkkt_f0.1", "dm", 10, 71.0, 70.0),
              _variant_test("dm_dkkt_f0.3", "dm", 1, 65.0, 60.0), _variant_test("dm_dkkt_f0.3", "dm", 10, 67.0, 70.0)]
-    choice = report.fraction_choice(tests, [(1, 10), (10, 10)], n_seeds=3)
+    choice = report.fraction_choice(tests, FRACTIONS, [(1, 10), (10, 10)], n_seeds=3)
     assert choice["chosen"] == 0.1 and not choice["missing"]
     assert choice["fractions"][0.1]["mean_difference"] == pytest.approx(1.5)
     assert choice["fractions"][0.3]["rows"] == {"dm ipc 1 pipc 10": 5.0, "dm ipc 10 pipc 10": -3.0}
@@ -180,19 +183,21 @@ def test_fraction_choice_takes_the_largest_mean_difference_over_all_rows():
 
 def test_fraction_choice_breaks_near_ties_towards_the_smaller_fraction():
     tests = [_variant_test("dc_dkkt_f0.03", "dc", 1, 61.95, 60.0), _variant_test("dc_dkkt_f0.3", "dc", 1, 62.0, 60.0)]
-    assert report.fraction_choice(tests, [(1, 10)])["chosen"] == 0.03  # 1.95 is within 0.1 of 2.0
+    assert report.fraction_choice(tests, FRACTIONS, [(1, 10)])["chosen"] == 0.03  # 1.95 is within 0.1 of 2.0
     tests[0]["mean"] = 61.85
-    assert report.fraction_choice(tests, [(1, 10)])["chosen"] == 0.3
+    assert report.fraction_choice(tests, FRACTIONS, [(1, 10)])["chosen"] == 0.3
 
 
 def test_fraction_choice_waits_for_every_row_with_every_seed():
     tests = [_variant_test("dm_dkkt_f0.1", "dm", 1, 62.0, 60.0), _variant_test("dm_dkkt_f0.3", "dm", 1, 65.0, 60.0),
              _variant_test("dm_dkkt_f0.3", "dm", 10, 71.0, 70.0, n=2)]  # ipc 10: f0.1 absent, f0.3 one seed short
-    choice = report.fraction_choice(tests, [(1, 10), (10, 10)], n_seeds=3)
+    choice = report.fraction_choice(tests, FRACTIONS, [(1, 10), (10, 10)], n_seeds=3)
     assert choice["chosen"] is None
     assert choice["missing"] == [(0.1, "dm ipc 10 pipc 10"), (0.3, "dm ipc 10 pipc 10")]
     assert "Not chosen: 2 (fraction, row) cell(s)" in "\n".join(report.fraction_lines(choice))
-    assert report.fraction_choice([_variant_test("dm_dkkt_grad", "dm", 1, 62.0, 60.0)]) is None  # not a sweep
+    assert report.fraction_choice([_variant_test("dm_dkkt_grad", "dm", 1, 62.0, 60.0)], FRACTIONS) is None  # not a sweep
+    assert report.column_fractions(report._preset("term-sweep"))["dsa_dkkt_f0.03"] == 0.03
+    assert report.column_fractions(report._preset("term-test")) == {}
 
 
 def test_term_sweep_report_states_the_chosen_fraction(tmp_path):
