@@ -21,7 +21,7 @@ def net_on(device, **kw):
 
 
 def rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30))
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-300))
 
 
 def test_auto_precision_is_bf16_where_the_gpu_computes_it():
@@ -106,23 +106,27 @@ def test_dm_loss_on_the_gpu_matches_the_cpu():
     assert rel(out[CUDA][0], out["cpu"][0]) <= 1e-4 and rel(out[CUDA][1], out["cpu"][1]) <= 1e-3
 
 
-@pytest.mark.parametrize("params", ["classifier", "all"])
-def test_dkkt_double_backward_on_the_gpu_matches_the_cpu(params):
-    # params="all": the stationarity gradient enters the blocks, so the images' gradient is a
-    # double backward through the whole network
+# params="all": the stationarity gradient enters the blocks, so the gradients are a double backward
+# through the whole network. Its multipliers' gradient is ill-conditioned in float32 (on the CPU
+# alone it is 1.9e-3 away from the float64 value; the GPU's float32 result 2.5e-3 to 3.7e-3 from
+# the CPU's, with or without TF32), so that case is compared in float64, where any real difference
+# between the devices' kernels shows far above rounding.
+@pytest.mark.parametrize("params, dtype, tol", [("classifier", torch.float32, 1e-3), ("all", torch.float64, 1e-8)])
+def test_dkkt_double_backward_on_the_gpu_matches_the_cpu(params, dtype, tol):
     g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(10, 1, 28, 28, generator=g), torch.arange(10)
+    x, y = torch.randn(10, 1, 28, 28, generator=g, dtype=dtype), torch.arange(10)
     out = {}
     for device in ("cpu", CUDA):
-        edge = net_on(device).eval()
+        edge = net_on(device).to(dtype).eval()
         with runtime.use(precision="fp32"):
-            loss_fn = DKKTLoss(edge, 10, params=params, primal="ce").to(device)
+            loss_fn = DKKTLoss(edge, 10, params=params, primal="ce").to(device=device, dtype=dtype)
         images = x.to(device).requires_grad_()
         loss = loss_fn(images, y.to(device))
         gx, grho = torch.autograd.grad(loss, [images, loss_fn.rho])
         out[device] = (loss.detach().cpu(), gx.cpu(), grho.cpu())
+    assert out[CUDA][2].dtype == dtype
     for a, b in zip(out[CUDA], out["cpu"]):
-        assert rel(a, b) <= 1e-3
+        assert rel(a, b) <= tol
 
 
 def test_dkkt_bf16_feature_pass_on_the_gpu():
