@@ -208,4 +208,8 @@ def figures(dataset: str, table: dict, entries: Sequence[tuple[dict, Path]], out
         name = f"sets_by_budget_ipc{ipc}_pipc{pipc}_seed{seed}.png"
         _save(fig, out / "figures" / name)
         lines.append(f"![sets at every budget](figures/{name})")
+    # sets figures drawn earlier from run folders that are not here (a results folder keeps no runs)
+    for kept in sorted((out / "figures").glob("sets_by_budget_*.png")):
+        if f"](figures/{kept.name})" not in "\n".join(lines):
+            lines.append(f"![sets at every budget, drawn earlier](figures/{kept.name})")
     return lines

@@ -151,3 +151,9 @@ def test_the_report_has_a_verdict_a_table_per_protocol_and_the_figures(budget_ru
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "accuracy_vs_iterations_ipc1_pipc10_dm.png", "accuracy_vs_iterations_ipc1_pipc10_paper.png",
         "sets_by_budget_ipc1_pipc10_seed0.png"]
+    # a sets figure drawn earlier, whose run folders are gone, stays linked
+    (tmp_path / "figures" / "sets_by_budget_ipc1_pipc50_seed3.png").write_bytes(b"png")
+    assert report.main([str(out), "--out-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "](figures/sets_by_budget_ipc1_pipc10_seed0.png)" in text
+    assert "![sets at every budget, drawn earlier](figures/sets_by_budget_ipc1_pipc50_seed3.png)" in text
