@@ -209,7 +209,8 @@ def figures(dataset: str, table: dict, entries: Sequence[tuple[dict, Path]], out
         _save(fig, out / "figures" / name)
         lines.append(f"![sets at every budget](figures/{name})")
     # sets figures drawn earlier from run folders that are not here (a results folder keeps no runs)
+    linked = "\n".join(lines)
     for kept in sorted((out / "figures").glob("sets_by_budget_*.png")):
-        if f"](figures/{kept.name})" not in "\n".join(lines):
+        if f"](figures/{kept.name})" not in linked:
             lines.append(f"![sets at every budget, drawn earlier](figures/{kept.name})")
     return lines

@@ -49,8 +49,15 @@ pause) kill -STOP -"$(cat "$PGID_FILE")" ;;
 resume) kill -CONT -"$(cat "$PGID_FILE")" ;;
 stop) kill -KILL -"$(cat "$PGID_FILE")" ;;
 sync) rsync -a --delete --exclude submitit/ --exclude '*.lock' --exclude campaign.pgid --exclude README.md \
-          --exclude report.md --exclude report.json --exclude figures/ \
-          "$OUT/" "$results/" ;;
+          --exclude report.md --exclude report.json --exclude figures/ --exclude status.jsonl \
+          "$OUT/" "$results/"
+      # `start` leaves status.jsonl behind (its "running" lines name processes of another machine),
+      # so OUT holds only this machine's lines: append those the results folder lacks
+      if [ -f "$OUT/status.jsonl" ]; then
+          touch "$results/status.jsonl"
+          cat "$results/status.jsonl" "$OUT/status.jsonl" | awk '!seen[$0]++' > "$results/status.jsonl.tmp"
+          mv "$results/status.jsonl.tmp" "$results/status.jsonl"
+      fi ;;
 status) cd "$WORKTREE" && "$VENV/bin/python" -m benchmarks.run status "${ARGS[@]}" ;;
 *) sed -n 2,15p "$0"; exit 2 ;;
 esac
