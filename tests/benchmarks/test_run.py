@@ -37,6 +37,11 @@ def _check_smoke_records(records, dataset, access_ratio):
     assert by["dm"]["config"]["iterations"] == 2 and by["dc"]["config"]["iterations"] == 1
     assert by["dm"]["config"]["edge_model"] is None and by["dm_dkkt"]["config"]["edge_model"]
     assert by["dm"]["seconds_per_iteration"] > 0 and by[BLEND_COLUMN]["method"] == "blend"
+    # the values that ran beside those asked for: dm_dkkt's "auto" init is noise at ipc 1, dm's real
+    assert by["dm_dkkt"]["config"]["init"] == "auto" and by["dm_dkkt"]["resolved"]["init"] == "noise"
+    assert by["dm"]["resolved"]["init"] == "real" and by["dm"]["resolved"]["edge_model"] == "none"
+    for column in ("dm", "dm_dkkt", "dc", "dsv_noise"):
+        assert "auto" not in by[column]["resolved"].values(), by[column]["resolved"]
     for column in ("dm", "dsv_noise", "dm_dkkt"):  # fidelity measures, the transfer model trained once
         fid = by[column]["fidelity"]
         assert 0.0 <= fid["high_frequency_share"] <= 1.0 and 0.0 <= fid["transfer_accuracy"] <= 1.0
