@@ -150,11 +150,13 @@ def welch(row: dict[str, dict]) -> Optional[dict[str, Any]]:
 
 def variant_table(table: dict, columns: Sequence[str], reference: Any) -> tuple[list[str], list[dict]]:
     """An ablation: one line per variant; per (ipc, pipc): accuracy, Welch's p against ``reference``
-    (one column, or ``{variant: its reference}``) and the mean final stationarity / floor ratio
-    (DKKT runs)."""
+    (one column, or ``{variant: its reference}``), the paired difference over the seeds both hold
+    with the paired t-test's p, and the mean final stationarity / floor ratio (DKKT runs)."""
+    from benchmarks.budget_report import paired
+
     versus = "its host" if isinstance(reference, dict) else column_title(reference)
     head = ["variant"] + [f"{h} (ipc {i} pipc {p})" for (i, p) in table
-                          for h in ("acc (%)", f"p vs {versus}", "final stat/floor")]
+                          for h in ("acc (%)", f"p vs {versus}", "paired Δ (p, n)", "final stat/floor")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     tests = []
     for column in [c for c in columns if any(c in row for row in table.values())]:
@@ -163,18 +165,25 @@ def variant_table(table: dict, columns: Sequence[str], reference: Any) -> tuple[
         for (ipc, pipc), row in table.items():
             cell, ref = row.get(column), row.get(against)
             if cell is None:
-                cells += ["", "", ""]
+                cells += ["", "", "", ""]
                 continue
             t, p = _ttest(cell["means"], ref["means"]) if ref and column != against else (float("nan"),) * 2
+            pair = paired(cell, ref) if ref and column != against else {}
             if ref and column != against:
                 tests.append({"ipc": ipc, "pipc": pipc, "column": column, "reference": against,
                               "mean": cell["mean"], "reference_mean": ref["mean"], "t": t, "p": p,
-                              "n": cell["n"], "n_reference": ref["n"]})
+                              "n": cell["n"], "n_reference": ref["n"], **pair})
             ratio = f"{np.mean(cell['stat_ratio']):.3f}" if cell["stat_ratio"] else ""
+            pair_text = (f"{pair['paired_difference']:+.2f} ({_fmt_p(pair['paired_p'])}, {pair['paired_n']})"
+                         if pair.get("paired_n") else "")
             cells += [f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})",
-                      "" if not np.isfinite(p) else f"{p:.3g}", ratio]
+                      "" if not np.isfinite(p) else f"{p:.3g}", pair_text, ratio]
         lines.append(f"| {column} | " + " | ".join(cells) + " |")
     return lines, tests
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.3g}" if np.isfinite(p) else "–"
 
 
 TIE_POINTS = 0.1
@@ -516,8 +525,11 @@ def build_report(entries: list[tuple[dict, Path]], out: Path, *, figures: bool =
             wl, tests = variant_table(table, columns, reference)
             versus = "its host method" if isinstance(reference, dict) else column_title(reference)
             md += [f"## Accuracy (%) per variant, Welch's t-test against {versus} on per-seed means",
-                   "", *wl, "", "final stat/floor: the DKKT stationarity term over its floor (its value with a zero "
-                   "gradient sum) at the last iteration, mean over seeds; 1 = the term did nothing.", ""]
+                   "", *wl, "", "paired Δ: the variant's mean difference from its reference over the seeds both "
+                   "hold (each seed: the same practical subset and evaluation seeds), the paired t-test's p and the "
+                   "number of seeds (–: fewer than 2, or no spread). final stat/floor: the DKKT stationarity term "
+                   "over its floor (its value with a zero gradient sum) at the last iteration, mean over seeds; "
+                   "1 = the term did nothing.", ""]
             spec = _preset(preset)
             choice = fraction_choice(tests, column_fractions(spec),
                                      [(i, p) for i, pipcs in spec.rows for p in pipcs] if spec else list(table),

@@ -3,6 +3,7 @@ import functools
 import json
 
 import pytest
+from scipy import stats
 
 from benchmarks import grid
 from benchmarks.presets import ABLATION, ABLATION_VARIANTS, COLUMNS, CPU, DSV_COLUMNS, PAPER, PRESETS, SMOKE, get_preset
@@ -193,10 +194,18 @@ def test_term_test_runs_the_package_defaults_against_each_host_on_the_test_split
 def test_variant_table_with_a_host_per_variant():
     from benchmarks.report import variant_table
 
-    cell = lambda means: {"means": means, "mean": sum(means) / len(means), "std": 0.0, "n": len(means),  # noqa: E731
-                          "stat_ratio": []}
-    table = {(1, 10): {"dc": cell([50.0, 51.0]), "dc_x": cell([60.0, 61.0]), "dm": cell([70.0, 70.5]),
-                       "dm_x": cell([70.0, 70.4])}}
+    cell = lambda means, seeds=(0, 1, 2): {"seeds": list(seeds), "means": means,  # noqa: E731
+                                           "mean": sum(means) / len(means), "std": 0.0, "n": len(means),
+                                           "stat_ratio": []}
+    table = {(1, 10): {"dc": cell([50.0, 51.0, 49.0]), "dc_x": cell([51.0, 53.0, 50.0]),
+                       "dm": cell([70.0, 70.5, 71.0]), "dm_x": cell([70.5, 71.0], seeds=(2, 0))}}
     lines, tests = variant_table(table, ["dc", "dc_x", "dm", "dm_x"], {"dc_x": "dc", "dm_x": "dm"})
-    assert "p vs its host" in lines[0]
+    assert "p vs its host" in lines[0] and "paired Δ (p, n)" in lines[0]
     assert {(t["column"], t["reference"]) for t in tests} == {("dc_x", "dc"), ("dm_x", "dm")}
+    by = {t["column"]: t for t in tests}
+    # dc_x - dc per seed: +1, +2, +1 -> mean 4/3; paired t = mean / (sd / sqrt 3) with sd 1/sqrt 3 -> t 4
+    assert by["dc_x"]["paired_difference"] == pytest.approx(4 / 3) and by["dc_x"]["paired_n"] == 3
+    assert by["dc_x"]["paired_p"] == pytest.approx(2 * stats.t.sf(4.0, df=2))
+    # dm_x holds seeds 2 and 0 only, paired with dm's seeds 0 and 2: (71.0 - 70.0), (70.5 - 71.0)
+    assert by["dm_x"]["paired_n"] == 2 and by["dm_x"]["paired_difference"] == pytest.approx(0.25)
+    assert "+1.33 (" in next(line for line in lines if line.startswith("| dc_x |"))

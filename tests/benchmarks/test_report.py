@@ -143,9 +143,11 @@ def test_ablation_report_has_a_row_per_variant_welch_against_dm_the_split_and_cu
     assert report.main([str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     p = stats.ttest_ind([65, 66, 64], [60, 62, 61], equal_var=False).pvalue
+    pp = stats.ttest_rel([65, 66, 64], [60, 62, 61]).pvalue  # paired by seed: +5, +4, +3
     row = next(r for r in text.splitlines() if r.startswith("| dkkt_default |"))
-    assert row == f"| dkkt_default | 65.00 ± 0.82 (n=3) | {p:.3g} | 0.400 |"  # stat/floor: mean of 1/5, 2/5, 3/5
-    assert next(r for r in text.splitlines() if r.startswith("| dm |")) == "| dm | 61.00 ± 0.82 (n=3) |  |  |"
+    # stat/floor: mean of 1/5, 2/5, 3/5
+    assert row == f"| dkkt_default | 65.00 ± 0.82 (n=3) | {p:.3g} | +4.00 ({pp:.3g}, 3) | 0.400 |"
+    assert next(r for r in text.splitlines() if r.startswith("| dm |")) == "| dm | 61.00 ± 0.82 (n=3) |  |  |  |"
     assert "evaluation split: val: 200 held-out TRAINING images" in text
     assert "| ipc | pipc |" not in text  # not the paper's layout
     (test,) = json.loads((tmp_path / "report.json").read_text())["groups"][0]["welch"]
