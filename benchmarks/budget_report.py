@@ -74,8 +74,9 @@ def difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
 
 
 def paired(a: dict, b: dict) -> dict[str, Any]:
-    """DM+DKKT − DM over the seeds both cells hold (each seed: the same practical subset and the
-    same evaluation networks' initialisations): mean difference and the paired t-test's p."""
+    """``a`` − ``b`` (e.g. DM+DKKT − DM) over the seeds both cells hold (each seed: the same
+    practical subset and the same evaluation networks' initialisations): mean difference and the
+    paired t-test's p."""
     common = sorted(set(a["seeds"]) & set(b["seeds"]))
     d = np.array([a["means"][a["seeds"].index(s)] - b["means"][b["seeds"].index(s)] for s in common])
     p = float(stats.ttest_rel(d, np.zeros_like(d)).pvalue) if len(d) >= 2 and d.std() > 0 else float("nan")
