@@ -296,7 +296,8 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any]:
                                iteration=cfg.iterations)
     return {**_base_record(ctx, cell, access_ratio), "method": method, "config": dataclasses.asdict(cfg),
             "resolved": rec.get("resolved"), **_eval_fields(ev, eval_seconds), **_archs(archs),
-            "distill_seconds": rec["seconds"], "seconds_per_iteration": rec["seconds_per_iteration"], "iterations": cfg.iterations,
+            "distill_seconds": rec["seconds"], "seconds_per_iteration": rec["seconds_per_iteration"],
+            "iterations": cfg.iterations,
             "final": rec["history"][-1] if rec.get("history") else {}, "fidelity": rec.get("fidelity"),
             "transfer_model": ctx.transfer_model, "resumed": resumed, "run_dir": str(run_dir.relative_to(ctx.out)),
             **ctx.provenance()}
