@@ -167,23 +167,21 @@ def variant_table(table: dict, columns: Sequence[str], reference: Any) -> tuple[
             if cell is None:
                 cells += ["", "", "", ""]
                 continue
-            t, p = _ttest(cell["means"], ref["means"]) if ref and column != against else (float("nan"),) * 2
-            pair = paired(cell, ref) if ref and column != against else {}
+            p, pair = float("nan"), {}
             if ref and column != against:
+                t, p = _ttest(cell["means"], ref["means"])
+                pair = paired(cell, ref)
                 tests.append({"ipc": ipc, "pipc": pipc, "column": column, "reference": against,
                               "mean": cell["mean"], "reference_mean": ref["mean"], "t": t, "p": p,
                               "n": cell["n"], "n_reference": ref["n"], **pair})
             ratio = f"{np.mean(cell['stat_ratio']):.3f}" if cell["stat_ratio"] else ""
-            pair_text = (f"{pair['paired_difference']:+.2f} ({_fmt_p(pair['paired_p'])}, {pair['paired_n']})"
-                         if pair.get("paired_n") else "")
+            pp = pair.get("paired_p", float("nan"))
+            pair_text = (f"{pair['paired_difference']:+.2f} ({f'{pp:.3g}' if np.isfinite(pp) else '–'}, "
+                         f"{pair['paired_n']})" if pair.get("paired_n") else "")
             cells += [f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})",
                       "" if not np.isfinite(p) else f"{p:.3g}", pair_text, ratio]
         lines.append(f"| {column} | " + " | ".join(cells) + " |")
     return lines, tests
-
-
-def _fmt_p(p: float) -> str:
-    return f"{p:.3g}" if np.isfinite(p) else "–"
 
 
 TIE_POINTS = 0.1

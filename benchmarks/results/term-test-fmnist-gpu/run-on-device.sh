@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # term-test ipc 10 on the GPU: one process per (seed, host), each running host alone and host + DKKT.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."  # the repository root (it ran as .devrun/tt10.sh, one level down)
 t0=$(date +%s)
 OUT=${OUT:-/tmp/devout}; mkdir -p "$OUT"
 np=$(nproc)
